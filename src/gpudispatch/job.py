@@ -1,0 +1,205 @@
+"""A job's record, its state, and the ``#GPUDISPATCH`` directives in its header (pure).
+
+The state of a job is where its script lies (``queue/``, ``running/``...); the record
+(JSON beside its log) holds what happened to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import shlex
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+DIRECTIVE_PREFIX = "#GPUDISPATCH"
+# Directives are read from the header: the lines before the first command.
+HEADER_MAX_BYTES = 16384
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass
+class JobRecord:
+    """What gpudispatch knows of one job; written atomically as ``logs/NAME.json``."""
+
+    name: str
+    gpus: list[int] = field(default_factory=list)
+    host: str | None = None
+    pid: int | None = None
+    dispatcher: str | None = None
+    submitted_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_code: int | None = None
+    attempts: int = 0
+    reason: str | None = None
+    log: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    backend: str = "local"
+    backend_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRecord:
+        return cls.from_dict(json.loads(text))
+
+
+# --- directives -------------------------------------------------------------------------
+
+
+class DirectiveError(ValueError):
+    """A malformed ``#GPUDISPATCH`` line; the message quotes it."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``45s``, ``2h30m``, ``1d``, or Slurm's ``[D-]HH:MM:SS`` / ``MM:SS``."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    if re.fullmatch(r"(\d+-)?\d+(:\d+){1,2}", text):
+        days, _, clock = text.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if len(parts) == 2:
+            parts.insert(0, 0)
+        hours, minutes, seconds = parts
+        return (int(days or 0) * 24 + hours) * 3600 + minutes * 60 + seconds
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90, 45s, 2h30m, 1d, 01:30:00)")
+    return total
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``10G``, ``512M``, ``1.5GiB``, ``2048`` (plain numbers are bytes)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class Directives:
+    """How a job asks to be run; every field has the default a plain script gets."""
+
+    gpus: int | None = None  # None: one slot of any kind; 0: a CPU slot; K: K GPUs
+    timeout: float | None = None
+    retries: int = 0
+    priority: int = 0
+    after: tuple[str, ...] = ()
+    gpu_mem: int | None = None
+    oom_retries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != f.default}
+
+
+def _directive_parser():  # built lazily: argparse is only needed when a header has directives
+    import argparse
+
+    class _Raising(argparse.ArgumentParser):
+        def error(self, message: str):  # argparse would print and exit
+            raise DirectiveError(message)
+
+    parser = _Raising(prog=DIRECTIVE_PREFIX, add_help=False, allow_abbrev=False)
+    parser.add_argument("--gpus", type=int)
+    parser.add_argument("--timeout", type=parse_duration)
+    parser.add_argument("--retries", type=int, default=0)
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--after", nargs="+", default=[], action="extend")
+    parser.add_argument("--gpu-mem", dest="gpu_mem", type=parse_size)
+    parser.add_argument("--oom-retries", dest="oom_retries", type=int, default=0)
+    return parser
+
+
+_PARSER = None
+
+
+def parse_directive_args(args: list[str]) -> Directives:
+    """Directives from option words, as the CLI's ``submit`` also takes them."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = _directive_parser()
+    ns = _PARSER.parse_args(args)
+    if ns.gpus is not None and ns.gpus < 0:
+        raise DirectiveError("--gpus must be 0 or more")
+    if ns.retries < 0 or ns.oom_retries < 0:
+        raise DirectiveError("--retries must be 0 or more")
+    if ns.timeout is not None and ns.timeout <= 0:
+        raise DirectiveError("--timeout must be positive")
+    return Directives(
+        gpus=ns.gpus,
+        timeout=ns.timeout,
+        retries=ns.retries,
+        priority=ns.priority,
+        after=tuple(ns.after),
+        gpu_mem=ns.gpu_mem,
+        oom_retries=ns.oom_retries,
+    )
+
+
+def directive_lines(header: str) -> list[str]:
+    """The ``#GPUDISPATCH`` lines of a script's header (comments and blanks before code)."""
+    found = []
+    for line in header.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(DIRECTIVE_PREFIX):
+            found.append(stripped)
+        elif stripped and not stripped.startswith("#"):
+            break
+    return found
+
+
+def parse_directives(header: str) -> Directives:
+    """Directives from a script's text; a bad line raises :class:`DirectiveError` quoting it."""
+    words: list[str] = []
+    for line in directive_lines(header):
+        rest = line[len(DIRECTIVE_PREFIX):]
+        if rest and not rest[0].isspace():
+            raise DirectiveError(f"malformed directive line {line!r}")
+        try:
+            line_words = shlex.split(rest, comments=True)
+            parse_directive_args(line_words)  # validate each line alone to quote it
+        except (ValueError, DirectiveError) as exc:
+            raise DirectiveError(f"malformed directive line {line!r}: {exc}") from None
+        words.extend(line_words)
+    return parse_directive_args(words) if words else Directives()

@@ -1,0 +1,181 @@
+"""FolderQueue: the only code that moves job files and writes records.
+
+Every state change is one ``rename`` inside the root, and every file is written under a
+temporary name first, so a crash at any instant leaves each job in exactly one folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpudispatch.job import JobRecord, JobState, now_iso
+from gpudispatch.layout import STATE_DIRS, Layout, is_job_name
+
+HOST = socket.gethostname()
+_TMP_COUNTER = itertools.count()
+
+
+class QueueError(Exception):
+    """A request the queue refuses (unknown job, name taken, no such root)."""
+
+
+def write_atomic(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    tmp = tmp_dir / f"{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass
+class JobView:
+    """A job as ``status`` shows it: where its script lies, and its record."""
+
+    name: str
+    state: JobState
+    record: JobRecord
+
+    def to_dict(self) -> dict:
+        rec = self.record
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "gpus": rec.gpus,
+            "exit_code": rec.exit_code,
+            "attempts": rec.attempts,
+            "started_at": rec.started_at,
+            "ended_at": rec.ended_at,
+            "log": rec.log,
+            "reason": rec.reason,
+            "host": rec.host,
+            "pid": rec.pid,
+            "submitted_at": rec.submitted_at,
+            "params": rec.params,
+            "backend": rec.backend,
+            "backend_id": rec.backend_id,
+            **({"extra": rec.extra} if rec.extra else {}),
+        }
+
+
+class FolderQueue:
+    def __init__(self, root: Path | str | Layout, create: bool = True) -> None:
+        self.layout = root if isinstance(root, Layout) else Layout(Path(root))
+        if create:
+            self.layout.create()
+        elif not self.layout.exists():
+            raise QueueError(f"{self.layout.root} is not a gpudispatch queue (no queue/ folder)")
+
+    # --- records -----------------------------------------------------------------------
+    def read_record(self, name: str) -> JobRecord:
+        try:
+            return JobRecord.from_json(self.layout.record(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return JobRecord(name=name)
+
+    def write_record(self, record: JobRecord) -> None:
+        write_atomic(self.layout.record(record.name), record.to_json().encode(), self.layout.tmp)
+
+    # --- where jobs are ----------------------------------------------------------------
+    def names(self, state: JobState) -> list[str]:
+        """Job names in one state folder, in run order (alphanumeric)."""
+        try:
+            return sorted(e.name for e in os.scandir(self.layout.state_dir(state))
+                          if is_job_name(e.name))
+        except FileNotFoundError:
+            return []
+
+    def locate(self, name: str) -> JobState | None:
+        for state in STATE_DIRS:
+            if os.path.lexists(self.layout.script(state, name)):
+                return state
+        return None
+
+    def jobs(self, states: tuple[JobState, ...] = tuple(STATE_DIRS)) -> Iterator[JobView]:
+        for state in states:
+            for name in self.names(state):
+                yield JobView(name, state, self.read_record(name))
+
+    # --- moves -------------------------------------------------------------------------
+    def move(self, name: str, src: JobState, dst: JobState) -> bool:
+        """Rename one job between state folders; False when it was not in ``src``."""
+        try:
+            os.rename(self.layout.script(src, name), self.layout.script(dst, name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def claim(self, name: str) -> bool:
+        """Take a queued job; exactly one of several racing dispatchers gets True."""
+        return self.move(name, JobState.QUEUED, JobState.RUNNING)
+
+    def enqueue_text(
+        self,
+        name: str,
+        text: str | bytes,
+        params: dict | None = None,
+        rename: bool = False,
+        extra: dict | None = None,
+    ) -> str:
+        """Put a new script in the queue atomically and return the name it got.
+
+        A name already queued, running or done is refused unless ``rename`` picks a free
+        one (``name-2.sh``, ``name-3.sh``...). The record (with ``params``) is written
+        before the script appears, so a dispatcher never sees a job without it.
+        """
+        if not is_job_name(name) or "/" in name:
+            raise QueueError(f"{name!r} is not a job name (a visible file name ending in .sh)")
+        data = text.encode() if isinstance(text, str) else text
+        name = self._free_name(name, rename)
+        record = JobRecord(name=name, submitted_at=now_iso(), params=dict(params or {}),
+                           extra=dict(extra or {}))
+        self.write_record(record)
+        tmp = self.layout.tmp / f"{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.sh"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        # link() fails if the name was taken meanwhile, where rename() would overwrite.
+        try:
+            os.link(tmp, self.layout.script(JobState.QUEUED, name))
+        except FileExistsError:
+            raise QueueError(f"{name} is already queued") from None
+        finally:
+            os.unlink(tmp)
+        return name
+
+    def _free_name(self, name: str, rename: bool) -> str:
+        if self.locate(name) is None:
+            return name
+        if not rename:
+            raise QueueError(
+                f"{name} is already {self.locate(name).value}; pass --rename to queue it "
+                "under a new name"
+            )
+        stem = name[: -len(".sh")]
+        for n in itertools.count(2):
+            candidate = f"{stem}-{n}.sh"
+            if self.locate(candidate) is None:
+                return candidate
+        raise AssertionError("unreachable")
+
+    # --- flags -------------------------------------------------------------------------
+    def is_paused(self) -> bool:
+        return os.path.exists(self.layout.paused_flag)
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            write_atomic(self.layout.paused_flag, now_iso().encode(), self.layout.tmp)
+        else:
+            try:
+                os.unlink(self.layout.paused_flag)
+            except FileNotFoundError:
+                pass
