@@ -1,0 +1,252 @@
+"""Parameter sets for experiments: the seed's generator, grids, and random search.
+
+Nothing here imports numpy: numpy callables (``np.random.rand``) and Generators work
+because only ``callable(...)`` and ``rng.uniform(a, b)`` are used, but numpy stays optional.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class UniformSource(Protocol):
+    """Anything with ``uniform(a, b)``: the ``random`` module, ``random.Random``, numpy's
+    ``Generator`` or ``RandomState``."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+def is_stepped(value: Any) -> bool:
+    """Whether a definition is stepped through (a sequence or iterator), not a fixed value.
+
+    Strings and bytes are sequences to Python but single values to a user; numpy arrays
+    are not ``Sequence`` subclasses, so one-or-more-dimensional arrays are recognised by
+    their ``ndim``.
+    """
+    if isinstance(value, (str, bytes, bytearray, Mapping)):
+        return False
+    if isinstance(value, (Sequence, Iterator)):
+        return True
+    return getattr(value, "ndim", 0) >= 1
+
+
+def create_params_generator(
+    definitions: Mapping[str, Any], n_max: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield parameter dicts (keys in definition order) built from ``definitions``.
+
+    Each definition is one of: a sequence (list, tuple, range, 1-d array) or iterator,
+    stepped through together with the others and stopping at the shortest; a callable,
+    called afresh for every dict (``random.random``, ``functools.partial(...)``); or any
+    other value, repeated as is. With no sequences the generator is endless, so pass
+    ``n_max`` (at most that many dicts are yielded in any case).
+    """
+    if n_max is not None and n_max < 0:
+        raise ValueError(f"n_max must be 0 or more, not {n_max}")  # now, not at first next()
+    stepped = {k: iter(v) for k, v in definitions.items() if is_stepped(v)}
+    return _generate(dict(definitions), stepped, n_max)
+
+
+def _generate(
+    definitions: dict[str, Any], stepped: dict[str, Iterator[Any]], n_max: int | None
+) -> Iterator[dict[str, Any]]:
+    count = itertools.count() if n_max is None else range(n_max)
+    for _ in count:
+        params: dict[str, Any] = {}
+        for key, value in definitions.items():
+            if key in stepped:
+                try:
+                    params[key] = next(stepped[key])
+                except StopIteration:
+                    return
+            elif callable(value):
+                params[key] = value()
+            else:
+                params[key] = value
+        yield params
+
+
+def random_uniform_exponential(
+    low: float, high: float, log_base: float = 10, rng: UniformSource | None = None
+) -> float:
+    """A log-uniform draw between ``low`` and ``high``: each decade is equally likely.
+
+    Learning rates and weight decays span orders of magnitude, so sampling their exponent
+    uniformly covers small values as well as large ones. ``rng`` is a ``random.Random``
+    or numpy Generator for reproducible draws; by default the ``random`` module is used.
+    """
+    if low <= 0 or high <= 0:
+        raise ValueError(f"low and high must be positive, not {low} and {high}")
+    if low > high:
+        raise ValueError(f"low ({low}) must not exceed high ({high})")
+    if log_base <= 0 or log_base == 1:
+        raise ValueError(f"log_base must be positive and not 1, not {log_base}")
+    source = random if rng is None else rng
+    exponent = source.uniform(math.log(low, log_base), math.log(high, log_base))
+    # Rounding in log/pow can step just outside the range; keep the promise.
+    return min(max(float(log_base) ** float(exponent), low), high)
+
+
+# --- grids and random search --------------------------------------------------------------
+
+
+def grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the values in ``space``, in insertion order, last key fastest.
+
+    A sequence gives the options for its key; any other value is fixed (a one-option axis).
+    An empty sequence therefore gives no combinations at all.
+    """
+    keys = list(space)
+    axes = [list(v) if is_stepped(v) else [v] for v in space.values()]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+class Distribution:
+    """A random parameter: ``sample(rng)`` draws one value; calling it uses ``random``.
+
+    Being callable, a distribution also serves as a definition for
+    :func:`create_params_generator`.
+    """
+
+    def sample(self, rng: random.Random) -> Any:
+        raise NotImplementedError
+
+    def __call__(self) -> Any:
+        return self.sample(random)  # type: ignore[arg-type]  # the module has the methods
+
+
+def _check_range(lo: float, hi: float) -> None:
+    if not lo <= hi:
+        raise ValueError(f"min ({lo}) must not exceed max ({hi})")
+
+
+@dataclass(frozen=True)
+class constant(Distribution):  # lower case: reads like the W&B name
+    """Always ``value`` (even a list, which a plain list in a space would not be)."""
+
+    value: Any
+
+    def sample(self, rng: random.Random) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class uniform(Distribution):
+    """A float drawn uniformly from ``[lo, hi]``."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        _check_range(self.lo, self.hi)
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.uniform(self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class log_uniform(Distribution):
+    """A float whose logarithm is uniform over ``[log lo, log hi]`` (both positive)."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        if self.lo <= 0 or self.hi <= 0:
+            raise ValueError(f"log_uniform needs positive bounds, not {self.lo} and {self.hi}")
+        _check_range(self.lo, self.hi)
+
+    def sample(self, rng: random.Random) -> float:
+        return random_uniform_exponential(self.lo, self.hi, math.e, rng)
+
+
+@dataclass(frozen=True)
+class int_uniform(Distribution):
+    """An integer drawn uniformly from ``lo..hi``, both included."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.lo, self.hi)):
+            raise ValueError(f"int_uniform needs integer bounds, not {self.lo!r}, {self.hi!r}")
+        _check_range(self.lo, self.hi)
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randint(self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class choice(Distribution):
+    """One of ``values``, each equally likely unless ``weights`` are given."""
+
+    values: tuple[Any, ...]
+    weights: tuple[float, ...] | None = None
+
+    def __init__(self, values: Sequence[Any], weights: Sequence[float] | None = None) -> None:
+        object.__setattr__(self, "values", tuple(values))
+        object.__setattr__(self, "weights", None if weights is None else tuple(weights))
+        if not self.values:
+            raise ValueError("choice needs at least one value")
+        if self.weights is not None and len(self.weights) != len(self.values):
+            raise ValueError(
+                f"choice has {len(self.values)} values but {len(self.weights)} weights"
+            )
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.weights is None:
+            return rng.choice(self.values)
+        return rng.choices(self.values, weights=self.weights)[0]
+
+
+@dataclass(frozen=True)
+class q_uniform(Distribution):
+    """``round(uniform(lo, hi) / q) * q``: a uniform draw on a grid of step ``q`` (W&B's
+    definition); an int when ``lo``, ``hi`` and ``q`` are all ints."""
+
+    lo: float
+    hi: float
+    q: float = 1
+
+    def __post_init__(self) -> None:
+        _check_range(self.lo, self.hi)
+        if self.q <= 0:
+            raise ValueError(f"q must be positive, not {self.q}")
+
+    def sample(self, rng: random.Random) -> float:
+        value = round(rng.uniform(self.lo, self.hi) / self.q) * self.q
+        if all(isinstance(v, int) for v in (self.lo, self.hi, self.q)):
+            return int(value)
+        return value
+
+
+def sample_value(definition: Any, rng: random.Random) -> Any:
+    """One draw for one key: distributions sample, sequences are a uniform choice, plain
+    callables are called, anything else is fixed."""
+    if isinstance(definition, Distribution):
+        return definition.sample(rng)
+    if is_stepped(definition):
+        return rng.choice(list(definition))
+    if callable(definition):
+        return definition()
+    return definition
+
+
+def random_search(
+    space: Mapping[str, Any], n: int, seed: int | None = None
+) -> list[dict[str, Any]]:
+    """``n`` random parameter dicts from ``space``; the same ``seed`` gives the same list.
+
+    Keys are sampled in insertion order from one ``random.Random(seed)``. Plain callables
+    in ``space`` use their own randomness and are not covered by ``seed``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be 0 or more, not {n}")
+    rng = random.Random(seed)
+    return [{key: sample_value(d, rng) for key, d in space.items()} for _ in range(n)]
+
