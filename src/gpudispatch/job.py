@@ -10,7 +10,7 @@ import enum
 import json
 import re
 import shlex
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,7 +60,8 @@ class JobRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, default=str)
+        # vars() not asdict(): no deep copy, and every field is already plain JSON.
+        return json.dumps(vars(self), default=str)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
@@ -68,7 +69,7 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_json(cls, text: str) -> JobRecord:
+    def from_json(cls, text: str | bytes) -> JobRecord:
         return cls.from_dict(json.loads(text))
 
 

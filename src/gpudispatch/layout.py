@@ -7,7 +7,6 @@ dispatcher bookkeeping that users never touch lives in the hidden ``.gpudispatch
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpudispatch.job import JobState
@@ -39,92 +38,63 @@ def is_job_name(name: str) -> bool:
     )
 
 
-@dataclass(frozen=True)
 class Layout:
-    """Every path under one queue root."""
+    """Every path under one queue root.
 
-    root: Path
+    Folders are ``Path`` objects; per-job files are plain ``str`` paths, because the
+    dispatcher builds several per job and ``pathlib`` costs more than the syscalls.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).absolute())
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(os.path.abspath(os.path.expanduser(root)))
+        self.queue = self.root / "queue"
+        self.running = self.root / "running"
+        self.completed = self.root / "completed"
+        self.failed = self.root / "failed"
+        self.logs = self.root / "logs"
+        self.logfile = self.root / "logfile.txt"
+        self.state = self.root / ".gpudispatch"
+        self.exits = self.state / "exit"  # exit codes written by each job's supervisor
+        self.cancels = self.state / "cancel"
+        self.dispatchers = self.state / "dispatchers"
+        self.paused_flag = self.state / "paused"
+        self.tmp = self.state / "tmp"  # written here, then renamed (same filesystem)
+        self._state_dirs = {state: f"{self.root}/{folder}/" for state, folder in STATE_DIRS.items()}
+        self._logs = f"{self.logs}/"
 
-    # --- state folders -------------------------------------------------------------
-    @property
-    def queue(self) -> Path:
-        return self.root / "queue"
+    def __repr__(self) -> str:
+        return f"Layout({str(self.root)!r})"
 
-    @property
-    def running(self) -> Path:
-        return self.root / "running"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and other.root == self.root
 
-    @property
-    def completed(self) -> Path:
-        return self.root / "completed"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "failed"
+    def __hash__(self) -> int:
+        return hash(self.root)
 
     def state_dir(self, state: JobState) -> Path:
         return self.root / STATE_DIRS[state]
 
-    def script(self, state: JobState, name: str) -> Path:
-        return self.root / STATE_DIRS[state] / name
+    def script(self, state: JobState, name: str) -> str:
+        return self._state_dirs[state] + name
 
-    # --- outputs -------------------------------------------------------------------
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
+    def record(self, name: str) -> str:
+        return f"{self._logs}{name}.json"
 
-    @property
-    def logfile(self) -> Path:
-        return self.root / "logfile.txt"
-
-    def record(self, name: str) -> Path:
-        return self.logs / f"{name}.json"
-
-    def job_log(self, name: str, attempt: int) -> Path:
+    def job_log(self, name: str, attempt: int) -> str:
         """One output file per run: ``NAME.log`` for the first, ``NAME.N.log`` after."""
-        return self.logs / (f"{name}.log" if attempt <= 1 else f"{name}.{attempt}.log")
+        return f"{self._logs}{name}.log" if attempt <= 1 else f"{self._logs}{name}.{attempt}.log"
 
-    def metrics(self, name: str) -> Path:
-        return self.logs / f"{name}.metrics.json"
+    def metrics(self, name: str) -> str:
+        return f"{self._logs}{name}.metrics.json"
 
-    # --- bookkeeping ---------------------------------------------------------------
-    @property
-    def state(self) -> Path:
-        return self.root / ".gpudispatch"
+    def exit_file(self, name: str) -> str:
+        return f"{self.exits}/{name}"
 
-    @property
-    def exits(self) -> Path:
-        """Exit codes written by each job's supervisor, read back after a crash."""
-        return self.state / "exit"
+    def cancel_request(self, name: str) -> str:
+        return f"{self.cancels}/{name}"
 
-    def exit_file(self, name: str) -> Path:
-        return self.exits / name
-
-    @property
-    def cancels(self) -> Path:
-        return self.state / "cancel"
-
-    def cancel_request(self, name: str) -> Path:
-        return self.cancels / name
-
-    @property
-    def dispatchers(self) -> Path:
-        return self.state / "dispatchers"
-
-    def dispatcher_file(self, owner: str) -> Path:
-        return self.dispatchers / owner
-
-    @property
-    def paused_flag(self) -> Path:
-        return self.state / "paused"
-
-    @property
-    def tmp(self) -> Path:
-        """Where files are written before their atomic rename (same filesystem)."""
-        return self.state / "tmp"
+    def dispatcher_file(self, owner: str) -> str:
+        return f"{self.dispatchers}/{owner}"
 
     def all_dirs(self) -> tuple[Path, ...]:
         return (

@@ -24,9 +24,9 @@ class QueueError(Exception):
     """A request the queue refuses (unknown job, name taken, no such root)."""
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> None:
+def write_atomic(path: str | Path, data: bytes, tmp_dir: str | Path, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    tmp = tmp_dir / f"{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
+    tmp = f"{tmp_dir}/{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
@@ -76,7 +76,8 @@ class FolderQueue:
     # --- records -----------------------------------------------------------------------
     def read_record(self, name: str) -> JobRecord:
         try:
-            return JobRecord.from_json(self.layout.record(name).read_text())
+            with open(self.layout.record(name), "rb") as fh:
+                return JobRecord.from_json(fh.read())
         except (FileNotFoundError, ValueError):
             return JobRecord(name=name)
 
@@ -137,7 +138,7 @@ class FolderQueue:
         record = JobRecord(name=name, submitted_at=now_iso(), params=dict(params or {}),
                            extra=dict(extra or {}))
         self.write_record(record)
-        tmp = self.layout.tmp / f"{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.sh"
+        tmp = f"{self.layout.tmp}/{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.sh"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
         try:
             os.write(fd, data)

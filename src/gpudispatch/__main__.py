@@ -1,0 +1,3 @@
+from gpudispatch.cli import main
+
+raise SystemExit(main())

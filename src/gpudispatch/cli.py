@@ -1,0 +1,342 @@
+"""``gpudispatch VERB ...``: one thin function per verb; parsing and formatting only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from gpudispatch import control
+from gpudispatch.job import DirectiveError, JobState, parse_directive_args, parse_iso
+from gpudispatch.layout import ROOT_ENV, default_root
+from gpudispatch.store import FolderQueue, JobView, QueueError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A message for the user; the command exits non-zero."""
+
+
+def _queue(args, create: bool = False) -> FolderQueue:
+    root = Path(args.dir) if args.dir else default_root()
+    try:
+        return FolderQueue(root, create=create)
+    except QueueError as exc:
+        raise CliError(f"{exc}; start one with: gpudispatch run --dir {root}") from None
+
+
+# ---------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    if args.backend == "slurm":
+        from gpudispatch.backends.slurm import run_slurm
+
+        root = Path(args.dir) if args.dir else default_root()
+        return run_slurm(root, args.partition, args.sbatch_arg, args.wait, args.drain)
+    from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+    from gpudispatch.gpus import NoGpusError, resolve_gpus
+
+    slots: list[int | None] = []
+    gpus_spec = args.gpus if args.gpus is not None else (None if args.slots else "all")
+    if gpus_spec is not None:
+        try:
+            slots.extend(resolve_gpus(gpus_spec))
+        except NoGpusError as exc:
+            raise CliError(str(exc)) from None
+        except ValueError as exc:
+            raise CliError(f"--gpus: {exc}") from None
+    slots.extend([None] * (args.slots or 0))
+    if not slots:
+        raise CliError("no slots: pass --gpus LIST and/or --slots K")
+    options = DispatcherOptions(
+        slots=slots,
+        wait=args.wait,
+        drain=args.drain,
+        kill_grace=args.kill_grace,
+        reserve_after=args.reserve_after,
+        on_finish=args.on_finish,
+        console=not args.quiet,
+    )
+    return Dispatcher(_queue(args, create=True), options).run()
+
+
+# ---------------------------------------------------------------------- status
+def _when(text: str | None) -> str:
+    moment = parse_iso(text)
+    return moment.astimezone().strftime("%m-%d %H:%M:%S") if moment else ""
+
+
+def _duration(view: JobView) -> str:
+    start = parse_iso(view.record.started_at)
+    if start is None or view.state is JobState.QUEUED:
+        return ""
+    end = parse_iso(view.record.ended_at) if view.state.is_final else None
+    seconds = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
+    return format_seconds(seconds)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
+    """Finished jobs, newest first; only the newest ``limit`` records are read."""
+    entries = []
+    for state in (JobState.COMPLETED, JobState.FAILED):
+        for entry in os.scandir(queue.layout.state_dir(state)):
+            try:
+                entries.append((entry.stat(follow_symlinks=False).st_ctime, entry.name, state))
+            except FileNotFoundError:
+                continue
+    entries.sort(reverse=True)
+    if limit is not None:
+        entries = entries[:limit]
+    return [JobView(name, state, queue.read_record(name)) for _, name, state in entries]
+
+
+def status_views(queue: FolderQueue, finished_limit: int | None) -> list[JobView]:
+    active = list(queue.jobs((JobState.RUNNING, JobState.QUEUED)))
+    return active + _recent_finished(queue, finished_limit)
+
+
+def status_table(queue: FolderQueue, views: list[JobView], title: str | None = None):
+    from rich.table import Table
+
+    counts = {state: len(queue.names(state)) for state in JobState}
+    summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
+    paused = "  [bold yellow]PAUSED[/]" if queue.is_paused() else ""
+    table = Table(title=title or f"{queue.layout.root}", caption=summary + paused)
+    for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
+        table.add_column(column, overflow="fold")
+    styles = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
+    for view in views:
+        rec = view.record
+        table.add_row(
+            view.name,
+            f"[{styles[view.state.value]}]{view.state.value}[/]" if styles[view.state.value]
+            else view.state.value,
+            ",".join(map(str, rec.gpus)) if rec.gpus else ("cpu" if rec.started_at else ""),
+            str(rec.attempts or ""),
+            "" if rec.exit_code is None else str(rec.exit_code),
+            _when(rec.started_at),
+            _duration(view),
+            rec.reason or "",
+        )
+    return table
+
+
+def cmd_status(args) -> int:
+    queue = _queue(args)
+    if args.json:
+        views = list(queue.jobs())
+        print(json.dumps([v.to_dict() for v in views], indent=1))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    limit = None if args.all else args.recent
+    if not args.watch:
+        console.print(status_table(queue, status_views(queue, limit)))
+        return 0
+    from rich.live import Live
+
+    with Live(console=console, auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                live.update(status_table(queue, status_views(queue, limit)), refresh=True)
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+# ---------------------------------------------------------------------- submit & co
+def _directive_options(args) -> list[str]:
+    options: list[str] = []
+    for flag in ("gpus", "timeout", "retries", "priority", "gpu_mem"):
+        value = getattr(args, flag)
+        if value is not None:
+            options += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.after:
+        options += ["--after", *args.after]
+    try:
+        parse_directive_args(options)
+    except (DirectiveError, ValueError) as exc:
+        raise CliError(f"bad option: {exc}") from None
+    return options
+
+
+def cmd_submit(args) -> int:
+    queue = _queue(args, create=True)
+    options = _directive_options(args)
+    names = []
+    if args.command:
+        text = control.with_directives(control.command_script(args.command, os.getcwd()), options)
+        name = args.name or control.command_name(args.command)
+        names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
+    else:
+        if not args.scripts:
+            raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
+        for path in args.scripts:
+            names.append(control.submit_file(queue, Path(path), options, rename=args.rename))
+    for name in names:
+        print(name)
+    return 0
+
+
+def cmd_logs(args) -> int:
+    queue = _queue(args)
+    if queue.locate(args.name) is None:
+        raise CliError(f"no job named {args.name!r} in {queue.layout.root}")
+    record = queue.read_record(args.name)
+    if not record.log or not os.path.exists(record.log):
+        raise CliError(f"{args.name} has no output yet (state: {queue.locate(args.name).value})")
+    with open(record.log, "rb") as fh:
+        while True:
+            chunk = fh.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                continue
+            if not args.follow or queue.locate(args.name) is not JobState.RUNNING:
+                if args.follow:  # drain what was written after the last read
+                    sys.stdout.buffer.write(fh.read())
+                return 0
+            time.sleep(0.2)
+
+
+def cmd_cancel(args) -> int:
+    queue = _queue(args)
+    status = 0
+    for name in args.names:
+        try:
+            print(control.cancel(queue, name, grace=args.grace))
+        except QueueError as exc:
+            print(f"gpudispatch cancel: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_retry(args) -> int:
+    queue = _queue(args)
+    status = 0
+    for name in args.names:
+        try:
+            print(control.retry(queue, name))
+        except QueueError as exc:
+            print(f"gpudispatch retry: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_pause(args) -> int:
+    _queue(args).set_paused(True)
+    print("paused: running jobs go on; no new job starts until 'gpudispatch resume'")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    _queue(args).set_paused(False)
+    print("resumed")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpudispatch",
+        description="Drop shell scripts into a folder; each runs on a free GPU.",
+        epilog=f"ROOT defaults to ${ROOT_ENV}, else ~/gpudispatch.",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--dir", metavar="ROOT", help=f"queue root (default: ${ROOT_ENV} or "
+                       "~/gpudispatch)")
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("run", cmd_run, "run the dispatcher on ROOT's queue")
+    p.add_argument("--gpus", metavar="LIST|all", help="GPU slots: 0,1,3 or 0-3 or all "
+                   "(default: all, unless only --slots is given)")
+    p.add_argument("--slots", type=int, metavar="K", help="K CPU-only slots "
+                   "(jobs see CUDA_VISIBLE_DEVICES='')")
+    p.add_argument("--wait", type=float, default=1.0, metavar="SEC",
+                   help="seconds between queue scans when file events are unavailable "
+                   "(default 1)")
+    p.add_argument("--drain", action="store_true",
+                   help="exit once nothing is queued or running")
+    p.add_argument("--on-finish", metavar="COMMAND",
+                   help="shell command run after each job, with GPUDISPATCH_JOB, "
+                   "GPUDISPATCH_STATE, GPUDISPATCH_EXIT_CODE, GPUDISPATCH_LOG set")
+    p.add_argument("--kill-grace", type=float, default=10.0, metavar="SEC",
+                   help="seconds between SIGTERM and SIGKILL when stopping a job (default 10)")
+    p.add_argument("--reserve-after", type=float, default=300.0, metavar="SEC",
+                   help="a job that does not fit may be passed by smaller ones for this long, "
+                   "then holds the line (default 300)")
+    p.add_argument("--backend", choices=("local", "slurm"), default="local")
+    p.add_argument("--partition", help="Slurm partition (--backend slurm)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option, repeatable (--backend slurm)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log to logfile.txt only")
+
+    p = verb("status", cmd_status, "jobs by state")
+    p.add_argument("--json", action="store_true", help="every job as a JSON array")
+    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh (seconds)")
+    p.add_argument("--recent", type=int, default=20, metavar="N",
+                   help="finished jobs to show (default 20)")
+    p.add_argument("--all", action="store_true", help="show every finished job")
+
+    p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
+    p.add_argument("scripts", nargs="*", metavar="SCRIPT")
+    p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
+    p.add_argument("--rename", action="store_true",
+                   help="pick a free name when the name is taken (NAME-2.sh, ...)")
+    p.add_argument("--gpus", type=int, metavar="K")
+    p.add_argument("--timeout", metavar="DURATION")
+    p.add_argument("--retries", type=int, metavar="N")
+    p.add_argument("--priority", type=int, metavar="P")
+    p.add_argument("--after", nargs="+", metavar="NAME")
+    p.add_argument("--gpu-mem", metavar="SIZE")
+
+    p = verb("logs", cmd_logs, "print a job's output")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
+
+    p = verb("cancel", cmd_cancel, "cancel queued or running jobs")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--grace", type=float, default=10.0, metavar="SEC",
+                   help="seconds between SIGTERM and SIGKILL (default 10)")
+
+    p = verb("retry", cmd_retry, "put failed jobs back in the queue")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
+    verb("resume", cmd_resume, "start new jobs again")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:  # submit -- COMMAND ARGS...: everything after -- is the command
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
+    args = build_parser().parse_args(argv)
+    args.command = command
+    try:
+        return args.func(args)
+    except (CliError, QueueError) as exc:
+        print(f"gpudispatch {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, CliError) else 1
+    except BrokenPipeError:
+        return 0

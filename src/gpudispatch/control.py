@@ -1,0 +1,138 @@
+"""Steering a queue from outside its dispatcher: submit, cancel, retry, pause.
+
+Every verb works on the folders alone, so it works whether a dispatcher runs or not,
+and with several dispatchers on one queue.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gpudispatch import runner
+from gpudispatch.job import DIRECTIVE_PREFIX, JobRecord, JobState, now_iso
+from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
+
+
+def directive_line(options: Sequence[str]) -> str:
+    """A ``#GPUDISPATCH`` line from option words (already validated by the caller)."""
+    return f"{DIRECTIVE_PREFIX} {shlex.join(options)}" if options else ""
+
+
+def with_directives(text: str, options: Sequence[str]) -> str:
+    """Insert a directive line after the shebang (or at the top)."""
+    line = directive_line(options)
+    if not line:
+        return text
+    if text.startswith("#!"):
+        first, _, rest = text.partition("\n")
+        return f"{first}\n{line}\n{rest}"
+    return f"{line}\n{text}"
+
+
+def command_script(argv: Sequence[str], cwd: str | None = None) -> str:
+    """A script that runs one command line exactly as given (every word quoted)."""
+    lines = ["#!/bin/sh", "# submitted with: gpudispatch submit -- ..."]
+    if cwd:
+        lines.append(f"cd {shlex.quote(cwd)} || exit 1")
+    lines.append(f"exec {shlex.join(argv)}")
+    return "\n".join(lines) + "\n"
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """A file name for a wrapped command: its program's name, made safe."""
+    stem = os.path.basename(argv[0]) if argv else "command"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "cmd"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}.sh"
+
+
+def submit_file(
+    queue: FolderQueue, path: Path, options: Sequence[str] = (), rename: bool = False
+) -> str:
+    if not path.is_file():
+        raise QueueError(f"{path} is not a file")
+    text = path.read_bytes()
+    if options:
+        text = with_directives(text.decode(errors="surrogateescape"), options).encode(
+            errors="surrogateescape"
+        )
+    return queue.enqueue_text(path.name, text, rename=rename)
+
+
+def _require(queue: FolderQueue, name: str) -> JobState:
+    state = queue.locate(name)
+    if state is None:
+        raise QueueError(f"no job named {name!r} in {queue.layout.root}")
+    return state
+
+
+def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
+    """Cancel a job; what happened, in words. Running groups get SIGTERM then SIGKILL."""
+    state = _require(queue, name)
+    layout = queue.layout
+    if state is JobState.QUEUED:
+        if queue.claim(name):
+            _fail_cancelled(queue, name)
+            return f"{name}: removed from the queue (cancelled)"
+        state = _require(queue, name)  # a dispatcher took it meanwhile
+    if state is not JobState.RUNNING:
+        raise QueueError(f"{name} is {state.value}; only queued or running jobs can be cancelled")
+    write_atomic(layout.cancel_request(name), now_iso().encode(), layout.tmp)
+    record = queue.read_record(name)
+    pid = record.pid if record.host in (None, HOST) else None
+    if pid is None:
+        found = runner.find_jobs(str(layout.exits)).get(name)
+        pid = found.pid if found else None
+    if pid is None:
+        if record.host not in (None, HOST):
+            return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
+        _fail_cancelled(queue, name)  # nothing runs it: conclude it ourselves
+        return f"{name}: was not running any more (cancelled)"
+    runner.kill_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while runner.group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if runner.group_alive(pid):
+        runner.kill_group(pid, signal.SIGKILL)
+    # The owning dispatcher records the end; if none is alive, we do.
+    if not _owner_alive(record) and queue.locate(name) is JobState.RUNNING:
+        _fail_cancelled(queue, name)
+    return f"{name}: stopped (cancelled)"
+
+
+def _owner_alive(record: JobRecord) -> bool:
+    if not record.dispatcher:
+        return False
+    host, _, pid = record.dispatcher.rpartition(".")
+    return host != HOST or (pid.isdigit() and runner.pid_alive(int(pid)))
+
+
+def _fail_cancelled(queue: FolderQueue, name: str) -> None:
+    record = queue.read_record(name)
+    record.reason = "cancelled"
+    record.ended_at = now_iso()
+    record.extra.pop("requeued", None)
+    queue.write_record(record)
+    queue.move(name, JobState.RUNNING, JobState.FAILED)
+    try:
+        os.unlink(queue.layout.cancel_request(name))
+    except FileNotFoundError:
+        pass
+
+
+def retry(queue: FolderQueue, name: str) -> str:
+    """Put a failed job back in the queue; its attempts are kept."""
+    state = _require(queue, name)
+    if state is not JobState.FAILED:
+        raise QueueError(f"{name} is {state.value}; only failed jobs can be retried")
+    record = queue.read_record(name)
+    record.extra["requeued"] = True
+    record.reason = f"retried by hand (was: {record.reason})"
+    queue.write_record(record)
+    if not queue.move(name, JobState.FAILED, JobState.QUEUED):
+        raise QueueError(f"{name} left failed/ meanwhile")
+    return f"{name}: queued again (attempts so far: {record.attempts})"

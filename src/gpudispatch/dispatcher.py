@@ -1,0 +1,833 @@
+"""The local dispatcher: ``tick()`` is one loop step; ``run()`` waits for events and ticks.
+
+State lives in the folders and records; this object only holds what it has started
+(pids, deadlines), which a restarted dispatcher rebuilds in :meth:`Dispatcher.reconcile`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpudispatch import runner
+from gpudispatch.job import (
+    DirectiveError,
+    Directives,
+    JobRecord,
+    JobState,
+    now_iso,
+    parse_directives,
+)
+from gpudispatch.keeper import Exited, Keeper, KeeperGone, SpawnRequest
+from gpudispatch.layout import is_job_name
+from gpudispatch.scheduler import (
+    DEFAULT_RESERVE_AFTER,
+    QueuedJob,
+    impossible_reason,
+    plan,
+)
+from gpudispatch.store import HOST, FolderQueue, write_atomic
+from gpudispatch.watch import FolderWatcher, read_if_complete
+
+METRICS_ENV = "GPUDISPATCH_METRICS"
+# A job's start record waits this long: most trivial jobs are over by then and need
+# one record write instead of two. A crash in between loses nothing (see reconcile).
+RECORD_DELAY_SECONDS = 0.05
+HEARTBEAT_SECONDS = 15.0
+# A peer that claimed a job this recently may not have written its record yet.
+CLAIM_GRACE_SECONDS = 10.0
+LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass
+class RunningJob:
+    name: str
+    pid: int | None  # None until the keeper says it started
+    slot_ids: list[int]
+    record: JobRecord
+    directives: Directives
+    deadline: float | None = None
+    kill_reason: str | None = None  # "timeout" or "cold stop" once we signalled it
+    kill_at: float | None = None
+    adopted: bool = False
+    keeper_pid: int | None = None  # an adopted job's keeper, which writes its exit code
+    pidfd: int | None = None
+    record_due: float | None = None  # when the start record is written (if still running)
+
+
+@dataclass
+class _Unready:
+    size: int
+    mtime: int
+    seen: float
+
+
+@dataclass
+class DispatcherOptions:
+    slots: list[int | None]
+    wait: float = 1.0
+    drain: bool = False
+    kill_grace: float = 10.0
+    reserve_after: float = DEFAULT_RESERVE_AFTER
+    on_finish: str | None = None
+    console: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def queue_logger(logfile: Path, console: bool) -> logging.Logger:
+    """The seed's log format, to ``logfile.txt`` (and stderr), one logger per queue."""
+    logger = logging.getLogger(f"gpudispatch.queue.{logfile}")
+    if not logger.handlers:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        formatter = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
+        handlers: list[logging.Handler] = [logging.FileHandler(logfile)]
+        if console:
+            handlers.append(logging.StreamHandler(sys.stderr))
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+    return logger
+
+
+class _DepStates:
+    """Lazy ``name -> state`` lookups for the scheduler, one folder check per name."""
+
+    def __init__(self, queue: FolderQueue) -> None:
+        self._queue = queue
+        self._cache: dict[str, JobState | None] = {}
+
+    def get(self, name: str, default=None):
+        if name not in self._cache:
+            self._cache[name] = self._queue.locate(name)
+        return self._cache[name]
+
+
+class Dispatcher:
+    def __init__(self, queue: FolderQueue, options: DispatcherOptions) -> None:
+        self.queue = queue
+        self.layout = queue.layout
+        self.options = options
+        self.slots = options.slots
+        self.owner = f"{HOST}.{os.getpid()}"
+        self.log = queue_logger(self.layout.logfile, options.console)
+        self.running: dict[str, RunningJob] = {}
+        self._by_pid: dict[int, str] = {}
+        self._busy: dict[int, str] = {}  # slot index -> job name
+        self._pending: dict[str, QueuedJob] = {}
+        self._order: list[QueuedJob] = []
+        self._order_dirty = False
+        self._unready: dict[str, _Unready] = {}
+        self._events: set[str] = set()
+        self._next_scan = 0.0
+        self._next_heartbeat = 0.0
+        self._hooks: dict[int, str] = {}
+        self._ending: list[tuple[RunningJob, bool]] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpudispatch-writer")
+        self._writes: list[Future] = []
+        self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._heads: dict[str, tuple[int, int, bytes]] = {}  # name -> size, mtime, head
+        self._idle_logged = False
+        self._stop_requests = 0
+        self._cold_done = False
+        self.watcher: FolderWatcher | None = None
+        self.keeper: Keeper | None = None
+        self._base_env = {**os.environ, **options.extra_env}
+        self._base_env.pop(METRICS_ENV, None)
+
+    # ------------------------------------------------------------------ one step
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._collect_writes()
+        self._reap(now)
+        self._enforce_deadlines(now)
+        if self._stop_requests >= 2 and not self._cold_done:
+            self._cold_stop()
+        if now >= self._next_heartbeat:
+            self._heartbeat(now)
+        if self._stop_requests:
+            self._settle()
+            return
+        self._discover(now)
+        paused = self.queue.is_paused()
+        if not paused:
+            self._schedule(now)
+        if self._ending:
+            self._settle()
+            if not paused:
+                self._schedule(now)  # jobs waiting --after the ones just settled
+        idle = not self._pending and not self.running and not self._unready
+        if idle and not self._idle_logged:
+            self.log.info("Job queue empty. Waiting...")
+        self._idle_logged = idle
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``run()`` should return now (a stop, or ``--drain`` with nothing left)."""
+        if self._writes or self._ending:
+            return False
+        if self._stop_requests:
+            return not self.running
+        if self.options.drain:
+            paused = self.queue.is_paused()
+            return not self.running and (paused or (not self._pending and not self._unready))
+        return False
+
+    # ------------------------------------------------------------------ discovery
+    def _discover(self, now: float) -> None:
+        names: Iterable[str] | None = None
+        if now >= self._next_scan:
+            interval = self.options.wait if self.watcher is None else max(self.options.wait, 10)
+            self._next_scan = now + interval
+            names = self._scan_queue()
+        elif self._events or self._unready:
+            names = self._events | set(self._unready)
+        if names is None:
+            return
+        self._events = set()
+        added = [name for name in names if self._consider(name, now)]
+        if added:
+            added.sort()
+            shown = added if len(added) <= 20 else [*added[:20], f"... {len(added) - 20} more"]
+            self.log.info("%d new jobs added to queue %s", len(added), shown)
+            self._order_dirty = True
+
+    def _scan_queue(self) -> list[str]:
+        names = self.queue.names(JobState.QUEUED)
+        present = set(names)
+        gone = [name for name in self._pending if name not in present]
+        for name in gone:
+            del self._pending[name]
+        if gone:
+            self._order_dirty = True
+        return names
+
+    def _consider(self, name: str, now: float) -> bool:
+        """Take a newly seen queue file into the schedule once it is completely written."""
+        if name in self._pending or name in self.running or not is_job_name(name):
+            return False
+        path = self.layout.script(JobState.QUEUED, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._unready.pop(name, None)
+            return False
+        complete, head = read_if_complete(path, st)
+        if complete is None:  # no leases here: wait for size and mtime to stay still
+            before = self._unready.get(name)
+            stable = (
+                before is not None
+                and (before.size, before.mtime) == (st.st_size, st.st_mtime_ns)
+                and now - before.seen >= min(self.options.wait, 1.0)
+            )
+            if not stable:
+                if before is None or (before.size, before.mtime) != (st.st_size, st.st_mtime_ns):
+                    self._unready[name] = _Unready(st.st_size, st.st_mtime_ns, now)
+                return False
+        elif not complete:
+            self._unready.setdefault(name, _Unready(st.st_size, st.st_mtime_ns, now))
+            return False
+        self._unready.pop(name, None)
+        self._heads[name] = (st.st_size, st.st_mtime_ns, head)
+        try:
+            directives = parse_directives(head.decode(errors="replace"))
+            reason = impossible_reason(directives, self.slots)
+        except DirectiveError as exc:
+            directives, reason = Directives(), str(exc)
+        if reason:
+            self._fail_queued(name, reason)
+            return False
+        self._pending[name] = QueuedJob(name, directives, now)
+        return True
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule(self, now: float) -> None:
+        free = [i for i in range(len(self.slots)) if i not in self._busy]
+        if not free or not self._pending:
+            return
+        if self._order_dirty:
+            self._order = sorted(self._pending.values(), key=lambda j: j.sort_key)
+            self._order_dirty = False
+        result = plan(
+            self._order,
+            self.slots,
+            free,
+            _DepStates(self.queue),
+            now,
+            self.options.reserve_after,
+        )
+        for name, reason in result.failures:
+            self._forget(name)
+            self._fail_queued(name, reason)
+        for name, slot_ids in result.starts:
+            job = self._forget(name)
+            if job is not None:
+                self._start(job, slot_ids, now)
+
+    def _forget(self, name: str) -> QueuedJob | None:
+        self._heads.pop(name, None)
+        job = self._pending.pop(name, None)
+        if job is not None:
+            try:
+                self._order.remove(job)
+            except ValueError:
+                pass
+        return job
+
+    def _fail_queued(self, name: str, reason: str) -> None:
+        if not self.queue.claim(name):
+            return
+        record = self._fresh_record(name)
+        record.reason = reason
+        record.ended_at = now_iso()
+        self._conclude_now(name, record, JobState.FAILED)
+        self.log.warning("%s failed: %s", name, reason)
+
+    def _fresh_record(self, name: str) -> JobRecord:
+        """The record to continue: a requeued job keeps its attempts, a new drop starts over."""
+        record = self.queue.read_record(name)
+        if record.ended_at and not record.extra.get("requeued"):
+            record = JobRecord(name=name)
+        record.extra.pop("requeued", None)
+        return record
+
+    def _start(self, job: QueuedJob, slot_ids: list[int], now: float) -> None:
+        name = job.name
+        if not self.queue.claim(name):
+            return  # another dispatcher took it, or the user removed it
+        record = self._fresh_record(name)
+        record.attempts += 1
+        record.gpus = [g for g in (self.slots[i] for i in slot_ids) if g is not None]
+        record.host, record.dispatcher = HOST, self.owner
+        record.started_at, record.ended_at = now_iso(), None
+        record.exit_code, record.reason = None, None
+        record.backend, record.backend_id = "local", None
+        record.extra["directives"] = job.directives.to_dict()
+        log_path = self.layout.job_log(name, record.attempts)
+        record.log = str(log_path)
+        path = self.layout.script(JobState.RUNNING, name)
+        size, mtime, head = self._heads.pop(name, (-1, -1, b""))
+        try:
+            st = os.lstat(path)
+            fresh = (st.st_size, st.st_mtime_ns) == (size, mtime)
+            launch = runner.check_script(path, st, head if fresh else None)
+        except FileNotFoundError:
+            return
+        except runner.ScriptRejected as exc:
+            record.reason = f"{name} {exc}"
+            record.ended_at = record.started_at
+            self._conclude_now(name, record, JobState.FAILED)
+            self.log.warning("%s failed: %s", name, record.reason)
+            return
+        if launch.note:
+            self.log.info("%s is %s", name, launch.note)
+        request = SpawnRequest(
+            name, launch.argv, self._job_env(name, record), log_path, self.layout.exit_file(name)
+        )
+        try:
+            self._keeper().spawn(request)
+        except KeeperGone:
+            self._keeper_lost()
+            self._keeper().spawn(request)
+        timeout = job.directives.timeout
+        running = RunningJob(
+            name,
+            None,
+            slot_ids,
+            record,
+            job.directives,
+            deadline=now + timeout if timeout else None,
+            record_due=now + RECORD_DELAY_SECONDS,
+        )
+        self._track(running)
+        if len(self.slots) > 1:
+            where = ",".join(str(g) for g in record.gpus) if record.gpus else "CPU"
+            self.log.info("Running job %s on %s%s...", name, "GPU " if record.gpus else "", where)
+        else:
+            self.log.info("Running job %s...", name)
+
+    def _job_env(self, name: str, record: JobRecord) -> dict[str, str]:
+        env = dict(self._base_env)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in record.gpus)
+        env["GPUDISPATCH_JOB"] = name
+        env["GPUDISPATCH_ROOT"] = str(self.layout.root)
+        env["GPUDISPATCH_ATTEMPT"] = str(record.attempts)
+        env["GPUDISPATCH_LOG"] = record.log or ""
+        env[METRICS_ENV] = str(self.layout.metrics(name))
+        return env
+
+    def _track(self, job: RunningJob) -> None:
+        self.running[job.name] = job
+        if job.pid is not None:
+            self._by_pid[job.pid] = job.name
+        for i in job.slot_ids:
+            self._busy[i] = job.name
+
+    def _untrack(self, job: RunningJob) -> None:
+        self.running.pop(job.name, None)
+        self._by_pid.pop(job.pid, None)
+        for i in job.slot_ids:
+            if self._busy.get(i) == job.name:
+                del self._busy[i]
+        if job.pidfd is not None:
+            os.close(job.pidfd)
+            job.pidfd = None
+
+    # ------------------------------------------------------------------ endings
+    def _keeper(self) -> Keeper:
+        if self.keeper is None:
+            self.keeper = Keeper(str(self.layout.tmp))
+            self.keeper.start()
+        return self.keeper
+
+    def _reap(self, now: float) -> None:
+        if self.keeper is not None:
+            try:
+                messages = self.keeper.messages()
+            except KeeperGone:
+                messages = self._keeper_lost()
+            for message in messages:
+                self._on_keeper_message(message)
+        while self._hooks:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid in self._hooks:
+                self._hook_done(self._hooks.pop(pid), os.waitstatus_to_exitcode(status))
+        for job in [j for j in self.running.values() if j.adopted]:
+            if not runner.pid_alive(job.pid):
+                code = runner.read_exit_file(self.layout.exit_file(job.name))
+                if code is None and job.keeper_pid and runner.pid_alive(job.keeper_pid):
+                    continue  # its keeper is about to write the code
+                self._ended(job, code)
+        for job in self.running.values():
+            if job.record_due is not None and now >= job.record_due and job.pid is not None:
+                job.record_due = None
+                self.queue.write_record(job.record)
+
+    def _on_keeper_message(self, message) -> None:
+        if isinstance(message, Exited):
+            name = self._by_pid.get(message.pid)
+            if name is not None:
+                self._ended(self.running[name], message.code)
+            return
+        kind, name, detail = message
+        job = self.running.get(name)
+        if job is None:
+            return
+        if kind == "started":
+            job.pid = job.record.pid = detail
+            self._by_pid[detail] = name
+            if job.kill_reason:  # stopped before we knew its pid
+                runner.kill_group(job.pid, signal.SIGTERM)
+        else:
+            self._untrack(job)
+            record = job.record
+            record.reason, record.ended_at = f"could not start: {detail}", now_iso()
+            self.log.warning("%s failed: %s", name, record.reason)
+            self._conclude_now(name, record, JobState.FAILED)
+
+    def _keeper_lost(self) -> list:
+        """The keeper died under us: its jobs run on, unsupervised; watch them by pid."""
+        self.log.error("The keeper process died; its running jobs can no longer report.")
+        self.keeper = None
+        for job in self.running.values():
+            job.adopted, job.keeper_pid = True, None
+        return []
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for job in list(self.running.values()):
+            if job.pid is None:
+                continue
+            if job.kill_at is not None and now >= job.kill_at:
+                runner.kill_group(job.pid, signal.SIGKILL)
+                job.kill_at = None
+            elif job.deadline is not None and now >= job.deadline and not job.kill_reason:
+                self.log.warning("%s timed out; stopping it", job.name)
+                self._stop_job(job, "timeout", now)
+
+    def _finish(self, job: RunningJob, code: int | None) -> None:
+        self._ended(job, code)
+        self._settle()
+
+    def _ended(self, job: RunningJob, code: int | None) -> None:
+        """Free a job's slots and log its end; the files follow in :meth:`_settle`.
+
+        Split so that ``tick`` starts the next job before doing the bookkeeping of the
+        last one: the writes overlap the next job's run instead of delaying it.
+        """
+        self._untrack(job)
+        record = job.record
+        record.ended_at = now_iso()
+        record.exit_code = code
+        cancelled = os.path.exists(self.layout.cancel_request(job.name))
+        if cancelled:
+            reason = "cancelled"
+        elif job.kill_reason == "cold stop":
+            reason = "cold stop: killed when the dispatcher stopped; requeued"
+        elif job.kill_reason == "timeout":
+            reason = f"timeout after {job.directives.timeout:g}s"
+        elif code is None:
+            reason = "ended while no dispatcher watched it, and left no exit code"
+        else:
+            reason = runner.describe_status(code)
+        record.reason = reason
+        if reason is None:
+            self.log.info("%s returned %s", job.name, code)
+        else:
+            self.log.warning("%s returned %s", job.name, code if code is not None else reason)
+        retry = job.kill_reason == "cold stop" or (
+            reason is not None and not cancelled and record.attempts <= job.directives.retries
+        )
+        self._ending.append((job, retry))
+
+    def _settle(self) -> None:
+        """Hand the ended jobs' records and moves to the writer thread.
+
+        Creating a file costs 0.1 to 1 ms on the disks this runs on, more than a trivial
+        job: written here, it would hold back the next job; in the writer thread it
+        overlaps it. Moves stay ordered (one writer), and the loop is woken when done.
+        """
+        ending, self._ending = self._ending, []
+        if ending:
+            self._writes.append(self._writer.submit(self._write_endings, ending))
+
+    def _write_endings(self, ending: list[tuple[RunningJob, bool]]) -> list:
+        """In the writer thread: record and move each job; what hooks to run after."""
+        concluded = []
+        try:
+            for job, retry in ending:
+                record = job.record
+                if job.kill_reason == "cold stop":
+                    self._requeue(job.name, record, record.reason or "cold stop")
+                elif retry:
+                    self.log.info(
+                        "%s: retry %d of %d", job.name, record.attempts, job.directives.retries
+                    )
+                    self._requeue(job.name, record, f"{record.reason}; retrying")
+                else:
+                    state = JobState.FAILED if record.reason else JobState.COMPLETED
+                    self._conclude(job.name, record, state)
+                    concluded.append((job.name, record, state))
+                self._drop_exit_file(job)
+                try:
+                    os.unlink(self.layout.cancel_request(job.name))
+                except FileNotFoundError:
+                    pass
+        finally:
+            try:
+                os.write(self._wake_w, b"w")
+            except BlockingIOError:
+                pass
+        return concluded
+
+    def _collect_writes(self) -> None:
+        """Run the hooks of finished writes (errors from the writer surface here)."""
+        while self._writes and self._writes[0].done():
+            for concluded in self._writes.pop(0).result():
+                self._run_hook(*concluded)
+
+    def _drop_exit_file(self, job: RunningJob) -> None:
+        """The outcome is recorded: its exit file may go (by the keeper that wrote it)."""
+        exit_path = self.layout.exit_file(job.name)
+        if not job.adopted and self.keeper is not None:
+            try:
+                self.keeper.forget(exit_path)
+                return
+            except KeeperGone:
+                pass
+        try:
+            os.unlink(exit_path)
+        except FileNotFoundError:
+            pass
+
+    def _conclude(self, name: str, record: JobRecord, state: JobState) -> None:
+        self.queue.write_record(record)
+        self.queue.move(name, JobState.RUNNING, state)
+
+    def _conclude_now(self, name: str, record: JobRecord, state: JobState) -> None:
+        """Conclude a job that never ran (rejected, impossible), on this thread."""
+        self._conclude(name, record, state)
+        self._run_hook(name, record, state)
+
+    def _requeue(self, name: str, record: JobRecord, reason: str) -> None:
+        record.reason = reason
+        record.extra["requeued"] = True
+        self.queue.write_record(record)
+        self.queue.move(name, JobState.RUNNING, JobState.QUEUED)
+
+    # ------------------------------------------------------------------ hooks
+    def _run_hook(self, name: str, record: JobRecord, state: JobState) -> None:
+        command = self.options.on_finish
+        if not command:
+            return
+        env = {
+            **self._base_env,
+            "GPUDISPATCH_JOB": name,
+            "GPUDISPATCH_STATE": state.value,
+            "GPUDISPATCH_EXIT_CODE": "" if record.exit_code is None else str(record.exit_code),
+            "GPUDISPATCH_LOG": record.log or "",
+            "GPUDISPATCH_REASON": record.reason or "",
+            "GPUDISPATCH_ROOT": str(self.layout.root),
+        }
+        try:
+            pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env, setsid=True)
+        except OSError as exc:
+            self.log.warning("on-finish hook for %s could not start: %s", name, exc)
+            return
+        self._hooks[pid] = name
+
+    def _hook_done(self, name: str, code: int) -> None:
+        if code != 0:
+            self.log.warning("on-finish hook for %s returned %s", name, code)
+
+    # ------------------------------------------------------------------ restarts
+    def reconcile(self) -> None:
+        """Settle every job left in ``running/`` by dispatchers that are gone.
+
+        A job whose supervisor wrote an exit code is concluded with it; one whose
+        supervisor still runs is adopted (its slots stay busy until it ends); one that
+        was cut off is put back in the queue, and its next run counts as an attempt.
+        """
+        supervisors: dict[str, int] | None = None
+        peers = self._live_peers()
+        for name in self.queue.names(JobState.RUNNING):
+            if name in self.running:
+                continue
+            record = self.queue.read_record(name)
+            if record.dispatcher and record.dispatcher != self.owner:
+                if record.dispatcher in peers:
+                    continue
+            elif peers and self._recently_claimed(name):
+                continue
+            directives = Directives(**_directive_fields(record))
+            code = runner.read_exit_file(self.layout.exit_file(name))
+            if code is None and record.host in (None, HOST):
+                if supervisors is None:
+                    supervisors = runner.find_jobs(str(self.layout.exits))
+                found = supervisors.get(name)
+                if found is not None:
+                    self._adopt(name, found, record, directives)
+                    continue
+            if code is not None:
+                job = RunningJob(name, record.pid or 0, [], record, directives)
+                self.log.info("%s ended while no dispatcher was running", name)
+                self._finish(job, code)
+                continue
+            self.log.warning("%s was cut off (its dispatcher died); requeued", name)
+            self._requeue(name, record, "interrupted: its dispatcher stopped; requeued")
+
+    def _adopt(
+        self, name: str, found: runner.FoundJob, record: JobRecord, directives: Directives
+    ) -> None:
+        pid = found.pid
+        gpus = record.gpus if record.pid == pid else found.gpus
+        slot_ids = [i for i, g in enumerate(self.slots) if g is not None and g in gpus]
+        if not gpus:
+            cpu = [i for i, g in enumerate(self.slots) if g is None and i not in self._busy]
+            slot_ids = cpu[:1]
+        record.pid = pid
+        job = RunningJob(
+            name, pid, slot_ids, record, directives, adopted=True, keeper_pid=found.parent
+        )
+        job.pidfd = runner.pidfd(pid)
+        self._track(job)
+        self.log.info("%s is still running (pid %d); waiting for it", name, pid)
+
+    def _recently_claimed(self, name: str) -> bool:
+        try:
+            ctime = os.lstat(self.layout.script(JobState.RUNNING, name)).st_ctime
+        except FileNotFoundError:
+            return True
+        return time.time() - ctime < CLAIM_GRACE_SECONDS
+
+    def _live_peers(self) -> set[str]:
+        peers = set()
+        try:
+            entries = list(os.scandir(self.layout.dispatchers))
+        except FileNotFoundError:
+            return peers
+        for entry in entries:
+            owner = entry.name
+            if owner == self.owner:
+                continue
+            host, _, pid = owner.rpartition(".")
+            if host == HOST:
+                alive = pid.isdigit() and runner.pid_alive(int(pid))
+            else:
+                try:
+                    alive = time.time() - entry.stat().st_mtime < 3 * HEARTBEAT_SECONDS
+                except FileNotFoundError:
+                    alive = False
+            if alive:
+                peers.add(owner)
+            elif host == HOST:
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+        return peers
+
+    def _heartbeat(self, now: float) -> None:
+        self._next_heartbeat = now + HEARTBEAT_SECONDS
+        write_atomic(
+            self.layout.dispatcher_file(self.owner),
+            now_iso().encode(),
+            self.layout.tmp,
+        )
+
+    # ------------------------------------------------------------------ stopping
+    def request_stop(self) -> None:
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            self.log.info(
+                "Warm stop: no new jobs; waiting for %d running. Signal again to kill them.",
+                len(self.running),
+            )
+        elif self._stop_requests == 2:
+            self.log.warning("Cold stop: killing %d running jobs.", len(self.running))
+
+    def _cold_stop(self) -> None:
+        """Kill every running group; each goes back to the queue as it ends (``_ended``)."""
+        self._cold_done = True
+        now = time.monotonic()
+        for job in self.running.values():
+            self._stop_job(job, "cold stop", now)
+
+    def _stop_job(self, job: RunningJob, why: str, now: float) -> None:
+        """SIGTERM the job's group now and SIGKILL it after the grace period."""
+        job.kill_reason = why
+        job.kill_at = now + self.options.kill_grace
+        if job.pid is not None:
+            runner.kill_group(job.pid, signal.SIGTERM)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        """Dispatch until stopped (or drained); returns the process exit status."""
+        self.log.info("------------ Job Dispatcher Started ------------")
+        self._heartbeat(time.monotonic())
+        self._keeper()  # forked before the watcher's threads exist
+        self.watcher = FolderWatcher([self.layout.queue])
+        if not self.watcher.start():
+            self.watcher.stop()
+            self.watcher = None
+        selector = selectors.DefaultSelector()
+        previous = _install_signals(self, self._wake_w)
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.watcher is not None:
+            selector.register(self.watcher.fileno(), selectors.EVENT_READ, "files")
+        try:
+            self.reconcile()
+            while True:
+                self.tick()
+                if self.finished:
+                    break
+                self._wait(selector)
+        finally:
+            _restore_signals(previous)
+            selector.close()
+            if self.watcher is not None:
+                self.watcher.stop()
+            self.close()
+            try:
+                os.unlink(self.layout.dispatcher_file(self.owner))
+            except FileNotFoundError:
+                pass
+        self.log.info("Job Dispatcher stopped.")
+        return 0
+
+    def close(self) -> None:
+        """Finish pending writes; release the keeper (it exits once its jobs have ended)."""
+        self._writer.shutdown(wait=True)
+        self._collect_writes()
+        if self.keeper is not None:
+            self.keeper.close()
+            try:
+                os.waitpid(self.keeper.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            self.keeper = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wait(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        wake_at = [self._next_scan, self._next_heartbeat]
+        for job in self.running.values():
+            wake_at += [t for t in (job.deadline, job.kill_at, job.record_due) if t is not None]
+            if job.adopted and (job.pidfd is None or not runner.pid_alive(job.pid)):
+                wake_at.append(now + 0.2)
+        if self._unready:
+            wake_at.append(now + 0.25)
+        registered = {k.fd for k in selector.get_map().values()}
+        if self.keeper is not None and self.keeper.fileno() not in registered:
+            selector.register(self.keeper.fileno(), selectors.EVENT_READ, "keeper")
+        for job in self.running.values():
+            if job.pidfd is not None and job.pidfd not in registered:
+                selector.register(job.pidfd, selectors.EVENT_READ, "pidfd")
+        timeout = max(0.0, min(wake_at) - now)
+        for key, _ in selector.select(timeout):
+            if key.data == "wake":
+                _drain_fd(self._wake_r)
+            elif key.data == "files" and self.watcher is not None:
+                self._events |= self.watcher.drain()
+        wanted = {j.pidfd for j in self.running.values()}
+        if self.keeper is not None:
+            wanted.add(self.keeper.fileno())
+        for key in list(selector.get_map().values()):
+            if key.data in ("pidfd", "keeper") and key.fd not in wanted:
+                selector.unregister(key.fd)
+
+
+# ---------------------------------------------------------------------- helpers
+def _directive_fields(record: JobRecord) -> dict:
+    saved = dict(record.extra.get("directives") or {})
+    if "after" in saved:
+        saved["after"] = tuple(saved["after"])
+    return saved
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _install_signals(dispatcher: Dispatcher, wake_w: int):
+    """Handlers only count requests and wake the loop (the work happens in ``tick``)."""
+
+    def on_stop(signum, frame) -> None:
+        dispatcher.request_stop()
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGCHLD: signal.signal(signal.SIGCHLD, lambda s, f: None),
+    }
+    previous["wakeup"] = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    return previous
+
+
+def _restore_signals(previous) -> None:
+    signal.set_wakeup_fd(previous.pop("wakeup"))
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

@@ -1,0 +1,47 @@
+"""``jobdispatcher --gpu N [--dir DIR] [--wait SEC]``: the seed's command, on the new engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+from gpudispatch.store import FolderQueue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The seed passed its description as prog; its users know this usage line.
+    parser = argparse.ArgumentParser(
+        "Python script to automate the execution of shell scripts on GPUs."
+    )
+    parser.add_argument("--gpu", type=int, required=True, help="GPU id")
+    parser.add_argument(
+        "--dir", default="../", help="Directory name for queues (default: '../')"
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SEC",
+        help="Wait time (seconds) between checks for new items in queue.",
+    )
+    parser.add_argument(
+        "--drain", action="store_true", help="Exit once the queue is empty and nothing runs."
+    )
+    return parser
+
+
+def seed_root(directory: str, gpu: int) -> Path:
+    return Path(os.path.expanduser(directory)) / f"gpu{gpu}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    queue = FolderQueue(seed_root(args.dir, args.gpu))
+    options = DispatcherOptions(slots=[args.gpu], wait=args.wait, drain=args.drain)
+    return Dispatcher(queue, options).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

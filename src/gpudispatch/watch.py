@@ -1,0 +1,127 @@
+"""Wake the dispatcher when files arrive in a folder (watchdog: inotify on Linux).
+
+Events only wake the loop and name candidate files; whether a file is complete is
+decided by :func:`is_complete`, so a missed or duplicated event costs nothing but time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+
+from gpudispatch.job import HEADER_MAX_BYTES
+
+log = logging.getLogger("gpudispatch")
+# watchdog warns about events racing its own shutdown; nothing is lost by that.
+logging.getLogger("watchdog").setLevel(logging.ERROR)
+
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+_F_RDLCK = getattr(fcntl, "F_RDLCK", 0)
+_F_UNLCK = getattr(fcntl, "F_UNLCK", 2)
+
+
+def read_if_complete(path: str, st: os.stat_result) -> tuple[bool | None, bytes]:
+    """Whether no process has ``path`` open for writing, and if so its first bytes.
+
+    A read lease is granted only when there are no writers, which is exactly "the
+    copy has finished". Where leases are refused (some filesystems, files of other
+    users) the answer is None and the caller waits for size and mtime to stay still.
+    Only regular files are opened; anything else is left for the claim to judge.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return True, b""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        return (True if exc.errno in (errno.ELOOP, errno.ENOENT) else None), b""
+    try:
+        try:
+            fcntl.fcntl(fd, _F_SETLEASE, _F_RDLCK)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EBUSY):
+                return False, b""
+            complete = None
+        else:
+            fcntl.fcntl(fd, _F_SETLEASE, _F_UNLCK)
+            complete = True
+        return complete, os.read(fd, HEADER_MAX_BYTES)
+    finally:
+        os.close(fd)
+
+
+class FolderWatcher:
+    """A readable descriptor that fires when files are created, closed or moved in."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._lock = threading.Lock()
+        self._names: set[str] = set()
+        self._observer = None
+        self._folders = folders
+
+    def start(self) -> bool:
+        """Start watching; False when file events are unavailable (then poll)."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return False
+        watcher = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                if event.event_type in ("created", "closed", "moved"):
+                    path = event.dest_path if event.event_type == "moved" else event.src_path
+                    watcher._notify(os.path.basename(os.fsdecode(path)))
+
+        try:
+            observer = Observer(timeout=0.1)
+            for folder in self._folders:
+                observer.schedule(_Handler(), str(folder), recursive=False)
+            observer.daemon = True
+            observer.start()
+        except OSError as exc:  # e.g. inotify watch or instance limits reached
+            log.warning("File events unavailable (%s); polling instead.", exc)
+            return False
+        self._observer = observer
+        return True
+
+    def _notify(self, name: str) -> None:
+        with self._lock:
+            self._names.add(name)
+        try:
+            os.write(self._write_fd, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def drain(self) -> set[str]:
+        """The names seen since the last call."""
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            names, self._names = self._names, set()
+        return names
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
