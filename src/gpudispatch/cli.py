@@ -248,6 +248,47 @@ def cmd_resume(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- sweeps
+def cmd_sweep(args) -> int:
+    from gpudispatch.sweep import SweepError, build_sweep, dry_run_text, queue_sweep, summary_lines
+
+    try:
+        sweep = build_sweep(args.spec)
+    except SweepError as exc:
+        raise CliError(str(exc)) from None
+    if args.dry_run:
+        sys.stdout.write(dry_run_text(sweep))
+        return 0
+    names = queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name)
+    print("\n".join(summary_lines(sweep, names)))
+    return 0
+
+
+def cmd_results(args) -> int:
+    from gpudispatch.results import cell_text, columns, result_rows, rows_to_csv, sort_rows
+
+    rows = result_rows(_queue(args), sweep=args.sweep)
+    if args.sort:
+        rows = sort_rows(rows, args.sort, descending=args.desc)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    if args.csv:
+        sys.stdout.write(rows_to_csv(rows))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep {args.sweep}" if args.sweep else None)
+    cols = columns(rows)
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("name", "state") else "right")
+    for row in rows:
+        table.add_row(*(cell_text(row.get(c)) for c in cols))
+    Console().print(table)
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -319,6 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("retry", cmd_retry, "put failed jobs back in the queue")
     p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
+    p.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
+
+    p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
+    p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="rows as a JSON array")
+    fmt.add_argument("--csv", action="store_true", help="rows as CSV")
+    p.add_argument("--sort", metavar="METRIC", help="sort by this column (missing last)")
+    p.add_argument("--desc", action="store_true", help="largest first")
 
     verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
     verb("resume", cmd_resume, "start new jobs again")

@@ -28,6 +28,7 @@ from gpudispatch.job import (
 )
 from gpudispatch.keeper import Exited, Keeper, KeeperGone, SpawnRequest
 from gpudispatch.layout import is_job_name
+from gpudispatch.results import METRICS_ENV
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
     QueuedJob,
@@ -37,7 +38,6 @@ from gpudispatch.scheduler import (
 from gpudispatch.store import HOST, FolderQueue, write_atomic
 from gpudispatch.watch import FolderWatcher, read_if_complete
 
-METRICS_ENV = "GPUDISPATCH_METRICS"
 # A job's start record waits this long: most trivial jobs are over by then and need
 # one record write instead of two. A crash in between loses nothing (see reconcile).
 RECORD_DELAY_SECONDS = 0.05

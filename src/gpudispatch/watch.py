@@ -18,7 +18,7 @@ from gpudispatch.job import HEADER_MAX_BYTES
 
 log = logging.getLogger("gpudispatch")
 # watchdog warns about events racing its own shutdown; nothing is lost by that.
-logging.getLogger("watchdog").setLevel(logging.ERROR)
+logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _F_RDLCK = getattr(fcntl, "F_RDLCK", 0)
