@@ -1,0 +1,1077 @@
+"""The Slurm backend: submit each queued script with ``sbatch`` and follow it to its end.
+
+The folder protocol stays the same as for local runs. A job is claimed by the rename
+``queue/ -> running/``; its record then says ``backend="slurm"`` and, once ``sbatch``
+answered, ``backend_id=<Slurm job id>``. While Slurm keeps it PENDING the script stays
+in ``running/`` with ``record.extra["slurm_state"] == "PENDING"``. It moves to
+``completed/`` or ``failed/`` with Slurm's final state, exit code and node.
+
+Crash safety: the record is written (with a fresh token, passed to Slurm as the job's
+comment) *before* ``sbatch`` runs, so a job in ``running/`` without a ``backend_id`` may
+or may not have been submitted; it is looked up in Slurm by token or name before it is
+ever submitted again. Slurm keeps its own state across a ``slurmctld`` restart, and an
+unreachable controller only postpones polls and submissions: nothing is lost, nothing
+is run twice.
+
+The parsing and command building are pure functions, tested against outputs captured
+from a real Slurm 22.05; :class:`SlurmBackend` is the thin stateful shell around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from gpudispatch.job import (
+    HEADER_MAX_BYTES,
+    DirectiveError,
+    Directives,
+    JobRecord,
+    JobState,
+    now_iso,
+    parse_directives,
+)
+from gpudispatch.layout import Layout
+from gpudispatch.store import HOST, FolderQueue, write_atomic
+
+log = logging.getLogger("gpudispatch.slurm")
+
+COMMENT_PREFIX = "gpudispatch:"
+SQUEUE_FORMAT = "%i|%T|%r|%N|%j"  # name last: the only field that may hold a '|'
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,JobName"
+# Looking for a job whose sbatch may have happened: any field may hold '|' here.
+LOOKUP_FORMAT = "%i\x1f%T\x1f%V\x1f%j\x1f%k"
+COMMAND_TIMEOUT = 60.0  # squeue gives up on a dead controller after ~18 s, sbatch ~9 s
+
+# --- sbatch options ---------------------------------------------------------------------
+
+_SHORT = {
+    "a": "array", "A": "account", "b": "begin", "c": "cpus-per-task", "C": "constraint",
+    "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile", "G": "gpus",
+    "i": "input", "J": "job-name", "L": "licenses", "M": "clusters", "m": "distribution",
+    "n": "ntasks", "N": "nodes", "o": "output", "p": "partition", "q": "qos",
+    "S": "core-spec", "t": "time", "w": "nodelist", "x": "exclude",
+    "H": "hold", "I": "immediate", "k": "no-kill", "O": "overcommit", "s": "oversubscribe",
+    "W": "wait", "Q": "quiet", "v": "verbose", "h": "help", "V": "version", "u": "usage",
+}
+_SHORT_FLAGS = set("HIkOsWQvhVu")
+# Long options that take no value (or only an optional one, given as --opt=value).
+_LONG_FLAGS = {
+    "contiguous", "exclusive", "get-user-env", "help", "hold", "ignore-pbs", "immediate",
+    "no-kill", "no-requeue", "overcommit", "oversubscribe", "parsable", "quiet", "reboot",
+    "requeue", "spread-job", "test-only", "usage", "use-min-nodes", "verbose", "version",
+    "wait",
+}
+_LONG_KNOWN = set(_SHORT.values()) | _LONG_FLAGS | {
+    "comment", "nice", "gres", "gpus-per-node", "gpus-per-task", "gpus-per-socket",
+    "time-min", "mem", "mem-per-cpu", "mem-per-gpu", "export", "mail-type", "mail-user",
+}
+# Our option -> the sbatch options that, set by the script, make us leave ours out.
+_OVERRIDDEN_BY = {
+    "gres": {"gres", "gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket"},
+    "time": {"time"},
+    "job-name": {"job-name"},
+    "output": {"output"},
+    "partition": {"partition"},
+    "dependency": {"dependency"},
+    "nice": {"nice"},
+    "comment": {"comment"},
+}
+
+
+def _canonical(long_name: str) -> str:
+    """sbatch (getopt_long) accepts unique prefixes: ``--part`` is ``--partition``."""
+    if long_name in _LONG_KNOWN:
+        return long_name
+    matches = [n for n in _LONG_KNOWN if n.startswith(long_name)]
+    return matches[0] if len(matches) == 1 else long_name
+
+
+def split_sbatch_args(words: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Group sbatch option words as ``(canonical long name, the words)``.
+
+    A word that is not an option (a stray value) is kept under the key ``""``.
+    """
+    items: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--") and len(word) > 2:
+            name, eq, _ = word[2:].partition("=")
+            key = _canonical(name)
+            if eq or key in _LONG_FLAGS or i >= len(words):
+                items.append((key, [word]))
+            else:
+                items.append((key, [word, words[i]]))
+                i += 1
+        elif word.startswith("-") and len(word) > 1:
+            letter = word[1]
+            key = _SHORT.get(letter, letter)
+            if letter in _SHORT_FLAGS or len(word) > 2 or i >= len(words):
+                items.append((key, [word]))
+            else:
+                items.append((key, [word, words[i]]))
+                i += 1
+        else:
+            items.append(("", [word]))
+    return items
+
+
+def script_sbatch_lines(text: str) -> list[str]:
+    """The ``#SBATCH`` lines sbatch itself reads: those before the first command."""
+    found = []
+    for line in text.splitlines()[1:] if text.startswith("#!") else text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#SBATCH"):
+            found.append(stripped[len("#SBATCH"):])
+        elif stripped and not stripped.startswith("#"):
+            break
+    return found
+
+
+def script_sbatch_options(text: str) -> dict[str, str | None]:
+    """Options the script's ``#SBATCH`` lines set, canonical name -> value (None: a flag)."""
+    options: dict[str, str | None] = {}
+    for rest in script_sbatch_lines(text):
+        try:
+            words = shlex.split(rest, comments=True)
+        except ValueError:
+            words = rest.split()
+        for key, group in split_sbatch_args(words):
+            if not key:
+                continue
+            if len(group) == 2:
+                options[key] = group[1]
+            elif "=" in group[0] and group[0].startswith("--"):
+                options[key] = group[0].split("=", 1)[1]
+            elif not group[0].startswith("--") and len(group[0]) > 2:
+                options[key] = group[0][2:]
+            else:
+                options[key] = None
+    return options
+
+
+def time_limit(seconds: float) -> str:
+    """Slurm's ``--time`` for a timeout: whole minutes (its granularity), rounded up."""
+    return str(max(1, math.ceil(seconds / 60 - 1e-9)))
+
+
+def sbatch_command(
+    script_path: Path | str | None,
+    name: str,
+    directives: Directives,
+    layout: Layout,
+    partition: str | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    script_text: str = "",
+    after_ids: Sequence[str] = (),
+    attempt: int = 1,
+    token: str | None = None,
+) -> list[str]:
+    """The sbatch argv that submits one job (pure).
+
+    ``script_text`` is the script, read for its ``#SBATCH`` lines: sbatch gives them
+    *lower* precedence than command-line options, but they are the job author's most
+    specific word, so every option of ours (and of ``extra_args``, the site-wide
+    ``--sbatch-arg``) that they set is left out. Directive-derived options likewise win
+    over ``extra_args``. ``after_ids`` are the Slurm ids of the ``--after`` jobs still
+    to finish. ``script_path`` None means the script comes on stdin.
+    """
+    in_script = set(script_sbatch_options(script_text))
+    ours: list[tuple[str, str]] = [
+        ("job-name", f"--job-name={name}"),
+        ("output", f"--output={layout.job_log(name, attempt)}"),
+    ]
+    if token:
+        ours.append(("comment", f"--comment={COMMENT_PREFIX}{token}"))
+    if directives.gpus:
+        ours.append(("gres", f"--gres=gpu:{directives.gpus}"))
+    if directives.timeout is not None:
+        ours.append(("time", f"--time={time_limit(directives.timeout)}"))
+    if after_ids:
+        ours.append(("dependency", f"--dependency=afterok:{':'.join(after_ids)}"))
+    if directives.priority < 0:  # users may only lower their priority in Slurm
+        ours.append(("nice", f"--nice={-directives.priority}"))
+    if partition:
+        ours.append(("partition", f"--partition={partition}"))
+    kept = [(k, w) for k, w in ours if not (_OVERRIDDEN_BY.get(k, {k}) & in_script)]
+    taken = set()
+    for key, _ in kept:
+        taken |= _OVERRIDDEN_BY.get(key, {key})
+    argv = ["sbatch", "--parsable"] + [w for _, w in kept]
+    for key, group in split_sbatch_args(list(extra_args)):
+        if key and key in in_script or (key in taken and key != "partition"):
+            continue
+        argv.extend(group)
+    if script_path is not None:
+        argv.append(str(script_path))
+    return argv
+
+
+def parse_sbatch_output(stdout: str) -> str:
+    """The job id ``sbatch --parsable`` printed (``ID`` or ``ID;cluster``)."""
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line:
+            job_id = line.split(";", 1)[0]
+            if job_id.isdigit() or re.fullmatch(r"\d+_\d+", job_id):
+                return job_id
+    raise ValueError(f"sbatch printed no job id: {stdout!r}")
+
+
+_TRANSIENT = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|temporarily unable|"
+    r"Zero Bytes were transmitted|Connection refused|Communication connection failure|"
+    r"Slurm backup controller in standby mode|Resource temporarily unavailable|"
+    r"timed out",
+    re.IGNORECASE,
+)
+
+
+def is_transient(stderr: str) -> bool:
+    """Whether a Slurm command failed because the controller was away (retry later)."""
+    return bool(_TRANSIENT.search(stderr))
+
+
+def sbatch_refusal(stderr: str) -> str:
+    """Slurm's own words for a refused submission, for ``record.reason``."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for line in lines:
+        if "submission failed:" in line:
+            return line.split("submission failed:", 1)[1].strip()
+    text = lines[-1] if lines else "sbatch failed"
+    return re.sub(r"^sbatch: error:\s*", "", text)
+
+
+# --- Slurm's answers --------------------------------------------------------------------
+
+ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED",
+    "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+    "RESV_DEL_HOLD", "SPECIAL_EXIT",
+})
+FINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED",
+})
+WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                            "CONFIGURING", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+
+
+@dataclass(frozen=True)
+class SlurmStatus:
+    """One job as a Slurm command reported it."""
+
+    job_id: str
+    state: str  # first word, upper case: "CANCELLED by 0" -> "CANCELLED"
+    reason: str | None = None
+    node: str | None = None
+    name: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    start: str | None = None
+    end: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _state_word(text: str) -> str:
+    return text.strip().split(" ", 1)[0].rstrip("+").upper()
+
+
+def _nullable(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    return None if text in ("", "(null)", "None", "None assigned", "Unknown", "N/A") else text
+
+
+def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:
+    """``"3:0"`` -> (3, 0): Slurm's exit code and the signal that ended the job."""
+    text = _nullable(text)
+    if not text or ":" not in text:
+        return None, None
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), int(sig)
+    except ValueError:
+        return None, None
+
+
+def parse_squeue(text: str) -> dict[str, SlurmStatus]:
+    """``squeue --noheader --format=%i|%T|%r|%N|%j`` for many jobs at once."""
+    jobs = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", 4)
+        if len(parts) < 5:
+            continue
+        job_id, state, reason, node, name = parts
+        job_id = job_id.strip()
+        jobs[job_id] = SlurmStatus(job_id, _state_word(state), _nullable(reason),
+                                   _nullable(node), name)
+    return jobs
+
+
+def parse_sacct(text: str) -> dict[str, SlurmStatus]:
+    """``sacct [-c] --parsable2 --noheader --format=JobID,State,ExitCode,NodeList,Start,
+    End,JobName``; step lines (``12.batch``) are skipped and a later line for the same job
+    (a requeued job ends more than once) wins."""
+    jobs = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", 6)
+        if len(parts) < 7 or "." in parts[0]:
+            continue
+        job_id, state, exit_text, node, start, end, name = parts
+        code, sig = parse_exit_code(exit_text)
+        jobs[job_id] = SlurmStatus(job_id, _state_word(state), None, _nullable(node), name,
+                                   code, sig, _nullable(start), _nullable(end))
+    return jobs
+
+
+_KEY_VALUE = re.compile(r"(\S+?)=(.*?)(?=\s+\S+?=|\s*$)")
+
+
+def parse_scontrol_fields(text: str) -> dict[str, str]:
+    """``scontrol show job ID`` (multi-line or ``-o``) as a dict of its Key=Value pairs."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        for match in _KEY_VALUE.finditer(line.strip()):
+            fields.setdefault(match.group(1), match.group(2).strip())
+    return fields
+
+
+def parse_scontrol_job(text: str) -> SlurmStatus | None:
+    """The status in ``scontrol show job ID`` output, or None when it holds no job."""
+    fields = parse_scontrol_fields(text)
+    if "JobId" not in fields or "JobState" not in fields:
+        return None
+    code, sig = parse_exit_code(fields.get("ExitCode"))
+    return SlurmStatus(
+        fields["JobId"], _state_word(fields["JobState"]), _nullable(fields.get("Reason")),
+        _nullable(fields.get("NodeList")), fields.get("JobName"), code, sig,
+        _nullable(fields.get("StartTime")), _nullable(fields.get("EndTime")),
+    )
+
+
+def parse_scontrol_config(text: str) -> dict[str, str]:
+    """``scontrol show config``: ``Key = Value`` lines."""
+    config = {}
+    for line in text.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.strip() and " " not in key.strip():
+            config[key.strip()] = value.strip()
+    return config
+
+
+def sacct_base(config: dict[str, str]) -> list[str] | None:
+    """How this cluster answers for finished jobs: ``sacct`` with slurmdbd, ``sacct -c``
+    with the jobcomp/filetxt file, or None (then only ``scontrol``, for MinJobAge)."""
+    if config.get("AccountingStorageType", "").endswith("slurmdbd"):
+        return ["sacct"]
+    if config.get("JobCompType", "").endswith("filetxt"):
+        return ["sacct", "-c"]
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a final Slurm status means for gpudispatch."""
+
+    state: JobState
+    reason: str | None
+    exit_code: int | None
+
+
+def outcome(status: SlurmStatus) -> Outcome:
+    """Map a final Slurm state to completed/failed, a reason and an exit code.
+
+    FAILED carries the script's exit code (or the signal that killed it, as 128+N like a
+    shell); CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL... are their own reason.
+    """
+    code, sig = status.exit_code, status.signal
+    exit_code = 128 + sig if sig else code
+    if status.state == "COMPLETED" and not code and not sig:
+        return Outcome(JobState.COMPLETED, None, 0)
+    if status.state in ("FAILED", "COMPLETED"):
+        if sig and not code and status.node is None:  # 0:1 and no node: never started
+            return Outcome(JobState.FAILED, "FAILED: Slurm could not launch the job", None)
+        if sig:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return Outcome(JobState.FAILED, f"FAILED: killed by {name}", exit_code)
+        if code:
+            return Outcome(JobState.FAILED, f"FAILED: exit code {code}", code)
+        return Outcome(JobState.FAILED, "FAILED: Slurm could not launch the job", None)
+    # Slurm ended it (CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL...): the code sacct or
+    # scontrol shows then is Slurm's signal, not the script's; it stays in extra.
+    return Outcome(JobState.FAILED, status.state, None)
+
+
+def slurm_time_iso(text: str | None) -> str | None:
+    """Slurm's local ``2026-11-26T14:46:33`` as gpudispatch's ISO time with offset."""
+    text = _nullable(text)
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).astimezone().isoformat(timespec="milliseconds")
+    except ValueError:
+        return None
+
+
+def resolve_output(pattern: str, job_id: str, name: str, cwd: Path) -> str:
+    """The file a script's own ``--output`` pattern names (the common %j, %x, %%)."""
+    out = pattern.replace("%%", "\0").replace("%j", job_id).replace("%A", job_id)
+    out = out.replace("%x", name).replace("\0", "%")
+    return str(cwd / out)
+
+
+# --- running Slurm commands -------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Runner = Callable[[list[str], "str | None", "dict[str, str] | None"], Result]
+
+
+def run_command(argv: list[str], stdin: str | None = None,
+                env: dict[str, str] | None = None) -> Result:
+    """Run one Slurm command; a missing binary or a hang is a (transient-looking) error."""
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
+                              timeout=COMMAND_TIMEOUT, check=False)
+    except FileNotFoundError:
+        return Result(127, "", f"{argv[0]}: command not found")
+    except subprocess.TimeoutExpired:
+        return Result(124, "", f"{argv[0]}: timed out after {COMMAND_TIMEOUT:g}s")
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+# --- the backend ------------------------------------------------------------------------
+
+
+@dataclass
+class _Tracked:
+    """A submitted job this process follows (rebuilt from records on every start)."""
+
+    name: str
+    job_id: str
+    state: str = "PENDING"
+    missing_polls: int = 0
+
+
+@dataclass
+class SlurmBackend:
+    """Submits ``queue/`` to Slurm and follows the jobs; ``tick()`` is one loop step."""
+
+    queue: FolderQueue
+    partition: str | None = None
+    sbatch_args: Sequence[str] = ()
+    poll_interval: float = 2.0
+    runner: Runner = run_command
+    logger: logging.Logger = log
+    _tracked: dict[str, _Tracked] = field(default_factory=dict, init=False)
+    _reconciled: bool = field(default=False, init=False)
+    _last_poll: float | None = field(default=None, init=False)
+    _sacct: list[str] | None = field(default=None, init=False)
+    _config_read: bool = field(default=False, init=False)
+    failures: int = field(default=0, init=False)
+
+    @property
+    def layout(self) -> Layout:
+        return self.queue.layout
+
+    @property
+    def owner(self) -> str:
+        return f"slurm@{HOST}:{os.getpid()}"
+
+    # ------------------------------------------------------------------ the loop
+    def tick(self, now: float | None = None) -> None:
+        """One step: settle leftovers once, take cancels, submit new jobs, poll Slurm."""
+        now = time.monotonic() if now is None else now
+        if not self._reconciled:
+            self.reconcile()
+        self._take_cancel_requests()
+        if not self.queue.is_paused():
+            self.submit_queued()
+        if self._last_poll is None or now - self._last_poll >= self.poll_interval:
+            self._last_poll = now
+            self.poll()
+
+    def idle(self) -> bool:
+        """Nothing queued (or paused) and nothing in Slurm's hands: ``--drain`` may stop."""
+        queued = not self.queue.is_paused() and self.queue.names(JobState.QUEUED)
+        return not queued and not self.queue.names(JobState.RUNNING)
+
+    def run(self, stop_event: threading.Event | None = None, drain: bool = False) -> int:
+        """Tick until ``stop_event`` is set (or, with ``drain``, nothing is left).
+
+        Stopping leaves submitted jobs to Slurm; the next start follows them again.
+        Returns 1 when ``drain`` saw a job fail, else 0.
+        """
+        stop_event = stop_event or threading.Event()
+        self.logger.info("------------ Job Dispatcher Started (Slurm) ------------")
+        while not stop_event.is_set():
+            self.tick()
+            if drain and self.idle():
+                break
+            stop_event.wait(min(self.poll_interval, 1.0))
+        self.logger.info("Job Dispatcher stopped.")
+        return 1 if drain and self.failures else 0
+
+    # ------------------------------------------------------------------ Slurm calls
+    def _run(self, argv: list[str], stdin: str | None = None,
+             env: dict[str, str] | None = None) -> Result:
+        return self.runner(argv, stdin, env)
+
+    def _sacct_base(self) -> list[str] | None:
+        if not self._config_read:
+            res = self._run(["scontrol", "show", "config"])
+            if res.returncode != 0:
+                return None  # controller away: ask again next time
+            self._sacct = sacct_base(parse_scontrol_config(res.stdout))
+            self._config_read = True
+        return self._sacct
+
+    def squeue(self, job_ids: Iterable[str]) -> dict[str, SlurmStatus] | None:
+        """Statuses of many jobs in one call; None when the controller did not answer."""
+        ids = sorted(set(job_ids), key=_id_key)
+        if not ids:
+            return {}
+        res = self._run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}",
+                         f"--format={SQUEUE_FORMAT}"])
+        if res.returncode != 0:
+            if "Invalid job id" in res.stderr:  # every id long gone from memory
+                return {}
+            self.logger.warning("squeue failed; will retry: %s", res.stderr.strip())
+            return None
+        return parse_squeue(res.stdout)
+
+    def sacct(self, job_ids: Iterable[str]) -> dict[str, SlurmStatus]:
+        """Final statuses from accounting (one call), or {} where the cluster keeps none."""
+        ids = sorted(set(job_ids), key=_id_key)
+        base = self._sacct_base()
+        if not ids or base is None:
+            return {}
+        res = self._run([*base, "--parsable2", "--noheader", f"--format={SACCT_FIELDS}",
+                         f"--jobs={','.join(ids)}"])
+        if res.returncode != 0:
+            self.logger.warning("sacct failed: %s", res.stderr.strip())
+            return {}
+        found = parse_sacct(res.stdout)
+        return {i: s for i, s in found.items() if i in ids}
+
+    def scontrol_job(self, job_id: str) -> SlurmStatus | None:
+        res = self._run(["scontrol", "show", "job", job_id])
+        return parse_scontrol_job(res.stdout) if res.returncode == 0 else None
+
+    # ------------------------------------------------------------------ submission
+    def submit_queued(self) -> None:
+        """Claim and submit every queued job whose ``--after`` jobs are in Slurm."""
+        pending = []
+        for name in self.queue.names(JobState.QUEUED):
+            path = self.layout.script(JobState.QUEUED, name)
+            if not _fully_written(path):
+                continue
+            try:
+                text = _read_head(path)
+                directives, problem = parse_directives(text), None
+            except DirectiveError as exc:
+                directives, problem = Directives(), str(exc)
+            except OSError:
+                continue  # vanished or unreadable between listing and reading
+            pending.append((-directives.priority, name, directives, problem))
+        for _, name, directives, problem in sorted(pending):
+            if problem:
+                self._fail_queued(name, problem)
+                continue
+            after_ids, blocker = self._dependencies(directives)
+            if blocker:
+                self._fail_queued(name, blocker)
+            elif after_ids is not None and self.queue.claim(name):
+                self._submit(name, directives, after_ids, new_attempt=True)
+
+    def _dependencies(self, directives: Directives) -> tuple[list[str] | None, str | None]:
+        """Slurm ids to wait for, or None to keep waiting here, or a reason to fail."""
+        ids = []
+        for dep in directives.after:
+            # twice: a retry moving running/ -> queue/ between our looks reads as absent
+            where = self.queue.locate(dep) or self.queue.locate(dep)
+            if where is None:
+                return None, f"dependency {dep} does not exist"
+            if where is JobState.FAILED:
+                return None, f"dependency {dep} failed"
+            if where is JobState.COMPLETED:
+                continue
+            if where is not JobState.RUNNING:
+                return None, None  # still queued here
+            record = self.queue.read_record(dep)
+            if record.backend != "slurm" or not record.backend_id:
+                return None, None
+            ids.append(record.backend_id)
+        return ids, None
+
+    def _fail_queued(self, name: str, reason: str) -> None:
+        if not self.queue.claim(name):
+            return
+        record = self._fresh_record(name)
+        record.backend, record.reason, record.ended_at = "slurm", reason, now_iso()
+        self._conclude(name, record, JobState.FAILED)
+
+    def _fresh_record(self, name: str) -> JobRecord:
+        """A requeued job keeps its attempts; a new drop of a finished name starts over."""
+        record = self.queue.read_record(name)
+        if record.ended_at and not record.extra.get("requeued"):
+            record = JobRecord(name=name, submitted_at=record.submitted_at,
+                               params=record.params)
+        record.extra.pop("requeued", None)
+        return record
+
+    def _submit(self, name: str, directives: Directives, after_ids: list[str],
+                new_attempt: bool) -> None:
+        """sbatch one claimed job; the record (with its token) is written first."""
+        path = Path(self.layout.script(JobState.RUNNING, name))
+        record = self._fresh_record(name) if new_attempt else self.queue.read_record(name)
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            record.reason = f"could not read the script: {exc}"
+            self._finish_failed(name, record)
+            return
+        if new_attempt or not record.attempts:
+            record.attempts += 1
+        token = uuid.uuid4().hex[:16]
+        record.backend, record.backend_id = "slurm", None
+        record.host, record.pid, record.dispatcher = None, None, self.owner
+        record.started_at = record.ended_at = record.exit_code = record.reason = None
+        record.extra.update(slurm_token=token, slurm_state="SUBMITTING",
+                            slurm_submit_at=now_iso(), directives=directives.to_dict())
+        record.log = str(self.layout.job_log(name, record.attempts))
+        self.queue.write_record(record)
+
+        stdin = None if text.startswith("#!") else "#!/bin/sh\n" + text
+        argv = sbatch_command(None if stdin else path, name, directives, self.layout,
+                              self.partition, self.sbatch_args, script_text=text,
+                              after_ids=after_ids, attempt=record.attempts, token=token)
+        env = {**os.environ, "GPUDISPATCH_JOB": name,
+               "GPUDISPATCH_ROOT": str(self.layout.root),
+               "GPUDISPATCH_ATTEMPT": str(record.attempts), "GPUDISPATCH_LOG": record.log}
+        res = self._run(argv, stdin, env)
+        if res.returncode == 0:
+            try:
+                job_id = parse_sbatch_output(res.stdout)
+            except ValueError as exc:
+                self.logger.warning("%s: %s; will look it up", name, exc)
+                return
+            self._adopt(name, record, job_id, text)
+            self.logger.info("Submitted job %s to Slurm as %s", name, job_id)
+        elif is_transient(res.stderr) or res.returncode in (124, 127):
+            # Maybe submitted, maybe not: the record (no backend_id) sends it to _recover.
+            self.logger.warning("sbatch for %s failed; will retry: %s", name,
+                                res.stderr.strip())
+        else:
+            record.reason = sbatch_refusal(res.stderr)
+            record.extra["slurm_state"] = "REFUSED"
+            self.logger.warning("%s failed: Slurm refused it: %s", name, record.reason)
+            self._finish_failed(name, record)
+
+    def _adopt(self, name: str, record: JobRecord, job_id: str, text: str) -> None:
+        record.backend_id = job_id
+        record.extra["slurm_state"] = "PENDING"
+        own_output = script_sbatch_options(text).get("output")
+        if own_output:
+            record.log = resolve_output(own_output, job_id, name, Path.cwd())
+        self.queue.write_record(record)
+        self._tracked[name] = _Tracked(name, job_id)
+
+    def _recover(self, name: str, record: JobRecord) -> None:
+        """A job in running/ whose sbatch may or may not have happened: find it, or
+        submit it (once we know Slurm has no job with its token or name)."""
+        token = record.extra.get("slurm_token")
+        try:
+            text = _read_head(self.layout.script(JobState.RUNNING, name))
+        except OSError:
+            text = ""
+        own = script_sbatch_options(text)
+        slurm_name = own.get("job-name") or name
+        cutoff = _parse_when(record.extra.get("slurm_submit_at"))
+        res = self._run(["squeue", "--noheader", "--states=all", "--me",
+                         f"--format={LOOKUP_FORMAT}"])
+        if res.returncode != 0:
+            return  # controller away: try again next poll
+        for line in res.stdout.splitlines():
+            parts = line.split("\x1f")
+            if len(parts) != 5 or not token:
+                continue
+            job_id, _, submitted, job_name, comment = parts
+            if comment.strip() == f"{COMMENT_PREFIX}{token}" or (
+                "comment" in own and job_name == slurm_name
+                and _not_before(slurm_time_iso(submitted), cutoff)
+            ):
+                return self._found(name, record, job_id.strip())
+        if record.extra.get("cancel_requested"):
+            record.reason = "cancelled"
+            record.ended_at = now_iso()
+            return self._finish_failed(name, record)
+        # Ended and purged from the controller's memory? Accounting keeps name and times.
+        base = self._sacct_base()
+        if base is not None and token and cutoff:
+            acc = self._run([*base, "--parsable2", "--noheader",
+                             "--format=JobID,Submit,JobName"])
+            if acc.returncode != 0:
+                return
+            for line in reversed(acc.stdout.splitlines()):
+                parts = line.split("|", 2)
+                if (len(parts) == 3 and parts[2] == slurm_name and "." not in parts[0]
+                        and _not_before(slurm_time_iso(parts[1]), cutoff)):
+                    return self._found(name, record, parts[0])
+        self.logger.info("%s was never submitted (no trace in Slurm); submitting it", name)
+        try:
+            directives = parse_directives(text)
+        except DirectiveError:
+            directives = Directives()
+        after_ids, blocker = self._dependencies(directives)
+        if blocker:
+            record.reason = blocker
+            self._finish_failed(name, record)
+        elif after_ids is not None:
+            self._submit(name, directives, after_ids, new_attempt=False)
+
+    def _found(self, name: str, record: JobRecord, job_id: str) -> None:
+        self.logger.info("%s had been submitted as Slurm job %s; following it", name, job_id)
+        try:
+            text = Path(self.layout.script(JobState.RUNNING, name)).read_text(errors="replace")
+        except OSError:
+            text = ""
+        self._adopt(name, record, job_id, text)
+        if record.extra.get("cancel_requested"):
+            self._run(["scancel", job_id])
+
+    # ------------------------------------------------------------------ restarts
+    def reconcile(self) -> None:
+        """Follow every Slurm job left in ``running/`` (this process's memory is empty)."""
+        self._reconciled = True
+        for name in self.queue.names(JobState.RUNNING):
+            record = self.queue.read_record(name)
+            if record.backend_id and record.backend == "slurm":
+                self._tracked.setdefault(name, _Tracked(
+                    name, record.backend_id, record.extra.get("slurm_state", "PENDING")))
+        # Jobs without a backend_id are settled by poll() via _recover().
+
+    def _unsubmitted(self) -> list[tuple[str, JobRecord]]:
+        """running/ jobs of ours with no Slurm id: claimed, sbatch unknown."""
+        found = []
+        for name in self.queue.names(JobState.RUNNING):
+            if name in self._tracked:
+                continue
+            record = self.queue.read_record(name)
+            ours = record.backend == "slurm" or (
+                record.pid is None and record.dispatcher is None and record.started_at is None
+                and not record.backend_id)
+            if not ours:
+                continue
+            if record.backend_id:  # written by another process after our reconcile
+                self._tracked[name] = _Tracked(name, record.backend_id)
+            else:
+                found.append((name, record))
+        return found
+
+    # ------------------------------------------------------------------ following jobs
+    def poll(self) -> None:
+        """One squeue for every tracked job; one sacct for those that ended."""
+        for name, record in self._unsubmitted():
+            if not self.queue.is_paused() or record.backend == "slurm":
+                self._recover(name, record)
+        by_id = {t.job_id: t for t in self._tracked.values()}
+        if not by_id:
+            return
+        statuses = self.squeue(by_id)
+        if statuses is None:
+            return
+        ended: dict[str, SlurmStatus | None] = {}
+        for job_id, tracked in by_id.items():
+            status = statuses.get(job_id)
+            if status is not None and not status.is_final:
+                self._update_active(tracked, status)
+            else:
+                ended[job_id] = status
+        if not ended:
+            return
+        final = self.sacct(ended)
+        for job_id, seen in ended.items():
+            status = final.get(job_id)
+            if status is None and seen is not None:
+                status = self.scontrol_job(job_id) or seen
+            if status is None or not status.is_final:
+                tracked = by_id[job_id]
+                tracked.missing_polls += 1
+                if tracked.missing_polls >= 3:
+                    status = SlurmStatus(job_id, "LOST")
+                else:
+                    continue
+            self._conclude_slurm(by_id[job_id], status)
+
+    def _update_active(self, tracked: _Tracked, status: SlurmStatus) -> None:
+        tracked.missing_polls = 0
+        if status.state == "PENDING" and status.reason == "DependencyNeverSatisfied":
+            record = self.queue.read_record(tracked.name)
+            if not record.extra.get("dependency_failed"):
+                record.extra["dependency_failed"] = True
+                self.queue.write_record(record)
+                self._run(["scancel", tracked.job_id])
+            return
+        if status.state == tracked.state:
+            return
+        tracked.state = status.state
+        record = self.queue.read_record(tracked.name)
+        record.extra["slurm_state"] = status.state
+        if status.state not in WAITING_STATES:
+            record.host = status.node or record.host
+            if record.started_at is None:
+                record.started_at = now_iso()
+                self.logger.info("Running job %s in Slurm (%s) on %s...", tracked.name,
+                                 tracked.job_id, status.node)
+        self.queue.write_record(record)
+
+    def _conclude_slurm(self, tracked: _Tracked, status: SlurmStatus) -> None:
+        name = tracked.name
+        self._tracked.pop(name, None)
+        record = self.queue.read_record(name)
+        if status.state == "LOST":
+            result = Outcome(JobState.FAILED, f"lost: Slurm has no record of job "
+                             f"{tracked.job_id}", None)
+        else:
+            result = outcome(status)
+        record.exit_code = result.exit_code
+        record.reason = result.reason
+        if record.extra.get("dependency_failed"):
+            record.reason = "dependency failed (a job it runs --after failed)"
+        elif status.state == "CANCELLED" and (
+                record.extra.get("cancel_requested")
+                or os.path.exists(self.layout.cancel_request(name))):
+            record.reason = "cancelled"
+        record.host = status.node or record.host
+        record.started_at = slurm_time_iso(status.start) or record.started_at
+        record.ended_at = slurm_time_iso(status.end) or now_iso()
+        record.extra["slurm_state"] = status.state
+        if status.exit_code is not None:
+            record.extra["slurm_exit"] = f"{status.exit_code}:{status.signal or 0}"
+        if result.state is JobState.COMPLETED:
+            self.logger.info("%s returned 0 (Slurm job %s)", name, tracked.job_id)
+            self._conclude(name, record, JobState.COMPLETED)
+            return
+        self.logger.warning("%s failed in Slurm (job %s): %s", name, tracked.job_id,
+                            record.reason)
+        retries = record.extra.get("directives", {}).get("retries", 0)
+        retryable = status.state not in ("CANCELLED", "LOST") and not (
+            record.extra.get("cancel_requested") or record.extra.get("dependency_failed"))
+        if retryable and record.attempts <= retries:
+            self.logger.info("%s: retry %d of %d", name, record.attempts, retries)
+            record.reason = f"{record.reason}; retrying"
+            record.extra["requeued"] = True
+            self.queue.write_record(record)
+            self.queue.move(name, JobState.RUNNING, JobState.QUEUED)
+            return
+        self._finish_failed(name, record)
+
+    def _finish_failed(self, name: str, record: JobRecord) -> None:
+        record.ended_at = record.ended_at or now_iso()
+        self._conclude(name, record, JobState.FAILED)
+
+    def _conclude(self, name: str, record: JobRecord, state: JobState) -> None:
+        """Record first, then move: a crash between leaves a job poll() concludes again."""
+        self._tracked.pop(name, None)
+        record.extra.pop("cancel_requested", None)
+        self.queue.write_record(record)
+        self.queue.move(name, JobState.RUNNING, state)
+        try:
+            os.unlink(self.layout.cancel_request(name))
+        except FileNotFoundError:
+            pass
+        if state is JobState.FAILED:
+            self.failures += 1
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, name: str) -> bool:
+        """Cancel a job: a queued one fails at once, a submitted one is ``scancel``-ed
+        (it reaches ``failed/`` with reason "cancelled" when Slurm says so)."""
+        where = self.queue.locate(name)
+        if where is JobState.QUEUED:
+            if not self.queue.claim(name):
+                return False
+            record = self._fresh_record(name)
+            record.reason = "cancelled"
+            self._finish_failed(name, record)
+            return True
+        if where is not JobState.RUNNING:
+            return False
+        record = self.queue.read_record(name)
+        record.extra["cancel_requested"] = True
+        self.queue.write_record(record)
+        if record.backend_id:
+            res = self._run(["scancel", record.backend_id])
+            if res.returncode != 0:
+                self.logger.warning("scancel %s failed: %s", record.backend_id,
+                                    res.stderr.strip())
+                return False
+        self.logger.info("Cancelled %s", name)
+        return True
+
+    def _take_cancel_requests(self) -> None:
+        """Honour ``gpudispatch cancel`` requests (files in .gpudispatch/cancel/)."""
+        try:
+            names = os.listdir(self.layout.cancels)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if self.cancel(name) or self.queue.locate(name) is not JobState.RUNNING:
+                try:
+                    os.unlink(self.layout.cancel_request(name))
+                except FileNotFoundError:
+                    pass
+
+
+def _id_key(job_id: str) -> tuple[int, str]:
+    head = job_id.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 0, job_id)
+
+
+def _parse_when(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _not_before(slurm_iso: str | None, cutoff: datetime | None) -> bool:
+    """Submitted at or after our record said "submitting" (Slurm times are whole seconds)."""
+    when = _parse_when(slurm_iso)
+    return bool(when and cutoff and when.timestamp() >= cutoff.timestamp() - 1.5)
+
+
+def _read_head(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(HEADER_MAX_BYTES).decode(errors="replace")
+
+
+def _fully_written(path: str | Path) -> bool:
+    """A file still being copied into queue/ is left for a later tick."""
+    try:
+        from gpudispatch.watch import is_complete
+    except ImportError:  # pragma: no cover - watch.py is optional for this backend
+        is_complete = None
+    complete = is_complete(path) if is_complete else None
+    if complete is not None:
+        return complete
+    try:
+        return time.time() - os.lstat(path).st_mtime >= 1.0
+    except FileNotFoundError:
+        return False
+
+
+# --- CLI entry points -------------------------------------------------------------------
+
+
+def run_slurm(
+    root: Path | str,
+    partition: str | None = None,
+    sbatch_args: Sequence[str] = (),
+    wait: float = 2.0,
+    drain: bool = False,
+) -> int:
+    """``gpudispatch run --backend slurm``: submit ROOT's queue to Slurm until stopped.
+
+    ``wait`` is the poll interval in seconds; ``drain`` returns once every job has ended
+    (1 if any failed). SIGINT/SIGTERM stop the loop; jobs keep running in Slurm and the
+    next start follows them.
+    """
+    if shutil.which("sbatch") is None:
+        log.error("sbatch is not on PATH: the Slurm backend needs the Slurm client tools")
+        return 2
+    queue = FolderQueue(root)
+    try:
+        from gpudispatch.dispatcher import queue_logger
+
+        logger = queue_logger(queue.layout.logfile, console=True)
+    except ImportError:  # pragma: no cover
+        logger = log
+    lock = _lock(queue.layout)
+    if lock is None:
+        logger.error("another Slurm backend already serves %s", queue.layout.root)
+        return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        backend = SlurmBackend(queue, partition, tuple(sbatch_args), max(wait, 0.1),
+                               logger=logger)
+        return backend.run(stop, drain)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(lock)
+
+
+def cancel_slurm(root: Path | str, name: str) -> bool:
+    """``gpudispatch cancel NAME`` for a Slurm-backed job, from another process.
+
+    A queued job fails at once (the claim makes that race-free). A submitted one is
+    ``scancel``-ed, and a cancel request file tells the backend process to record it as
+    "cancelled" (it alone writes running jobs' records). False: no such unfinished job.
+    """
+    queue = FolderQueue(root, create=False)
+    backend = SlurmBackend(queue)
+    where = queue.locate(name)
+    if where is JobState.QUEUED:
+        return backend.cancel(name)
+    if where is not JobState.RUNNING:
+        return False
+    write_atomic(queue.layout.cancel_request(name), now_iso().encode(), queue.layout.tmp)
+    job_id = queue.read_record(name).backend_id
+    if job_id:
+        res = backend._run(["scancel", job_id])
+        if res.returncode != 0:
+            log.warning("scancel %s failed: %s (the backend will retry)", job_id,
+                        res.stderr.strip())
+    return True
+
+
+def _lock(layout: Layout) -> int | None:
+    """One Slurm backend per root: two would both try to recover unsubmitted jobs."""
+    import fcntl
+
+    path = layout.state / "slurm.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -1,0 +1,444 @@
+"""The Slurm backend's pure parts: sbatch command lines (golden files), the parsers (on
+outputs captured from a real Slurm 22.05), the state mapping, and the crash-window logic
+driven against a small in-memory Slurm. Set UPDATE_GOLDEN=1 to rewrite golden files."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from gpudispatch.backends.slurm import (
+    COMMENT_PREFIX,
+    Result,
+    SlurmBackend,
+    SlurmStatus,
+    is_transient,
+    outcome,
+    parse_exit_code,
+    parse_sacct,
+    parse_sbatch_output,
+    parse_scontrol_config,
+    parse_scontrol_job,
+    parse_squeue,
+    sacct_base,
+    sbatch_command,
+    sbatch_refusal,
+    script_sbatch_options,
+    split_sbatch_args,
+    time_limit,
+)
+from gpudispatch.job import JobState, parse_directives
+from gpudispatch.layout import Layout
+from gpudispatch.store import FolderQueue
+
+GOLDEN = Path(__file__).parent / "golden"
+CAPTURED = GOLDEN / "slurm"
+
+
+def captured(name: str) -> str:
+    return (CAPTURED / name).read_text()
+
+
+# --- sbatch command lines ---------------------------------------------------------------
+
+SBATCH_CASES = {
+    "plain": dict(script="#!/bin/sh\necho hi\n"),
+    "gpus_timeout": dict(script="#!/bin/sh\n#GPUDISPATCH --gpus 2 --timeout 90s\necho\n"),
+    "after": dict(script="#!/bin/sh\n#GPUDISPATCH --after a.sh b.sh\n", after_ids=["12", "13"]),
+    "retry_attempt2": dict(script="#!/bin/sh\n#GPUDISPATCH --retries 2\n", attempt=2),
+    "low_priority": dict(script="#!/bin/sh\n#GPUDISPATCH --priority -5\n"),
+    "stdin_script": dict(script="echo no shebang\n", path=None),
+    "partition_extra": dict(
+        script="#!/bin/sh\n#GPUDISPATCH --timeout 2h --gpus 1\n",
+        partition="gpu",
+        extra=["--account=lab", "-q", "high", "--time=30", "--gres=gpu:4", "--exclusive"],
+    ),
+    "script_sbatch_wins": dict(
+        script=(
+            "#!/bin/bash\n"
+            "#SBATCH --time=5\n"
+            "#SBATCH -J custom  # comment\n"
+            "#SBATCH --gpus=1\n"
+            "#SBATCH -pdebug\n"
+            "#SBATCH --output out-%j.txt\n"
+            "#SBATCH --comment='mine'\n"
+            "#GPUDISPATCH --gpus 2 --timeout 1h\n"
+            "python train.py\n"
+            "#SBATCH --nodes=4\n"  # after the first command: sbatch ignores it, so do we
+        ),
+        partition="gpu",
+        extra=["-A", "lab", "--partition=other", "--nodes=2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SBATCH_CASES))
+def test_sbatch_command_golden(case: str) -> None:
+    spec = SBATCH_CASES[case]
+    layout = Layout("/q")
+    name = f"{case}.sh"
+    path = spec.get("path", f"/q/running/{name}")
+    argv = sbatch_command(
+        path, name, parse_directives(spec["script"]), layout,
+        partition=spec.get("partition"), extra_args=spec.get("extra", ()),
+        script_text=spec["script"], after_ids=spec.get("after_ids", ()),
+        attempt=spec.get("attempt", 1), token="TOKEN",
+    )
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / "sbatch" / f"{case}.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text(), shlex.join(argv)
+
+
+def test_script_sbatch_lines_override_every_option_of_ours() -> None:
+    """Removing the #SBATCH-precedence rule must break this: each of ours is dropped."""
+    spec = SBATCH_CASES["script_sbatch_wins"]
+    argv = sbatch_command("/q/running/x.sh", "x.sh", parse_directives(spec["script"]),
+                          Layout("/q"), "gpu", spec["extra"], script_text=spec["script"],
+                          token="T")
+    joined = " ".join(argv)
+    for dropped in ("--time", "--job-name", "--gres", "--output", "--partition", "-p ",
+                    "--comment"):
+        assert dropped not in joined
+    # the script's late "#SBATCH --nodes=4" follows a command, so sbatch ignores it
+    assert argv[-4:] == ["-A", "lab", "--nodes=2", "/q/running/x.sh"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "minutes"),
+    [(1, "1"), (59.5, "1"), (60, "1"), (61, "2"), (90, "2"), (3600, "60"), (86400, "1440")],
+)
+def test_time_limit_rounds_up_to_whole_minutes(seconds: float, minutes: str) -> None:
+    assert time_limit(seconds) == minutes
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["-t", "5", "--hold", "-J", "n"], [("time", ["-t", "5"]), ("hold", ["--hold"]),
+                                            ("job-name", ["-J", "n"])]),
+        (["-t5", "-H", "--part=x"], [("time", ["-t5"]), ("hold", ["-H"]),
+                                     ("partition", ["--part=x"])]),
+        (["--account", "lab", "--exclusive"], [("account", ["--account", "lab"]),
+                                               ("exclusive", ["--exclusive"])]),
+    ],
+)
+def test_split_sbatch_args(words: list[str], expected: list) -> None:
+    assert split_sbatch_args(words) == expected
+
+
+def test_script_sbatch_options_stop_at_first_command() -> None:
+    text = "#!/bin/sh\n\n#SBATCH -t 5 --gres=gpu:1\n# note\n#SBATCH --hold\necho\n#SBATCH -p x\n"
+    assert script_sbatch_options(text) == {"time": "5", "gres": "gpu:1", "hold": None}
+
+
+# --- parsers on captured output ---------------------------------------------------------
+
+
+def test_parse_squeue_many_jobs() -> None:
+    jobs = parse_squeue(captured("squeue.txt"))
+    assert set(jobs) == {"16", "17", "18", "19"}  # 1 and 999 long gone: simply absent
+    assert jobs["16"] == SlurmStatus("16", "FAILED", "NonZeroExitCode", "vm", "exit3.sh")
+    assert jobs["17"].state == "PENDING" and jobs["17"].reason == "DependencyNeverSatisfied"
+    assert jobs["17"].node is None
+    assert jobs["18"].state == "RUNNING" and jobs["18"].node == "vm"
+    assert jobs["19"].reason == "Resources" and not jobs["19"].is_final
+    assert jobs["16"].is_final
+
+
+def test_parse_sacct_completion_file() -> None:
+    jobs = parse_sacct(captured("sacct_c.txt"))
+    assert jobs["3"].state == "FAILED" and (jobs["3"].exit_code, jobs["3"].signal) == (3, 0)
+    assert jobs["1"].state == "COMPLETED" and jobs["1"].node == "vm"
+    assert jobs["4"].node is None and (jobs["4"].exit_code, jobs["4"].signal) == (0, 1)
+    assert jobs["5"].state == "TIMEOUT"
+    assert jobs["6"].state == "CANCELLED"
+    assert jobs["7"].exit_code == 4
+    assert jobs["1"].start == "2026-11-26T14:46:29" and jobs["1"].end == "2026-11-26T14:46:32"
+
+
+def test_parse_sacct_skips_steps_and_takes_the_last_line_of_a_requeued_job() -> None:
+    text = ("5|NODE_FAIL|0:0|vm|t0|t1|a.sh\n5.batch|CANCELLED|0:15|vm|t0|t1|batch\n"
+            "5|COMPLETED|0:0|vm2|t2|t3|a.sh\n")
+    assert parse_sacct(text)["5"].state == "COMPLETED"
+    assert parse_sacct(text)["5"].node == "vm2"
+    assert set(parse_sacct(text)) == {"5"}
+
+
+def test_parse_scontrol_show_job() -> None:
+    running = parse_scontrol_job(captured("scontrol_running.txt"))
+    assert running and running.state == "RUNNING" and running.node == "vm"
+    assert running.name == "hold2.sh"
+    failed = parse_scontrol_job(captured("scontrol_failed_exit3.txt"))
+    assert failed and (failed.state, failed.exit_code, failed.signal) == ("FAILED", 3, 0)
+    assert failed.start == "2026-11-26T14:53:19"
+    cancelled = parse_scontrol_job(captured("scontrol_cancelled.txt"))
+    assert cancelled and (cancelled.state, cancelled.signal) == ("CANCELLED", 15)
+    dep = parse_scontrol_job(captured("scontrol_pending_dependency.txt"))
+    assert dep and dep.reason == "DependencyNeverSatisfied" and dep.node is None
+    assert parse_scontrol_job("slurm_load_jobs error: Invalid job id specified") is None
+
+
+def test_parse_scontrol_config_picks_the_accounting_source() -> None:
+    config = parse_scontrol_config(captured("scontrol_config.txt"))
+    assert config["JobCompType"] == "jobcomp/filetxt"
+    assert sacct_base(config) == ["sacct", "-c"]
+    assert sacct_base({"AccountingStorageType": "accounting_storage/slurmdbd"}) == ["sacct"]
+    assert sacct_base({"JobCompType": "jobcomp/none"}) is None
+
+
+def test_sbatch_answers() -> None:
+    assert parse_sbatch_output("123\n") == "123"
+    assert parse_sbatch_output("124;cluster\n") == "124"
+    with pytest.raises(ValueError):
+        parse_sbatch_output("")
+    refused = captured("sbatch_refused.stderr")
+    assert sbatch_refusal(refused) == "Requested node configuration is not available"
+    assert not is_transient(refused)
+    assert is_transient(captured("sbatch_ctld_down.stderr"))
+    assert is_transient(captured("squeue_ctld_down.stderr"))
+    assert not is_transient(captured("squeue_invalid_id.stderr"))
+
+
+# --- final states -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "reason", "code"),
+    [
+        (SlurmStatus("1", "COMPLETED", node="n", exit_code=0, signal=0),
+         JobState.COMPLETED, None, 0),
+        (SlurmStatus("1", "FAILED", node="n", exit_code=3, signal=0),
+         JobState.FAILED, "FAILED: exit code 3", 3),
+        (SlurmStatus("1", "FAILED", node="n", exit_code=0, signal=9),
+         JobState.FAILED, "FAILED: killed by SIGKILL", 137),
+        (SlurmStatus("1", "FAILED", node=None, exit_code=0, signal=1),
+         JobState.FAILED, "FAILED: Slurm could not launch the job", None),
+        (SlurmStatus("1", "TIMEOUT", node="n", exit_code=0, signal=0),
+         JobState.FAILED, "TIMEOUT", None),
+        (SlurmStatus("1", "CANCELLED", node="n", exit_code=0, signal=15),
+         JobState.FAILED, "CANCELLED", None),
+        (SlurmStatus("1", "OUT_OF_MEMORY", node="n", exit_code=0, signal=125),
+         JobState.FAILED, "OUT_OF_MEMORY", None),
+        (SlurmStatus("1", "NODE_FAIL", node="n"), JobState.FAILED, "NODE_FAIL", None),
+    ],
+)
+def test_outcome_of_final_states(status: SlurmStatus, state: JobState, reason, code) -> None:
+    result = outcome(status)
+    assert (result.state, result.reason, result.exit_code) == (state, reason, code)
+
+
+def test_state_words_are_normalised() -> None:
+    assert parse_sacct("9|CANCELLED by 0|0:0|vm|a|b|x.sh\n")["9"].state == "CANCELLED"
+    assert parse_exit_code("(null)") == (None, None)
+
+
+# --- crash windows, against an in-memory Slurm ------------------------------------------
+
+
+class FakeSlurm:
+    """Just enough of sbatch/squeue/sacct/scancel/scontrol for the backend's logic."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict] = {}
+        self.calls: list[list[str]] = []
+        self.down = False
+        self.next_id = 100
+
+    def submit(self, name: str, comment: str = "") -> str:
+        job_id = str(self.next_id)
+        self.next_id += 1
+        self.jobs[job_id] = dict(name=name, state="PENDING", comment=comment, exit="0:0")
+        return job_id
+
+    def __call__(self, argv: list[str], stdin=None, env=None) -> Result:
+        self.calls.append(argv)
+        cmd = argv[0]
+        if self.down and cmd != "sacct":
+            return Result(1, "", "error: Unable to contact slurm controller (connect failure)")
+        opts = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        if cmd == "sbatch":
+            if "--gres=gpu:9" in argv:
+                return Result(1, "", "sbatch: error: Batch job submission failed: "
+                                     "Requested node configuration is not available\n")
+            return Result(0, self.submit(opts["--job-name"], opts.get("--comment", "")) + "\n",
+                          "")
+        if cmd == "squeue":
+            if "--jobs" in opts:
+                ids = opts["--jobs"].split(",")
+                lines = [f"{i}|{j['state']}|None|vm|{j['name']}"
+                         for i, j in self.jobs.items() if i in ids]
+            else:
+                lines = [f"{i}\x1f{j['state']}\x1f2099-01-01T00:00:00\x1f{j['name']}"
+                         f"\x1f{j['comment']}" for i, j in self.jobs.items()]
+            return Result(0, "\n".join(lines) + "\n", "")
+        if cmd == "sacct":
+            ids = opts.get("--jobs", "").split(",")
+            lines = [f"{i}|{j['state']}|{j['exit']}|vm|2099-01-01T00:00:00|"
+                     f"2099-01-01T00:00:01|{j['name']}"
+                     for i, j in self.jobs.items() if i in ids and j["state"] != "RUNNING"]
+            return Result(0, "\n".join(lines) + "\n", "")
+        if cmd == "scancel":
+            self.jobs[argv[1]]["state"] = "CANCELLED"
+            return Result(0, "", "")
+        if argv[:3] == ["scontrol", "show", "config"]:
+            return Result(0, "JobCompType             = jobcomp/filetxt\n", "")
+        if argv[:3] == ["scontrol", "show", "job"]:
+            return Result(1, "", "slurm_load_jobs error: Invalid job id specified")
+        raise AssertionError(f"unexpected command {argv}")
+
+    def sbatch_calls(self) -> int:
+        return sum(1 for c in self.calls if c[0] == "sbatch")
+
+
+def _queue(tmp_path: Path, *names: str, text: str = "#!/bin/sh\necho\n") -> FolderQueue:
+    queue = FolderQueue(tmp_path / "q")
+    for name in names:
+        queue.enqueue_text(name, text)
+        old = 1_000_000_000
+        os.utime(queue.layout.script(JobState.QUEUED, name), (old, old))
+    return queue
+
+
+def test_submitted_then_crash_before_backend_id_is_adopted_not_resubmitted(tmp_path) -> None:
+    """Crash after sbatch, before the record got the id: found by its token in Slurm."""
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh")
+    assert queue.claim("a.sh")
+    record = queue.read_record("a.sh")
+    record.backend, record.attempts = "slurm", 1
+    record.extra.update(slurm_token="tok", slurm_submit_at="2026-01-01T00:00:00+00:00")
+    queue.write_record(record)
+    job_id = slurm.submit("a.sh", comment=f"{COMMENT_PREFIX}tok")
+
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    assert slurm.sbatch_calls() == 0
+    assert queue.read_record("a.sh").backend_id == job_id
+    slurm.jobs[job_id]["state"] = "COMPLETED"
+    backend.tick(1)
+    assert queue.locate("a.sh") is JobState.COMPLETED
+    assert slurm.sbatch_calls() == 0
+
+
+def test_claimed_but_never_submitted_is_submitted_once(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh")
+    assert queue.claim("a.sh")  # crash right after the claim: no record of ours at all
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    backend.tick(1)
+    assert slurm.sbatch_calls() == 1
+    assert queue.read_record("a.sh").backend_id == "100"
+    assert queue.read_record("a.sh").attempts == 1
+
+
+def test_controller_down_postpones_and_loses_nothing(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh", "b.sh")
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    assert {queue.read_record(n).backend_id for n in ("a.sh", "b.sh")} == {"100", "101"}
+    slurm.down = True
+    queue.enqueue_text("c.sh", "#!/bin/sh\n")
+    os.utime(queue.layout.script(JobState.QUEUED, "c.sh"), (1e9, 1e9))
+    for now in range(1, 4):
+        backend.tick(now)
+    # sbatch failed transiently: c.sh waits in running/ without an id, nothing failed
+    assert queue.names(JobState.FAILED) == []
+    assert queue.names(JobState.RUNNING) == ["a.sh", "b.sh", "c.sh"]
+    assert queue.read_record("c.sh").backend_id is None
+    slurm.down = False
+    for job in slurm.jobs.values():
+        job["state"] = "COMPLETED"
+    backend.tick(5)
+    assert queue.read_record("c.sh").backend_id == "102"
+    for job in slurm.jobs.values():
+        job["state"] = "COMPLETED"
+    backend.tick(6)
+    assert queue.names(JobState.COMPLETED) == ["a.sh", "b.sh", "c.sh"]
+    assert slurm.sbatch_calls() == 4  # a, b, c's failed try, c
+
+
+def test_refused_job_fails_with_slurms_message(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "big.sh", text="#!/bin/sh\n#GPUDISPATCH --gpus 9\n")
+    SlurmBackend(queue, runner=slurm).tick(0)
+    assert queue.locate("big.sh") is JobState.FAILED
+    assert queue.read_record("big.sh").reason == "Requested node configuration is not available"
+
+
+def test_after_becomes_afterok_on_the_dependencys_slurm_id(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh")
+    queue.enqueue_text("0-b.sh", "#!/bin/sh\n#GPUDISPATCH --after a.sh\n")  # sorts first
+    os.utime(queue.layout.script(JobState.QUEUED, "0-b.sh"), (1e9, 1e9))
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)  # 0-b.sh waits: a.sh has no Slurm id yet when it is considered
+    assert queue.locate("0-b.sh") is JobState.QUEUED
+    backend.tick(1)
+    sbatches = [c for c in slurm.calls if c[0] == "sbatch"]
+    assert sbatches[0][2:4] == ["--job-name=a.sh", "--output=" + queue.layout.job_log("a.sh", 1)]
+    assert "--dependency=afterok:100" in sbatches[1]
+
+
+def test_after_a_missing_or_failed_job_fails_like_the_local_dispatcher(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "b.sh", text="#!/bin/sh\n#GPUDISPATCH --after nope.sh\n")
+    SlurmBackend(queue, runner=slurm).tick(0)
+    assert queue.read_record("b.sh").reason == "dependency nope.sh does not exist"
+    assert slurm.sbatch_calls() == 0
+
+
+def test_one_squeue_and_at_most_one_sacct_per_poll(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, *(f"j{i}.sh" for i in range(5)))
+    backend = SlurmBackend(queue, poll_interval=10, runner=slurm)
+    backend.tick(0)
+    for job in slurm.jobs.values():
+        job["state"] = "COMPLETED"
+    slurm.calls.clear()
+    backend.tick(5)  # within poll_interval: no Slurm query at all
+    assert slurm.calls == []
+    backend.tick(10)
+    kinds = [c[0] for c in slurm.calls if c[:3] != ["scontrol", "show", "config"]]
+    assert kinds == ["squeue", "sacct"]
+    assert len(queue.names(JobState.COMPLETED)) == 5
+
+
+def test_cancel_queued_and_submitted(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh")
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    queue.enqueue_text("b.sh", "#!/bin/sh\n")
+    assert backend.cancel("b.sh")
+    assert queue.locate("b.sh") is JobState.FAILED
+    assert backend.cancel("a.sh")
+    assert ["scancel", "100"] in slurm.calls
+    backend.tick(1)
+    record = queue.read_record("a.sh")
+    assert queue.locate("a.sh") is JobState.FAILED
+    assert (record.reason, record.extra["slurm_state"]) == ("cancelled", "CANCELLED")
+
+
+def test_retries_requeue_then_resubmit_with_a_new_log(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "r.sh", text="#!/bin/sh\n#GPUDISPATCH --retries 1\nexit 3\n")
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    slurm.jobs["100"].update(state="FAILED", exit="3:0")
+    backend.tick(1)  # fails, requeued ...
+    backend.tick(2)  # ... and submitted again
+    record = queue.read_record("r.sh")
+    assert record.attempts == 2 and record.backend_id == "101"
+    assert record.log.endswith("r.sh.2.log")
+    slurm.jobs["101"].update(state="FAILED", exit="3:0")
+    backend.tick(3)
+    assert queue.locate("r.sh") is JobState.FAILED
+    assert queue.read_record("r.sh").exit_code == 3

@@ -1,0 +1,297 @@
+"""The Slurm backend against a real single-node Slurm (``bash .ci/slurm-up.sh``) with two
+declared GPUs. Every wait is a bounded poll; job names carry a per-test prefix so that
+Slurm's memory of earlier tests never matches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gpudispatch.backends.slurm import (
+    COMMENT_PREFIX,
+    SlurmBackend,
+    cancel_slurm,
+    run_slurm,
+    sbatch_command,
+)
+from gpudispatch.job import JobState, now_iso, parse_directives
+from gpudispatch.store import FolderQueue
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(shutil.which("sinfo") is None,
+                       reason="Slurm client tools not on PATH (run: bash .ci/slurm-up.sh)"),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+SLURM_STATE = Path(os.environ.get("SLURM_STATE", "/var/lib/gpudispatch-slurm"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_up() -> None:
+    """slurm-up.sh is idempotent: it returns at once when Slurm is already up."""
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up.sh")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, f"Slurm did not come up:\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.fixture
+def queue(tmp_path: Path):
+    q = FolderQueue(tmp_path / "root")
+    yield q
+    for name in (n for s in JobState for n in q.names(s)):  # free the GPUs for the next test
+        subprocess.run(["scancel", f"--name={name}"], capture_output=True, check=False)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def add(queue: FolderQueue, name: str, body: str, header: str = "") -> str:
+    queue.enqueue_text(name, f"#!/bin/sh\n{header}{body}\n")
+    old = time.time() - 10  # a finished copy, as far as the backend's check is concerned
+    os.utime(queue.layout.script(JobState.QUEUED, name), (old, old))
+    return name
+
+
+def gate_body(gate: Path, name: str) -> str:
+    """A job that logs one line, then waits (bounded) for the test to open its gate."""
+    return (f'echo "ran {name} on $CUDA_VISIBLE_DEVICES"\n'
+            f"i=0; while [ ! -e {gate} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done")
+
+
+def drive(backend: SlurmBackend, done: Callable[[], bool], timeout: float = 40.0,
+          what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backend.tick()
+        if done():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def in_states(queue: FolderQueue, states: set[JobState], *names: str) -> Callable[[], bool]:
+    return lambda: all(queue.locate(n) in states for n in names)
+
+
+def slurm_state(queue: FolderQueue, name: str) -> str | None:
+    return queue.read_record(name).extra.get("slurm_state")
+
+
+def slurm_ids_named(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}",
+                          "--format=%i"], capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+FINAL = {JobState.COMPLETED, JobState.FAILED}
+
+
+def test_exit_codes_logs_and_records(queue: FolderQueue, prefix: str) -> None:
+    ok = add(queue, f"{prefix}-ok.sh", "echo hello from slurm")
+    bad = add(queue, f"{prefix}-bad.sh", "echo failing; exit 3")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, ok, bad), what="both jobs to end")
+
+    assert queue.locate(ok) is JobState.COMPLETED
+    rec = queue.read_record(ok)
+    assert (rec.exit_code, rec.reason, rec.backend) == (0, None, "slurm")
+    assert rec.backend_id and rec.extra["slurm_state"] == "COMPLETED"
+    assert rec.host == socket.gethostname().split(".")[0]
+    assert rec.started_at and rec.ended_at and rec.attempts == 1
+    assert Path(rec.log).read_text() == "hello from slurm\n"
+
+    assert queue.locate(bad) is JobState.FAILED
+    rec = queue.read_record(bad)
+    assert (rec.exit_code, rec.reason) == (3, "FAILED: exit code 3")
+    assert rec.extra["slurm_state"] == "FAILED" and rec.extra["slurm_exit"] == "3:0"
+    assert Path(rec.log).read_text() == "failing\n"
+
+
+def test_gpu_jobs_get_distinct_cuda_visible_devices(queue: FolderQueue, prefix: str) -> None:
+    root = queue.layout.root
+    a, b = f"{prefix}-one-a.sh", f"{prefix}-one-b.sh"
+    # Each 1-GPU job waits until both run: they must hold the two GPUs at once.
+    both = (f'echo "$CUDA_VISIBLE_DEVICES" > {root}/cvd-$GPUDISPATCH_JOB\n'
+            f"i=0; until [ -e {root}/cvd-{a} ] && [ -e {root}/cvd-{b} ]; do\n"
+            f"  i=$((i+1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done")
+    add(queue, a, both, "#GPUDISPATCH --gpus 1\n")
+    add(queue, b, both, "#GPUDISPATCH --gpus 1\n")
+    two = add(queue, f"{prefix}-two.sh", f'echo "$CUDA_VISIBLE_DEVICES" > {root}/cvd-two',
+              f"#GPUDISPATCH --gpus 2 --after {a} {b}\n")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, a, b, two), what="the GPU jobs to end")
+
+    assert queue.names(JobState.COMPLETED) == sorted([a, b, two])
+    singles = {(root / f"cvd-{n}").read_text().strip() for n in (a, b)}
+    assert singles == {"0", "1"}
+    assert (root / "cvd-two").read_text().strip() == "0,1"
+
+
+def test_timeout_maps_to_slurm_time_limit_and_ends_as_timeout(queue: FolderQueue,
+                                                              prefix: str) -> None:
+    slow = add(queue, f"{prefix}-slow.sh", "sleep 300", "#GPUDISPATCH --timeout 50s\n")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, lambda: slurm_state(queue, slow) == "RUNNING", what="the job to run")
+    job_id = queue.read_record(slow).backend_id
+    limit = subprocess.run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%l"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert limit == "1:00"  # 50 s rounded up to Slurm's one-minute granularity
+    # Slurm limits are whole minutes; rather than wait one, shrink it to zero so Slurm's
+    # own time-limit enforcement ends the job now (same TIMEOUT path as after a minute).
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=0"], check=True)
+    drive(backend, in_states(queue, FINAL, slow), timeout=60, what="the timeout")
+    rec = queue.read_record(slow)
+    assert queue.locate(slow) is JobState.FAILED
+    assert (rec.reason, rec.extra["slurm_state"], rec.exit_code) == ("TIMEOUT", "TIMEOUT", None)
+
+
+def test_cancel_running_pending_and_dependent(queue: FolderQueue, prefix: str) -> None:
+    long, dep, other = f"{prefix}-long.sh", f"{prefix}-dep.sh", f"{prefix}-other.sh"
+    add(queue, long, "sleep 300")
+    add(queue, dep, "echo must not run", f"#GPUDISPATCH --after {long}\n")
+    add(queue, other, "sleep 300")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, lambda: slurm_state(queue, long) == "RUNNING"
+          and queue.read_record(dep).backend_id is not None
+          and queue.read_record(other).backend_id is not None, what="submission")
+
+    assert backend.cancel(long)  # in-process, as the backend's own tick does
+    assert cancel_slurm(queue.layout.root, other)  # from another process (the CLI)
+    drive(backend, in_states(queue, FINAL, long, dep, other), what="the cancels")
+
+    for name in (long, other):
+        rec = queue.read_record(name)
+        assert queue.locate(name) is JobState.FAILED
+        assert (rec.reason, rec.extra["slurm_state"]) == ("cancelled", "CANCELLED")
+    rec = queue.read_record(dep)  # afterok can never be met: Slurm would hold it forever
+    assert queue.locate(dep) is JobState.FAILED
+    assert rec.reason.startswith("dependency failed")
+    assert not Path(rec.log).exists() or "must not run" not in Path(rec.log).read_text()
+    assert not os.listdir(queue.layout.cancels)
+
+
+def test_job_slurm_refuses_fails_with_its_message(queue: FolderQueue, prefix: str) -> None:
+    big = add(queue, f"{prefix}-big.sh", "echo never", "#GPUDISPATCH --gpus 9\n")
+    SlurmBackend(queue, poll_interval=0.2).tick()
+    rec = queue.read_record(big)
+    assert queue.locate(big) is JobState.FAILED
+    assert rec.reason == "Requested node configuration is not available"
+    assert rec.backend_id is None and rec.extra["slurm_state"] == "REFUSED"
+
+
+def test_sbatch_accepts_the_command_we_build(tmp_path: Path) -> None:
+    script = tmp_path / "x.sh"
+    text = "#!/bin/sh\n#SBATCH --time=3\n#GPUDISPATCH --gpus 2 --timeout 2h --priority -1\necho\n"
+    script.write_text(text)
+    queue = FolderQueue(tmp_path / "root")
+    argv = sbatch_command(script, "x.sh", parse_directives(text), queue.layout, "debug",
+                          ["--exclusive", "-c", "1"], script_text=text, token="abc")
+    proc = subprocess.run([argv[0], "--test-only", *argv[1:]], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "to start at" in proc.stderr
+
+
+def _claim_with_token(queue: FolderQueue, name: str, token: str) -> None:
+    """What the backend leaves when it dies between writing its record and sbatch's id."""
+    assert queue.claim(name)
+    rec = queue.read_record(name)
+    rec.backend, rec.attempts, rec.log = "slurm", 1, queue.layout.job_log(name, 1)
+    rec.extra.update(slurm_token=token, slurm_submit_at=now_iso(), slurm_state="SUBMITTING")
+    queue.write_record(rec)
+
+
+def test_backend_restart_mid_run_loses_nothing_and_runs_nothing_twice(
+        queue: FolderQueue, prefix: str) -> None:
+    gate = queue.layout.root / "gate"
+    names = [f"{prefix}-{c}.sh" for c in "abcde"]
+    a, b, c, d, e = names
+    for name in names:
+        add(queue, name, gate_body(gate, name))
+    first = SlurmBackend(queue, poll_interval=0.2)
+    first.submit_queued = lambda: None  # type: ignore[method-assign]
+    for name in (a, b):
+        assert queue.claim(name)
+        first._submit(name, parse_directives(""), [], new_attempt=True)
+    # c: crashed after sbatch, before the id reached the record
+    _claim_with_token(queue, c, f"{prefix}c")
+    manual = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name={c}", f"--comment={COMMENT_PREFIX}{prefix}c",
+         f"--output={queue.layout.job_log(c, 1)}",
+         str(queue.layout.script(JobState.RUNNING, c))],
+        capture_output=True, text=True, check=True).stdout.strip()
+    # d: crashed before sbatch; e: still queued
+    _claim_with_token(queue, d, f"{prefix}d")
+    del first
+
+    second = SlurmBackend(queue, poll_interval=0.2)
+    drive(second, lambda: all(queue.read_record(n).backend_id for n in names),
+          what="every job to have a Slurm id")
+    assert queue.read_record(c).backend_id == manual
+    for name in names:
+        assert len(slurm_ids_named(name)) == 1, name
+    gate.touch()
+    drive(second, in_states(queue, FINAL, *names), timeout=60, what="all jobs to end")
+    assert queue.names(JobState.COMPLETED) == names
+    for name in names:
+        assert Path(queue.read_record(name).log).read_text().count("ran ") == 1, name
+
+
+def test_slurmctld_restart_mid_run_loses_nothing(queue: FolderQueue, prefix: str) -> None:
+    gate = queue.layout.root / "gate"
+    a, b, c = (f"{prefix}-{x}.sh" for x in "abc")
+    add(queue, a, gate_body(gate, a))
+    add(queue, b, gate_body(gate, b))
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, lambda: slurm_state(queue, a) == "RUNNING"
+          and queue.read_record(b).backend_id is not None, what="a to run")
+
+    pid = int((SLURM_STATE / "slurmctld.pid").read_text())
+    subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "slurmctld to exit")
+    try:
+        add(queue, c, gate_body(gate, c))
+        gate.touch()  # a and b end while the controller is away
+        backend.tick()  # sbatch for c and squeue fail: both just wait
+        assert queue.names(JobState.FAILED) == []
+        assert queue.locate(c) is JobState.RUNNING
+    finally:
+        up = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up.sh")], capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0, up.stderr
+    drive(backend, in_states(queue, FINAL, a, b, c), timeout=60, what="all jobs to end")
+    assert queue.names(JobState.COMPLETED) == [a, b, c]
+    for name in (a, b, c):
+        assert len(slurm_ids_named(name)) == 1, name
+        assert Path(queue.read_record(name).log).read_text().count("ran ") == 1
+
+
+def test_run_slurm_drains_and_reports_failure(tmp_path: Path, prefix: str) -> None:
+    queue = FolderQueue(tmp_path / "root")
+    add(queue, f"{prefix}-ok.sh", "true")
+    add(queue, f"{prefix}-no.sh", "exit 2")
+    started = time.monotonic()
+    assert run_slurm(queue.layout.root, wait=0.2, drain=True) == 1
+    assert time.monotonic() - started < 60
+    assert queue.names(JobState.COMPLETED) == [f"{prefix}-ok.sh"]
+    assert queue.names(JobState.FAILED) == [f"{prefix}-no.sh"]
+    assert "Job Dispatcher Started" in queue.layout.logfile.read_text()
