@@ -106,6 +106,19 @@ def status_views(queue: FolderQueue, finished_limit: int | None) -> list[JobView
     return active + _recent_finished(queue, finished_limit)
 
 
+def _reason(view: JobView) -> str:
+    """The reason, and for Slurm jobs their id, node and pending reason."""
+    rec = view.record
+    if rec.backend != "slurm" or not rec.backend_id:
+        return rec.reason or ""
+    slurm = f"slurm {rec.backend_id} {rec.extra.get('slurm_state', '')}".strip()
+    if rec.extra.get("slurm_reason"):
+        slurm += f" ({rec.extra['slurm_reason']})"
+    elif rec.host and view.state is not JobState.QUEUED:
+        slurm += f" on {rec.host}"
+    return f"{slurm}: {rec.reason}" if rec.reason else slurm
+
+
 def status_table(queue: FolderQueue, views: list[JobView], title: str | None = None):
     from rich.table import Table
 
@@ -127,7 +140,7 @@ def status_table(queue: FolderQueue, views: list[JobView], title: str | None = N
             "" if rec.exit_code is None else str(rec.exit_code),
             _when(rec.started_at),
             _duration(view),
-            rec.reason or "",
+            _reason(view),
         )
     return table
 

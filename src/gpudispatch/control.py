@@ -81,8 +81,13 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         state = _require(queue, name)  # a dispatcher took it meanwhile
     if state is not JobState.RUNNING:
         raise QueueError(f"{name} is {state.value}; only queued or running jobs can be cancelled")
-    write_atomic(layout.cancel_request(name), now_iso().encode(), layout.tmp)
     record = queue.read_record(name)
+    if record.backend == "slurm":
+        from gpudispatch.backends.slurm import cancel_slurm
+
+        cancel_slurm(layout.root, name)
+        return f"{name}: scancel sent for Slurm job {record.backend_id} (cancelled)"
+    write_atomic(layout.cancel_request(name), now_iso().encode(), layout.tmp)
     pid = record.pid if record.host in (None, HOST) else None
     if pid is None:
         found = runner.find_jobs(str(layout.exits)).get(name)

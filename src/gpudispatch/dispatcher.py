@@ -609,6 +609,8 @@ class Dispatcher:
             if name in self.running:
                 continue
             record = self.queue.read_record(name)
+            if record.backend != "local":
+                continue  # Slurm runs it; the Slurm backend reconciles it
             if record.dispatcher and record.dispatcher != self.owner:
                 if record.dispatcher in peers:
                     continue

@@ -484,6 +484,7 @@ class _Tracked:
     name: str
     job_id: str
     state: str = "PENDING"
+    reason: str | None = None  # Slurm's pending reason, while it waits
     missing_polls: int = 0
 
 
@@ -847,11 +848,13 @@ class SlurmBackend:
                 self.queue.write_record(record)
                 self._run(["scancel", tracked.job_id])
             return
-        if status.state == tracked.state:
+        reason = status.reason if status.state in WAITING_STATES else None
+        if status.state == tracked.state and reason == tracked.reason:
             return
-        tracked.state = status.state
+        tracked.state, tracked.reason = status.state, reason
         record = self.queue.read_record(tracked.name)
         record.extra["slurm_state"] = status.state
+        record.extra["slurm_reason"] = reason
         if status.state not in WAITING_STATES:
             record.host = status.node or record.host
             if record.started_at is None:
