@@ -3,19 +3,30 @@
 import pytest
 
 from gpudispatch.job import Directives, JobState
-from gpudispatch.scheduler import QueuedJob, dependency_verdict, impossible_reason, plan
+from gpudispatch.scheduler import (
+    QueuedJob,
+    SlotState,
+    dependency_verdict,
+    impossible_reason,
+    plan,
+)
+
+GIB = 2**30
 
 
-def job(name, queued_at=0.0, **directives):
+def job(name, queued_at=0.0, alone=False, **directives):
     if "after" in directives:
         directives["after"] = tuple(directives["after"])
-    return QueuedJob(name, Directives(**directives), queued_at)
+    return QueuedJob(name, Directives(**directives), queued_at, alone)
 
 
-def run_plan(jobs, slots, free=None, deps=None, now=0.0, reserve_after=300.0):
+def run_plan(jobs, slots, free=None, deps=None, now=0.0, reserve_after=300.0, states=None):
     ordered = sorted(jobs, key=lambda j: j.sort_key)
-    free = list(range(len(slots))) if free is None else free
-    return plan(ordered, slots, free, deps or {}, now, reserve_after)
+    if states is None:
+        free = range(len(slots)) if free is None else free
+        states = [SlotState() if i in free else SlotState(jobs=1, exclusive=True)
+                  for i in range(len(slots))]
+    return plan(ordered, slots, states, deps or {}, now, reserve_after)
 
 
 @pytest.mark.parametrize(
@@ -96,3 +107,49 @@ def test_big_job_holds_the_line_after_reserve_after():
     jobs = [job("a-big.sh", gpus=2, queued_at=0.0), job("b-small.sh", queued_at=0.0)]
     result = run_plan(jobs, [0, 1], free=[1], now=301.0, reserve_after=300.0)
     assert result.starts == []
+
+
+def gpu(capacity=80 * GIB, reserved=0, jobs=0, exclusive=False, blocked=None):
+    return SlotState(jobs=jobs, exclusive=exclusive, reserved=reserved, capacity=capacity,
+                     total=80 * GIB, blocked=blocked)
+
+
+def test_memory_jobs_pack_onto_one_gpu_and_reserve_at_once():
+    jobs = [job(f"j{i}.sh", gpu_mem=30 * GIB) for i in range(3)]
+    result = run_plan(jobs, [0, 1], states=[gpu(), gpu()])
+    # best fit: the second goes where the first left the least room that still fits
+    assert result.starts == [("j0.sh", [0]), ("j1.sh", [0]), ("j2.sh", [1])]
+
+
+def test_packing_respects_memory_held_by_foreign_processes():
+    jobs = [job("a.sh", gpu_mem=30 * GIB)]
+    result = run_plan(jobs, [0, 1], states=[gpu(capacity=20 * GIB), gpu()])
+    assert result.starts == [("a.sh", [1])]
+
+
+def test_whole_gpu_jobs_do_not_share_and_are_not_shared():
+    states = [gpu(reserved=10 * GIB, jobs=1), gpu(jobs=1, exclusive=True)]
+    result = run_plan([job("whole.sh"), job("small.sh", gpu_mem=GIB)], [0, 1], states=states)
+    assert result.starts == [("small.sh", [0])]
+
+
+def test_foreign_busy_gpu_is_skipped():
+    states = [gpu(blocked="40 GiB held by alice"), gpu()]
+    assert run_plan([job("a.sh")], [0, 1], states=states).starts == [("a.sh", [1])]
+
+
+def test_unknown_memory_means_no_sharing():
+    states = [SlotState(jobs=1, reserved=GIB), SlotState()]
+    result = run_plan([job("a.sh", gpu_mem=GIB), job("b.sh", gpu_mem=GIB)], [0, 1], states=states)
+    assert result.starts == [("a.sh", [1])]
+
+
+def test_a_job_that_ran_out_of_memory_runs_alone():
+    states = [gpu(reserved=10 * GIB, jobs=1), gpu()]
+    result = run_plan([job("oom.sh", gpu_mem=GIB, alone=True)], [0, 1], states=states)
+    assert result.starts == [("oom.sh", [1])]
+
+
+def test_more_memory_than_any_gpu_fails_at_once():
+    reason = impossible_reason(Directives(gpu_mem=100 * GIB), [0, 1], [80 * GIB, 80 * GIB])
+    assert "largest GPU here has 80.0 GiB" in reason

@@ -38,7 +38,8 @@ def cmd_run(args) -> int:
         root = Path(args.dir) if args.dir else default_root()
         return run_slurm(root, args.partition, args.sbatch_arg, args.wait, args.drain)
     from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
-    from gpudispatch.gpus import NoGpusError, resolve_gpus
+    from gpudispatch.gpus import NoGpusError, default_probe, resolve_gpus
+    from gpudispatch.job import parse_size
 
     slots: list[int | None] = []
     gpus_spec = args.gpus if args.gpus is not None else (None if args.slots else "all")
@@ -52,7 +53,16 @@ def cmd_run(args) -> int:
     slots.extend([None] * (args.slots or 0))
     if not slots:
         raise CliError("no slots: pass --gpus LIST and/or --slots K")
+    try:
+        threshold = parse_size(args.foreign_threshold)
+    except ValueError as exc:
+        raise CliError(f"--foreign-threshold: {exc}") from None
+    probe = default_probe() if any(s is not None for s in slots) else None
     options = DispatcherOptions(
+        probe=probe,
+        respect_foreign=args.respect_foreign,
+        foreign_threshold=threshold,
+        gpu_poll=args.gpu_poll,
         slots=slots,
         wait=args.wait,
         drain=args.drain,
@@ -145,6 +155,46 @@ def status_table(queue: FolderQueue, views: list[JobView], title: str | None = N
     return table
 
 
+def gpu_table(gpus: list[dict]):
+    from rich.table import Table
+
+    from gpudispatch.gpus import format_bytes
+
+    table = Table(title="GPUs")
+    for column in ("gpu", "memory", "util", "jobs (declared memory)", "others"):
+        table.add_column(column, overflow="fold")
+    for gpu in gpus:
+        jobs = ", ".join(
+            f"{j['name']} ({format_bytes(j['gpu_mem'])})" if j["gpu_mem"] else j["name"]
+            for j in gpu["jobs"]
+        )
+        others = "; ".join(
+            f"{p['user'] or '?'} pid {p['pid']} {p['command'] or ''} {format_bytes(p['used'])}"
+            for p in gpu["processes"] if p["foreign"]
+        )
+        if gpu["blocked"]:
+            others = f"[bold red]busy[/]: {gpu['blocked']}" + (f" ({others})" if others else "")
+        table.add_row(
+            f"{gpu['index']} {gpu['name']}",
+            f"{format_bytes(gpu['memory_used'])} / {format_bytes(gpu['memory_total'])}",
+            "" if gpu["utilization"] is None else f"{gpu['utilization']}%",
+            jobs,
+            others,
+        )
+    return table
+
+
+def status_view(queue: FolderQueue, limit: int | None):
+    """The job table, under the GPU table when a dispatcher has reported its GPUs."""
+    from rich.console import Group
+
+    from gpudispatch.report import read_gpu_report
+
+    jobs = status_table(queue, status_views(queue, limit))
+    gpus = read_gpu_report(queue.layout)
+    return Group(gpu_table(gpus), jobs) if gpus else jobs
+
+
 def cmd_status(args) -> int:
     queue = _queue(args)
     if args.json:
@@ -156,14 +206,14 @@ def cmd_status(args) -> int:
     console = Console()
     limit = None if args.all else args.recent
     if not args.watch:
-        console.print(status_table(queue, status_views(queue, limit)))
+        console.print(status_view(queue, limit))
         return 0
     from rich.live import Live
 
     with Live(console=console, auto_refresh=False, screen=False) as live:
         try:
             while True:
-                live.update(status_table(queue, status_views(queue, limit)), refresh=True)
+                live.update(status_view(queue, limit), refresh=True)
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             pass
@@ -173,7 +223,7 @@ def cmd_status(args) -> int:
 # ---------------------------------------------------------------------- submit & co
 def _directive_options(args) -> list[str]:
     options: list[str] = []
-    for flag in ("gpus", "timeout", "retries", "priority", "gpu_mem"):
+    for flag in ("gpus", "timeout", "retries", "priority", "gpu_mem", "oom_retries"):
         value = getattr(args, flag)
         if value is not None:
             options += [f"--{flag.replace('_', '-')}", str(value)]
@@ -336,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve-after", type=float, default=300.0, metavar="SEC",
                    help="a job that does not fit may be passed by smaller ones for this long, "
                    "then holds the line (default 300)")
+    p.add_argument("--respect-foreign", action=argparse.BooleanOptionalAction, default=True,
+                   help="treat a GPU as busy while processes outside the queue hold at least "
+                   "--foreign-threshold of its memory (needs NVML; default on)")
+    p.add_argument("--foreign-threshold", default="1G", metavar="SIZE",
+                   help="memory held by others that makes a GPU busy (default 1G)")
+    p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
+                   help="seconds between GPU readings (NVML) (default 5)")
     p.add_argument("--backend", choices=("local", "slurm"), default="local")
     p.add_argument("--partition", help="Slurm partition (--backend slurm)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
@@ -360,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, metavar="N")
     p.add_argument("--priority", type=int, metavar="P")
     p.add_argument("--after", nargs="+", metavar="NAME")
-    p.add_argument("--gpu-mem", metavar="SIZE")
+    p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory the job needs; such jobs "
+                   "share a GPU while their sums fit")
+    p.add_argument("--oom-retries", type=int, metavar="N",
+                   help="after a CUDA out-of-memory failure, run again alone, up to N times")
 
     p = verb("logs", cmd_logs, "print a job's output")
     p.add_argument("name", metavar="NAME")

@@ -18,6 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpudispatch import runner
+from gpudispatch.gpus import (
+    DEFAULT_BUSY_THRESHOLD,
+    GpuInfo,
+    GpuProbe,
+    GpuProbeError,
+    descendant_pids,
+    foreign_used_bytes,
+    format_bytes,
+)
 from gpudispatch.job import (
     DirectiveError,
     Directives,
@@ -28,10 +37,12 @@ from gpudispatch.job import (
 )
 from gpudispatch.keeper import Exited, Keeper, KeeperGone, SpawnRequest
 from gpudispatch.layout import is_job_name
+from gpudispatch.report import write_gpu_report
 from gpudispatch.results import METRICS_ENV
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
     QueuedJob,
+    SlotState,
     impossible_reason,
     plan,
 )
@@ -62,6 +73,11 @@ class RunningJob:
     keeper_pid: int | None = None  # an adopted job's keeper, which writes its exit code
     pidfd: int | None = None
     record_due: float | None = None  # when the start record is written (if still running)
+    alone: bool = False  # placed whole after running out of memory
+
+    @property
+    def gpu_mem(self) -> int | None:
+        return None if self.alone else self.directives.gpu_mem
 
 
 @dataclass
@@ -80,6 +96,10 @@ class DispatcherOptions:
     reserve_after: float = DEFAULT_RESERVE_AFTER
     on_finish: str | None = None
     console: bool = True
+    probe: GpuProbe | None = None  # GPU facts for packing and foreign processes
+    respect_foreign: bool = True
+    foreign_threshold: int = DEFAULT_BUSY_THRESHOLD
+    gpu_poll: float = 5.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -122,7 +142,13 @@ class Dispatcher:
         self.log = queue_logger(self.layout.logfile, options.console)
         self.running: dict[str, RunningJob] = {}
         self._by_pid: dict[int, str] = {}
-        self._busy: dict[int, str] = {}  # slot index -> job name
+        self._run_alone: set[str] = set()  # requeued after running out of GPU memory
+        self.probe = options.probe
+        self._gpu_info: dict[int, GpuInfo] = {}
+        self._foreign: dict[int, int] = {}  # GPU -> bytes held outside the queue
+        self._blocked: dict[int, str] = {}  # GPU -> why foreign processes make it busy
+        self._own_pids: set[int] = set()
+        self._next_probe = 0.0
         self._pending: dict[str, QueuedJob] = {}
         self._order: list[QueuedJob] = []
         self._order_dirty = False
@@ -159,6 +185,8 @@ class Dispatcher:
         if self._stop_requests:
             self._settle()
             return
+        if self.probe is not None and now >= self._next_probe:
+            self._refresh_gpus(now)
         self._discover(now)
         paused = self.queue.is_paused()
         if not paused:
@@ -242,19 +270,21 @@ class Dispatcher:
         self._heads[name] = (st.st_size, st.st_mtime_ns, head)
         try:
             directives = parse_directives(head.decode(errors="replace"))
-            reason = impossible_reason(directives, self.slots)
+            reason = impossible_reason(directives, self.slots, self._gpu_totals())
         except DirectiveError as exc:
             directives, reason = Directives(), str(exc)
         if reason:
             self._fail_queued(name, reason)
             return False
-        self._pending[name] = QueuedJob(name, directives, now)
+        self._pending[name] = QueuedJob(name, directives, now, alone=name in self._run_alone)
         return True
 
     # ------------------------------------------------------------------ scheduling
     def _schedule(self, now: float) -> None:
-        free = [i for i in range(len(self.slots)) if i not in self._busy]
-        if not free or not self._pending:
+        if not self._pending:
+            return
+        states = self._slot_states()
+        if not any(st.free or (st.capacity and not st.exclusive) for st in states):
             return
         if self._order_dirty:
             self._order = sorted(self._pending.values(), key=lambda j: j.sort_key)
@@ -262,7 +292,7 @@ class Dispatcher:
         result = plan(
             self._order,
             self.slots,
-            free,
+            states,
             _DepStates(self.queue),
             now,
             self.options.reserve_after,
@@ -274,6 +304,59 @@ class Dispatcher:
             job = self._forget(name)
             if job is not None:
                 self._start(job, slot_ids, now)
+        if result.starts:
+            self._report_gpus()
+
+    def _slot_states(self) -> list[SlotState]:
+        """Each slot's occupants and room, derived from the running jobs and GPU facts."""
+        jobs_on: dict[int, list[RunningJob]] = {}
+        for job in self.running.values():
+            for i in job.slot_ids:
+                jobs_on.setdefault(i, []).append(job)
+        states = []
+        for i, gpu in enumerate(self.slots):
+            here = jobs_on.get(i, [])
+            info = self._gpu_info.get(gpu) if gpu is not None else None
+            states.append(SlotState(
+                jobs=len(here),
+                exclusive=any(j.gpu_mem is None for j in here),
+                reserved=sum(j.gpu_mem or 0 for j in here),
+                capacity=info.memory_total - self._foreign.get(gpu, 0) if info else None,
+                total=info.memory_total if info else None,
+                blocked=self._blocked.get(gpu),
+            ))
+        return states
+
+    def _gpu_totals(self) -> list[int | None]:
+        return [self._gpu_info[g].memory_total if g in self._gpu_info else None
+                for g in self.slots]
+
+    def _refresh_gpus(self, now: float) -> None:
+        """Read the GPUs (NVML): memory held outside the queue, and who holds it."""
+        self._next_probe = now + self.options.gpu_poll
+        try:
+            infos = self.probe.snapshot()
+        except GpuProbeError as exc:
+            self.log.warning("GPU probe failed (%s); keeping the last reading", exc)
+            return
+        own = descendant_pids(j.pid for j in self.running.values() if j.pid)
+        self._gpu_info = {info.index: info for info in infos}
+        self._foreign, self._blocked = {}, {}
+        for info in infos:
+            foreign = foreign_used_bytes(info, own)
+            self._foreign[info.index] = foreign
+            if self.options.respect_foreign and foreign >= self.options.foreign_threshold:
+                holders = sorted({p.user or "?" for p in info.processes if p.pid not in own})
+                self._blocked[info.index] = (
+                    f"{format_bytes(foreign)} held by {', '.join(holders) or 'other processes'}"
+                )
+        self._own_pids = own
+        self._report_gpus()
+
+    def _report_gpus(self) -> None:
+        if self.probe is not None and self._gpu_info:
+            write_gpu_report(self.layout, self._gpu_info.values(), self._own_pids,
+                             self._blocked, self.running.values())
 
     def _forget(self, name: str) -> QueuedJob | None:
         self._heads.pop(name, None)
@@ -349,6 +432,7 @@ class Dispatcher:
             job.directives,
             deadline=now + timeout if timeout else None,
             record_due=now + RECORD_DELAY_SECONDS,
+            alone=job.alone,
         )
         self._track(running)
         if len(self.slots) > 1:
@@ -371,15 +455,10 @@ class Dispatcher:
         self.running[job.name] = job
         if job.pid is not None:
             self._by_pid[job.pid] = job.name
-        for i in job.slot_ids:
-            self._busy[i] = job.name
 
     def _untrack(self, job: RunningJob) -> None:
         self.running.pop(job.name, None)
         self._by_pid.pop(job.pid, None)
-        for i in job.slot_ids:
-            if self._busy.get(i) == job.name:
-                del self._busy[i]
         if job.pidfd is not None:
             os.close(job.pidfd)
             job.pidfd = None
@@ -483,6 +562,8 @@ class Dispatcher:
             reason = f"timeout after {job.directives.timeout:g}s"
         elif code is None:
             reason = "ended while no dispatcher watched it, and left no exit code"
+        elif code != 0 and record.log and runner.ran_out_of_gpu_memory(record.log):
+            reason = "oom"
         else:
             reason = runner.describe_status(code)
         record.reason = reason
@@ -493,6 +574,14 @@ class Dispatcher:
         retry = job.kill_reason == "cold stop" or (
             reason is not None and not cancelled and record.attempts <= job.directives.retries
         )
+        if reason == "oom":
+            used = record.extra.get("oom_retries_used", 0)
+            if used < job.directives.oom_retries:
+                record.extra["oom_retries_used"] = used + 1
+                retry = True
+            if retry:  # run it again alone on a GPU: it did not fit beside others
+                record.extra["run_alone"] = True
+                self._run_alone.add(job.name)
         self._ending.append((job, retry))
 
     def _settle(self) -> None:
@@ -604,6 +693,9 @@ class Dispatcher:
         was cut off is put back in the queue, and its next run counts as an attempt.
         """
         supervisors: dict[str, int] | None = None
+        for name in self.queue.names(JobState.QUEUED):
+            if self.queue.read_record(name).extra.get("run_alone"):
+                self._run_alone.add(name)
         peers = self._live_peers()
         for name in self.queue.names(JobState.RUNNING):
             if name in self.running:
@@ -640,7 +732,8 @@ class Dispatcher:
         gpus = record.gpus if record.pid == pid else found.gpus
         slot_ids = [i for i, g in enumerate(self.slots) if g is not None and g in gpus]
         if not gpus:
-            cpu = [i for i, g in enumerate(self.slots) if g is None and i not in self._busy]
+            states = self._slot_states()
+            cpu = [i for i, g in enumerate(self.slots) if g is None and states[i].free]
             slot_ids = cpu[:1]
         record.pid = pid
         job = RunningJob(

@@ -58,6 +58,7 @@ class Layout:
         self.cancels = self.state / "cancel"
         self.dispatchers = self.state / "dispatchers"
         self.paused_flag = self.state / "paused"
+        self.gpu_report = self.state / "gpus.json"  # the dispatcher's last GPU reading
         self.tmp = self.state / "tmp"  # written here, then renamed (same filesystem)
         self._state_dirs = {state: f"{self.root}/{folder}/" for state, folder in STATE_DIRS.items()}
         self._logs = f"{self.logs}/"

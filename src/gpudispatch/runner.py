@@ -107,6 +107,31 @@ def describe_status(code: int) -> str | None:
     return f"exit code {code}"
 
 
+# What CUDA frameworks print when a GPU runs out of memory.
+OOM_PATTERNS = (
+    b"CUDA out of memory",
+    b"OutOfMemoryError",
+    b"CUDA_ERROR_OUT_OF_MEMORY",
+    b"cudaErrorMemoryAllocation",
+    b"CUBLAS_STATUS_ALLOC_FAILED",
+    b"RESOURCE_EXHAUSTED: Out of memory",
+    b"out of memory while trying to allocate",
+)
+OOM_TAIL_BYTES = 65536
+
+
+def ran_out_of_gpu_memory(log_path: str) -> bool:
+    """Whether the end of a job's output shows a CUDA out-of-memory error."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - OOM_TAIL_BYTES))
+            tail = fh.read()
+    except OSError:
+        return False
+    return any(pattern in tail for pattern in OOM_PATTERNS)
+
+
 def read_exit_file(path: str) -> int | None:
     """The code a supervisor wrote, or None when it has not (yet) written one."""
     try:

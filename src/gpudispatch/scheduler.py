@@ -11,12 +11,16 @@ A slot is one GPU (its index) or one CPU-only slot (``None``). The rules:
 - Backfill: a job that does not fit yet lets jobs behind it use the idle slots, but only
   for ``reserve_after`` seconds from when it was queued. After that it holds the line:
   nothing behind it starts until it has started, so big jobs are never starved.
+- Packing: a job with ``--gpu-mem M`` shares a GPU with other such jobs while their
+  declared sums fit the memory left by processes outside the queue (best fit: the GPU
+  with the least room that still fits, so large holes stay for large jobs). A job
+  without it takes its GPU whole. A GPU that foreign processes hold is not used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpudispatch.job import Directives, JobState
 
@@ -28,10 +32,42 @@ class QueuedJob:
     name: str
     directives: Directives
     queued_at: float  # seconds, on the same clock as ``now``
+    alone: bool = False  # after running out of memory: take the GPU whole
 
     @property
     def sort_key(self) -> tuple[int, str]:
         return (-self.directives.priority, self.name)
+
+    @property
+    def gpu_mem(self) -> int | None:
+        return None if self.alone else self.directives.gpu_mem
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What occupies one slot now, and what its GPU can still hold."""
+
+    jobs: int = 0
+    exclusive: bool = False  # a job without --gpu-mem holds it whole
+    reserved: int = 0  # bytes declared by the packed jobs on it
+    capacity: int | None = None  # bytes packed jobs may use (total less foreign); None: unknown
+    total: int | None = None  # the GPU's memory, when known
+    blocked: str | None = None  # why processes outside the queue make it unusable
+
+    @property
+    def free(self) -> bool:
+        return self.jobs == 0 and not self.blocked
+
+    def room(self) -> int:
+        return (self.capacity or 0) - self.reserved
+
+    def with_job(self, gpu_mem: int | None) -> SlotState:
+        return replace(
+            self,
+            jobs=self.jobs + 1,
+            exclusive=self.exclusive or gpu_mem is None,
+            reserved=self.reserved + (gpu_mem or 0),
+        )
 
 
 @dataclass(frozen=True)
@@ -40,7 +76,23 @@ class Plan:
     failures: list[tuple[str, str]]  # job name, reason
 
 
-def _fits(need: int | None, free: list[int], slots: Sequence[int | None]) -> list[int] | None:
+def _fits(job: QueuedJob, slots: Sequence[int | None], states: Sequence[SlotState]
+          ) -> list[int] | None:
+    need, mem = job.directives.gpus, job.gpu_mem
+    if mem is not None and need != 0:
+        def packable(i: int) -> bool:
+            st = states[i]
+            if slots[i] is None or st.blocked or st.exclusive:
+                return False
+            if st.capacity is None:  # memory unknown: no sharing, a free GPU only
+                return st.jobs == 0
+            return st.room() >= mem
+
+        fitting = sorted((i for i in range(len(slots)) if packable(i)),
+                         key=lambda i: (states[i].room(), i))
+        k = need or 1
+        return sorted(fitting[:k]) if len(fitting) >= k else None
+    free = [i for i in range(len(slots)) if states[i].free]
     if need is None:
         return free[:1] or None
     if need == 0:
@@ -50,10 +102,21 @@ def _fits(need: int | None, free: list[int], slots: Sequence[int | None]) -> lis
     return gpu[:need] if len(gpu) >= need else None
 
 
-def impossible_reason(directives: Directives, slots: Sequence[int | None]) -> str | None:
-    """Why a job can never start on these slots (checked once, when it is first seen)."""
+def impossible_reason(
+    directives: Directives,
+    slots: Sequence[int | None],
+    totals: Sequence[int | None] = (),
+) -> str | None:
+    """Why a job can never start on these slots (checked once, when it is first seen).
+
+    ``totals`` are the GPUs' memory sizes, slot by slot, where known.
+    """
     need = directives.gpus
     n_gpus = sum(s is not None for s in slots)
+    known = [t for t in totals if t is not None]
+    if directives.gpu_mem and known and len(known) == n_gpus and directives.gpu_mem > max(known):
+        return (f"asks for {directives.gpu_mem / 2**30:.1f} GiB of GPU memory but the largest "
+                f"GPU here has {max(known) / 2**30:.1f} GiB")
     if need is None:
         return None if slots else "this dispatcher has no slots"
     if need == 0 and n_gpus == len(slots):
@@ -80,21 +143,23 @@ def dependency_verdict(after: Sequence[str], states: Mapping[str, JobState | Non
 def plan(
     queued: Sequence[QueuedJob],
     slots: Sequence[int | None],
-    free: Sequence[int],
+    states: Sequence[SlotState],
     dep_states: Mapping[str, JobState | None],
     now: float,
     reserve_after: float = DEFAULT_RESERVE_AFTER,
 ) -> Plan:
-    """Assign free slots to queued jobs, given in run order (sorted by ``sort_key``).
+    """Assign slots to queued jobs, given in run order (sorted by ``sort_key``).
 
-    Stops at the first moment no slot is left, so a tick costs what starts, not the
-    length of the queue.
+    Stops once no slot has room left, so a tick costs what starts, not the length of
+    the queue. What it assigns is reserved at once: two jobs placed together never
+    count the same free memory.
     """
-    free_left = sorted(free)
+    states = list(states)
     starts: list[tuple[str, list[int]]] = []
     failures: list[tuple[str, str]] = []
     for job in queued:
-        if not free_left:
+        if not any(st.free or (st.capacity and not st.exclusive and st.room() > 0)
+                   for st in states):
             break
         impossible = impossible_reason(job.directives, slots)
         if impossible:
@@ -106,11 +171,12 @@ def plan(
         if verdict:
             failures.append((job.name, verdict))
             continue
-        chosen = _fits(job.directives.gpus, free_left, slots)
+        chosen = _fits(job, slots, states)
         if chosen is None:
             if now - job.queued_at >= reserve_after:
-                free_left = []  # hold the line for this job
+                break  # hold the line for this job
             continue
         starts.append((job.name, chosen))
-        free_left = [i for i in free_left if i not in chosen]
+        for i in chosen:
+            states[i] = states[i].with_job(job.gpu_mem)
     return Plan(starts, failures)
