@@ -55,6 +55,8 @@ RECORD_DELAY_SECONDS = 0.05
 HEARTBEAT_SECONDS = 15.0
 # A peer that claimed a job this recently may not have written its record yet.
 CLAIM_GRACE_SECONDS = 10.0
+# How long an adopted job's old keeper may take to write the code of a job that ended.
+KEEPER_WRITE_GRACE_SECONDS = 5.0
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
@@ -71,6 +73,7 @@ class RunningJob:
     kill_at: float | None = None
     adopted: bool = False
     keeper_pid: int | None = None  # an adopted job's keeper, which writes its exit code
+    gone_at: float | None = None  # when an adopted job was first seen dead
     pidfd: int | None = None
     record_due: float | None = None  # when the start record is written (if still running)
     alone: bool = False  # placed whole after running out of memory
@@ -491,7 +494,9 @@ class Dispatcher:
             if not runner.pid_alive(job.pid):
                 code = runner.read_exit_file(self.layout.exit_file(job.name))
                 if code is None and job.keeper_pid and runner.pid_alive(job.keeper_pid):
-                    continue  # its keeper is about to write the code
+                    job.gone_at = job.gone_at or now
+                    if now - job.gone_at < KEEPER_WRITE_GRACE_SECONDS:
+                        continue  # its keeper is about to write the code
                 self._ended(job, code)
         for job in self.running.values():
             if job.record_due is not None and now >= job.record_due and job.pid is not None:

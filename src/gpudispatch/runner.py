@@ -163,7 +163,7 @@ def pid_alive(pid: int) -> bool:
 @dataclass(frozen=True)
 class FoundJob:
     pid: int
-    parent: int  # the keeper that started it, which will write its exit code
+    parent: int | None  # the keeper that started it, which will write its exit code
     gpus: list[int]
 
 
@@ -193,17 +193,21 @@ def find_jobs(exit_dir: str) -> dict[str, FoundJob]:
         name = exit_item[len(marker):].decode(errors="surrogateescape")
         cuda = next((i for i in items if i.startswith(b"CUDA_VISIBLE_DEVICES=")), b"=")
         gpus = [int(g) for g in cuda.split(b"=", 1)[1].split(b",") if g.strip().isdigit()]
-        found[name] = FoundJob(pid, _parent(pid), gpus)
+        found[name] = FoundJob(pid, _keeper_parent(pid), gpus)
     return found
 
 
-def _parent(pid: int) -> int:
+def _keeper_parent(pid: int) -> int | None:
+    """The job's parent if it is a gpudispatch keeper (not init or a subreaper)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
-    except OSError:
-        return 0
-    return int(data[data.rfind(b")") + 2 :].split()[1])
+        parent = int(data[data.rfind(b")") + 2 :].split()[1])
+        with open(f"/proc/{parent}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return parent if b"gpudispatch" in cmdline or b"jobdispatcher" in cmdline else None
 
 
 def pidfd(pid: int) -> int | None:
