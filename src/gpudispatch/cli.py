@@ -190,9 +190,26 @@ def status_view(queue: FolderQueue, limit: int | None):
 
     from gpudispatch.report import read_gpu_report
 
-    jobs = status_table(queue, status_views(queue, limit))
+    views = status_views(queue, limit)
+    jobs = status_table(queue, views)
     gpus = read_gpu_report(queue.layout)
-    return Group(gpu_table(gpus), jobs) if gpus else jobs
+    if gpus:
+        return Group(gpu_table(gpus), jobs)
+    running = [v for v in views if v.state is JobState.RUNNING]
+    return Group(running_table(running), jobs) if running else jobs
+
+
+def running_table(running: list[JobView]):
+    """What runs where, and for how long (when no GPU report is available)."""
+    from rich.table import Table
+
+    table = Table(title="running")
+    for column in ("gpu", "job", "for"):
+        table.add_column(column)
+    for view in sorted(running, key=lambda v: (v.record.gpus or [-1], v.name)):
+        gpus = ",".join(map(str, view.record.gpus)) or "cpu"
+        table.add_row(gpus, view.name, _duration(view))
+    return table
 
 
 def cmd_status(args) -> int:
