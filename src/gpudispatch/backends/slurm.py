@@ -46,6 +46,7 @@ from gpudispatch.job import (
 )
 from gpudispatch.layout import Layout
 from gpudispatch.store import HOST, FolderQueue, write_atomic
+from gpudispatch.watch import read_if_complete
 
 log = logging.getLogger("gpudispatch.slurm")
 
@@ -599,11 +600,13 @@ class SlurmBackend:
         pending = []
         for name in self.queue.names(JobState.QUEUED):
             path = self.layout.script(JobState.QUEUED, name)
-            if not _fully_written(path):
-                continue
             try:
-                text = _read_head(path)
-                directives, problem = parse_directives(text), None
+                complete, head = read_if_complete(path, os.lstat(path))
+                if complete is None:  # no leases here: wait until it has been still 1 s
+                    complete = time.time() - os.lstat(path).st_mtime >= 1.0
+                if not complete:
+                    continue
+                directives, problem = parse_directives(head.decode(errors="replace")), None
             except DirectiveError as exc:
                 directives, problem = Directives(), str(exc)
             except OSError:
@@ -982,21 +985,6 @@ def _not_before(slurm_iso: str | None, cutoff: datetime | None) -> bool:
 def _read_head(path: str | Path) -> str:
     with open(path, "rb") as fh:
         return fh.read(HEADER_MAX_BYTES).decode(errors="replace")
-
-
-def _fully_written(path: str | Path) -> bool:
-    """A file still being copied into queue/ is left for a later tick."""
-    try:
-        from gpudispatch.watch import is_complete
-    except ImportError:  # pragma: no cover - watch.py is optional for this backend
-        is_complete = None
-    complete = is_complete(path) if is_complete else None
-    if complete is not None:
-        return complete
-    try:
-        return time.time() - os.lstat(path).st_mtime >= 1.0
-    except FileNotFoundError:
-        return False
 
 
 # --- CLI entry points -------------------------------------------------------------------
