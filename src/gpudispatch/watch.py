@@ -1,16 +1,18 @@
 """Wake the dispatcher when files arrive in a folder (watchdog: inotify on Linux).
 
 Events only wake the loop and name candidate files; whether a file is complete is
-decided by :func:`is_complete`, so a missed or duplicated event costs nothing but time.
+decided by :func:`read_if_complete`, so a missed or duplicated event costs nothing but time.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
 import os
 import stat
+import struct
 import threading
 from pathlib import Path
 
@@ -54,6 +56,58 @@ def read_if_complete(path: str, st: os.stat_result) -> tuple[bool | None, bytes]
         os.close(fd)
 
 
+class _Inotify:
+    """Inotify through watchdog's own bindings, read from our event loop (Linux).
+
+    watchdog's observer would add a thread and hold every ``IN_MOVED_FROM`` (each claim
+    renames a job out of ``queue/``) for 0.5 s while it looks for the matching half of
+    the move, delaying every event behind it. Asking the kernel only for what matters
+    here (closed after writing, moved in, created) avoids both.
+    """
+
+    def __init__(self, folders: list[Path]) -> None:
+        from watchdog.observers.inotify_c import (
+            InotifyConstants,
+            inotify_add_watch,
+            inotify_init,
+        )
+
+        mask = (InotifyConstants.IN_CLOSE_WRITE | InotifyConstants.IN_MOVED_TO
+                | InotifyConstants.IN_CREATE | InotifyConstants.IN_ONLYDIR)
+        self.fd = inotify_init()
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init failed")
+        os.set_blocking(self.fd, False)
+        os.set_inheritable(self.fd, False)
+        for folder in folders:
+            if inotify_add_watch(self.fd, os.fsencode(folder), mask) < 0:
+                err = ctypes.get_errno()
+                os.close(self.fd)
+                raise OSError(err, f"inotify_add_watch({folder}) failed")
+
+    def read_names(self) -> set[str]:
+        names: set[str] = set()
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return names
+            offset = 0
+            while offset + _EVENT_HEADER.size <= len(data):
+                _wd, _mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+                offset += _EVENT_HEADER.size
+                raw = data[offset:offset + length].rstrip(b"\0")
+                offset += length
+                if raw:
+                    names.add(os.fsdecode(raw))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len
+
+
 class FolderWatcher:
     """A readable descriptor that fires when files are created, closed or moved in."""
 
@@ -64,10 +118,16 @@ class FolderWatcher:
         self._lock = threading.Lock()
         self._names: set[str] = set()
         self._observer = None
+        self._inotify: _Inotify | None = None
         self._folders = folders
 
     def start(self) -> bool:
         """Start watching; False when file events are unavailable (then poll)."""
+        try:
+            self._inotify = _Inotify(self._folders)
+            return True
+        except (ImportError, AttributeError, OSError) as exc:  # not Linux, or no watches left
+            log.debug("inotify unavailable (%s); using watchdog's observer", exc)
         try:
             from watchdog.events import FileSystemEventHandler
             from watchdog.observers import Observer
@@ -102,10 +162,12 @@ class FolderWatcher:
             pass  # the pipe is full: the loop is awake anyway
 
     def fileno(self) -> int:
-        return self._read_fd
+        return self._inotify.fd if self._inotify is not None else self._read_fd
 
     def drain(self) -> set[str]:
         """The names seen since the last call."""
+        if self._inotify is not None:
+            return self._inotify.read_names()
         try:
             while os.read(self._read_fd, 4096):
                 pass
@@ -116,6 +178,9 @@ class FolderWatcher:
         return names
 
     def stop(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)
