@@ -34,6 +34,7 @@ from gpudispatch.job import (
     JobState,
     now_iso,
     parse_directives,
+    parse_iso,
 )
 from gpudispatch.keeper import Exited, Keeper, KeeperGone, SpawnRequest
 from gpudispatch.layout import is_job_name
@@ -391,6 +392,7 @@ class Dispatcher:
     def _start(self, job: QueuedJob, slot_ids: list[int], now: float) -> None:
         name = job.name
         if not self.queue.claim(name):
+            self._wake_loop()  # its slots stay free: plan again at once, not at the next scan
             return  # another dispatcher took it, or the user removed it
         record = self._fresh_record(name)
         record.attempts += 1
@@ -409,12 +411,14 @@ class Dispatcher:
             fresh = (st.st_size, st.st_mtime_ns) == (size, mtime)
             launch = runner.check_script(path, st, head if fresh else None)
         except FileNotFoundError:
+            self._wake_loop()
             return
         except runner.ScriptRejected as exc:
             record.reason = f"{name} {exc}"
             record.ended_at = record.started_at
             self._conclude_now(name, record, JobState.FAILED)
             self.log.warning("%s failed: %s", name, record.reason)
+            self._wake_loop()
             return
         if launch.note:
             self.log.info("%s is %s", name, launch.note)
@@ -598,42 +602,52 @@ class Dispatcher:
         """
         ending, self._ending = self._ending, []
         if ending:
-            self._writes.append(self._writer.submit(self._write_endings, ending))
+            future = self._writer.submit(self._write_endings, ending)
+            # Wake the loop once the future is done, not from inside the task: woken
+            # earlier, the loop would find it still pending and sleep until the next scan.
+            future.add_done_callback(self._wake_loop)
+            self._writes.append(future)
 
-    def _write_endings(self, ending: list[tuple[RunningJob, bool]]) -> list:
-        """In the writer thread: record and move each job; what hooks to run after."""
-        concluded = []
+    def _wake_loop(self, _future: Future | None = None) -> None:
         try:
-            for job, retry in ending:
-                record = job.record
-                if job.kill_reason == "cold stop":
-                    self._requeue(job.name, record, record.reason or "cold stop")
-                elif retry:
-                    self.log.info(
-                        "%s: retry %d of %d", job.name, record.attempts, job.directives.retries
-                    )
-                    self._requeue(job.name, record, f"{record.reason}; retrying")
-                else:
-                    state = JobState.FAILED if record.reason else JobState.COMPLETED
-                    self._conclude(job.name, record, state)
-                    concluded.append((job.name, record, state))
-                self._drop_exit_file(job)
-                try:
-                    os.unlink(self.layout.cancel_request(job.name))
-                except FileNotFoundError:
-                    pass
-        finally:
+            os.write(self._wake_w, b"w")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (the loop is awake anyway), or closed at shutdown
+
+    def _write_endings(self, ending: list[tuple[RunningJob, bool]]) -> tuple[list, list[str]]:
+        """In the writer thread: record and move each job; what hooks to run after, and
+        which jobs went back to the queue."""
+        concluded, requeued = [], []
+        for job, retry in ending:
+            record = job.record
+            if job.kill_reason == "cold stop":
+                self._requeue(job.name, record, record.reason or "cold stop")
+            elif retry:
+                self.log.info(
+                    "%s: retry %d of %d", job.name, record.attempts, job.directives.retries
+                )
+                self._requeue(job.name, record, f"{record.reason}; retrying")
+                requeued.append(job.name)
+            else:
+                state = JobState.FAILED if record.reason else JobState.COMPLETED
+                self._conclude(job.name, record, state)
+                concluded.append((job.name, record, state))
+            self._drop_exit_file(job)
             try:
-                os.write(self._wake_w, b"w")
-            except BlockingIOError:
+                os.unlink(self.layout.cancel_request(job.name))
+            except FileNotFoundError:
                 pass
-        return concluded
+        return concluded, requeued
 
     def _collect_writes(self) -> None:
         """Run the hooks of finished writes (errors from the writer surface here)."""
         while self._writes and self._writes[0].done():
-            for concluded in self._writes.pop(0).result():
-                self._run_hook(*concluded)
+            concluded, requeued = self._writes.pop(0).result()
+            # Retries are taken up now, not when their file event arrives: --drain must
+            # not see an empty schedule and exit with them still queued.
+            self._events.update(requeued)
+            for done in concluded:
+                self._run_hook(*done)
 
     def _drop_exit_file(self, job: RunningJob) -> None:
         """The outcome is recorded: its exit file may go (by the keeper that wrote it)."""
@@ -679,7 +693,10 @@ class Dispatcher:
             "GPUDISPATCH_ROOT": str(self.layout.root),
         }
         try:
-            pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env, setsid=True)
+            pid = os.posix_spawn(
+                "/bin/sh", ["/bin/sh", "-c", command], env, setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, not by hooks
+            )
         except OSError as exc:
             self.log.warning("on-finish hook for %s could not start: %s", name, exc)
             return
@@ -744,6 +761,10 @@ class Dispatcher:
         job = RunningJob(
             name, pid, slot_ids, record, directives, adopted=True, keeper_pid=found.parent
         )
+        if directives.timeout:  # its limit still counts from when it started
+            started = parse_iso(record.started_at)
+            elapsed = time.time() - started.timestamp() if started else 0.0
+            job.deadline = time.monotonic() + max(0.0, directives.timeout - elapsed)
         job.pidfd = runner.pidfd(pid)
         self._track(job)
         self.log.info("%s is still running (pid %d); waiting for it", name, pid)
@@ -876,6 +897,8 @@ class Dispatcher:
                 wake_at.append(now + 0.2)
         if self._unready:
             wake_at.append(now + 0.25)
+        if self._pending and self.queue.is_paused():
+            wake_at.append(now + 0.25)  # `resume` is an unlink, which no file event reports
         registered = {k.fd for k in selector.get_map().values()}
         if self.keeper is not None and self.keeper.fileno() not in registered:
             selector.register(self.keeper.fileno(), selectors.EVENT_READ, "keeper")

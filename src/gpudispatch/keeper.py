@@ -43,6 +43,10 @@ class Exited:
     code: int
 
 
+# (Python itself ignores SIGPIPE and SIGXFSZ, as subprocess's restore_signals knows.)
+_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
+
+
 class KeeperGone(Exception):
     """The keeper process ended; jobs it started can no longer report."""
 
@@ -53,6 +57,9 @@ def _spawn(request: SpawnRequest) -> int:
         request.argv,
         {**request.env, EXIT_FILE_ENV: request.exit_path},
         setsid=True,
+        # The keeper ignores these; ignored dispositions survive exec, and a job that
+        # ignores SIGTERM cannot be stopped gently (nor a pipeline end on SIGPIPE).
+        setsigdef=_RESET_SIGNALS,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, request.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,

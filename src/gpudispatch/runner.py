@@ -62,7 +62,15 @@ def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> La
             "has CRLF (Windows) line endings, which break /bin/sh; convert it with dos2unix"
         )
     interp = shebang_argv(head)
+    if interp is not None and not os.access(interp[0], os.X_OK):
+        raise ScriptRejected(
+            f"names {interp[0]} in its #! line, which is not an executable file here"
+        )
     if st.st_mode & stat.S_IXUSR:
+        if interp is None:  # exec() would refuse it; a shell runs it with /bin/sh
+            return Launch(
+                ["/bin/sh", path], note="executable without a #! line; running it with /bin/sh"
+            )
         return Launch([path])
     argv = interp or ["/bin/sh"]
     return Launch([*argv, path], note=f"not executable; running it with {' '.join(argv)}")

@@ -1,0 +1,157 @@
+"""Nothing is lost, nothing runs twice: shared queues and ``kill -9`` of the dispatcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+import pytest
+from conftest import (
+    job_text,
+    logfile_text,
+    names_in,
+    open_gate,
+    parent_pid,
+    pid_alive,
+    q,
+    read_lines,
+    record,
+    snapshot,
+    wait_lines,
+    wait_record,
+    wait_state,
+    wait_until,
+    where,
+    write_script,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_dispatchers_never_run_a_job_twice(tmp_path, root, launch):
+    shared = tmp_path / "shared.txt"
+    first = launch.run(root, "--slots", "2")
+    second = launch.run(root, "--slots", "2")
+    wait_until(lambda: logfile_text(root).count("Job queue empty. Waiting...") >= 2,
+               message=lambda: logfile_text(root))
+    names = [f"job{i:03d}.sh" for i in range(200)]
+    text = job_text(f'echo "$GPUDISPATCH_JOB" >> {q(shared)}')
+    tmp = root / "staging"
+    tmp.mkdir()
+    for name in names:  # all written first, then renamed in as fast as possible
+        (tmp / name).write_text(text)
+        os.chmod(tmp / name, 0o755)
+    for name in names:
+        os.rename(tmp / name, root / "queue" / name)
+    wait_until(lambda: len(names_in(root, "completed")) == 200, timeout=40,
+               message=lambda: snapshot(root))
+    counts = Counter(read_lines(shared))
+    assert set(counts) == set(names)
+    assert [n for n, c in counts.items() if c != 1] == []
+    owners = Counter(record(root, n)["dispatcher"] for n in names)
+    assert len(owners) == 2, owners  # both took part in the race
+    assert all(record(root, n)["attempts"] == 1 for n in names)
+    for proc in (first, second):
+        proc.signal(signal.SIGTERM)
+    assert first.wait() == 0 and second.wait() == 0
+
+
+def _running_job(root, runs, name):
+    """Wait until ``name`` runs and its record holds its pid; return the record."""
+    wait_lines(runs, 1)
+    return wait_record(root, name, lambda r: r.get("pid") is not None)
+
+
+def test_kill9_dispatcher_then_restart_waits_for_the_running_job(tmp_path, root, launch):
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "long.sh", job_text(runs=runs, gate=gate))
+    first = launch.run(root, "--gpus", "0")
+    rec = _running_job(root, runs, "long.sh")
+    first.kill9()
+    assert pid_alive(rec["pid"])  # the job outlives its dispatcher
+    second = launch.run(root, "--gpus", "0")
+    wait_until(lambda: f"long.sh is still running (pid {rec['pid']})" in logfile_text(root),
+               message=lambda: logfile_text(root))
+    # GPU 0 is still taken by the adopted job: a new job must wait for it.
+    write_script(root / "queue" / "next.sh", job_text(runs=runs))
+    wait_until(lambda: "['next.sh']" in logfile_text(root), message=lambda: logfile_text(root))
+    assert where(root, "next.sh") == "queue"
+    assert where(root, "long.sh") == "running"
+    open_gate(gate)
+    wait_state(root, "next.sh", "completed", proc=second)
+    assert read_lines(runs) == ["long.sh", "next.sh"]  # long.sh ran exactly once
+    done = record(root, "long.sh")
+    assert where(root, "long.sh") == "completed"
+    assert done["attempts"] == 1 and done["exit_code"] == 0 and done["reason"] is None
+    assert record(root, "next.sh")["started_at"] >= done["ended_at"]
+    assert logfile_text(root).count("long.sh returned 0") == 1
+
+
+def test_job_that_ended_while_no_dispatcher_ran_keeps_its_exit_code(tmp_path, root, launch):
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "ends.sh", job_text(runs=runs, gate=gate, exit_code=3))
+    first = launch.run(root, "--slots", "1")
+    rec = _running_job(root, runs, "ends.sh")
+    first.kill9()
+    open_gate(gate)  # the job ends while no dispatcher runs
+    wait_until(lambda: not pid_alive(rec["pid"]))
+    exit_file = root / ".gpudispatch" / "exit" / "ends.sh"
+    wait_until(exit_file.exists, message="the keeper to write the exit code")
+    second = launch.run(root, "--slots", "1", "--drain")
+    assert second.wait() == 0
+    assert where(root, "ends.sh") == "failed"
+    done = record(root, "ends.sh")
+    assert done["exit_code"] == 3 and done["reason"] == "exit code 3"
+    assert done["attempts"] == 1
+    assert read_lines(runs) == ["ends.sh"]  # not run again
+    assert "ends.sh ended while no dispatcher was running" in logfile_text(root)
+
+
+def test_job_cut_off_with_its_dispatcher_runs_again(tmp_path, root, launch):
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "cut.sh", job_text("echo attempt $GPUDISPATCH_ATTEMPT",
+                                                     runs=runs, gate=gate))
+    first = launch.run(root, "--slots", "1")
+    rec = _running_job(root, runs, "cut.sh")
+    keeper = parent_pid(rec["pid"])
+    assert keeper != first.pid and parent_pid(keeper) == first.pid
+    # Nothing is left to write an exit code: dispatcher, keeper and job group all die.
+    first.kill9()
+    os.kill(keeper, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(keeper))
+    os.killpg(rec["pid"], signal.SIGKILL)
+    wait_until(lambda: not pid_alive(rec["pid"]))
+    assert not (root / ".gpudispatch" / "exit" / "cut.sh").exists()
+    assert where(root, "cut.sh") == "running"
+    open_gate(gate)
+    second = launch.run(root, "--slots", "1", "--drain")
+    assert second.wait() == 0
+    assert where(root, "cut.sh") == "completed", snapshot(root)
+    done = record(root, "cut.sh")
+    assert done["attempts"] == 2 and done["exit_code"] == 0
+    assert read_lines(runs) == ["cut.sh", "cut.sh"]
+    assert (root / "logs" / "cut.sh.2.log").read_text() == "attempt 2\n"
+    assert "cut.sh was cut off" in logfile_text(root)
+
+
+def test_restart_after_kill9_with_queue_left_finishes_everything_once(tmp_path, root, launch):
+    """kill -9 mid-queue: every job ends completed exactly once after a restart."""
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "a.sh", job_text(runs=runs))
+    write_script(root / "queue" / "b.sh", job_text(runs=runs, gate=gate))
+    for n in ("c.sh", "d.sh"):
+        write_script(root / "queue" / n, job_text(runs=runs))
+    first = launch.run(root, "--slots", "1")
+    wait_lines(runs, 2)
+    wait_record(root, "b.sh", lambda r: r.get("pid") is not None)
+    first.kill9()
+    second = launch.run(root, "--slots", "1")
+    wait_until(lambda: "b.sh is still running" in logfile_text(root),
+               message=lambda: logfile_text(root))
+    open_gate(gate)
+    wait_until(lambda: names_in(root, "completed") == ["a.sh", "b.sh", "c.sh", "d.sh"],
+               message=lambda: snapshot(root))
+    assert sorted(read_lines(runs)) == ["a.sh", "b.sh", "c.sh", "d.sh"]
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
