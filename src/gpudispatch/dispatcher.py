@@ -36,7 +36,7 @@ from gpudispatch.job import (
     parse_directives,
     parse_iso,
 )
-from gpudispatch.keeper import Exited, Keeper, KeeperGone, SpawnRequest
+from gpudispatch.keeper import Exited, Handover, Keeper, KeeperGone, SpawnRequest
 from gpudispatch.layout import is_job_name
 from gpudispatch.report import write_gpu_report
 from gpudispatch.results import METRICS_ENV
@@ -78,6 +78,9 @@ class RunningJob:
     pidfd: int | None = None
     record_due: float | None = None  # when the start record is written (if still running)
     alone: bool = False  # placed whole after running out of memory
+    queued: QueuedJob | None = None  # as it was queued (to put it back)
+    follows: str | None = None  # handed over to start when this running job ends
+    withdrawing: bool = False
 
     @property
     def gpu_mem(self) -> int | None:
@@ -168,6 +171,8 @@ class Dispatcher:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._heads: dict[str, tuple[int, int, bytes]] = {}  # name -> size, mtime, head
+        self._prepared_logs: set[str] = set()
+        self._plain_only: set[str] = set()  # not to be handed over (their check failed)
         self._idle_logged = False
         self._stop_requests = 0
         self._cold_done = False
@@ -199,6 +204,10 @@ class Dispatcher:
             self._settle()
             if not paused:
                 self._schedule(now)  # jobs waiting --after the ones just settled
+        if paused:
+            self._withdraw_handovers()
+        else:
+            self._plan_handovers(now)
         idle = not self._pending and not self.running and not self._unready
         if idle and not self._idle_logged:
             self.log.info("Job queue empty. Waiting...")
@@ -230,6 +239,7 @@ class Dispatcher:
         self._events = set()
         added = [name for name in names if self._consider(name, now)]
         if added:
+            self._withdraw_handovers(before=min(self._pending[n].sort_key for n in added))
             added.sort()
             shown = added if len(added) <= 20 else [*added[:20], f"... {len(added) - 20} more"]
             self.log.info("%d new jobs added to queue %s", len(added), shown)
@@ -241,6 +251,7 @@ class Dispatcher:
         gone = [name for name in self._pending if name not in present]
         for name in gone:
             del self._pending[name]
+            self._drop_prepared_log(name)
         if gone:
             self._order_dirty = True
         return names
@@ -303,6 +314,7 @@ class Dispatcher:
         )
         for name, reason in result.failures:
             self._forget(name)
+            self._heads.pop(name, None)
             self._fail_queued(name, reason)
         for name, slot_ids in result.starts:
             job = self._forget(name)
@@ -310,11 +322,15 @@ class Dispatcher:
                 self._start(job, slot_ids, now)
         if result.starts:
             self._report_gpus()
+            self._prepare_next_logs()
 
-    def _slot_states(self) -> list[SlotState]:
-        """Each slot's occupants and room, derived from the running jobs and GPU facts."""
+    def _slot_states(self, without: str | None = None) -> list[SlotState]:
+        """Each slot's occupants and room, derived from the running jobs and GPU facts
+        (as if job ``without`` had ended)."""
         jobs_on: dict[int, list[RunningJob]] = {}
         for job in self.running.values():
+            if job.name == without:
+                continue
             for i in job.slot_ids:
                 jobs_on.setdefault(i, []).append(job)
         states = []
@@ -362,8 +378,29 @@ class Dispatcher:
             write_gpu_report(self.layout, self._gpu_info.values(), self._own_pids,
                              self._blocked, self.running.values())
 
+    def _prepare_next_logs(self) -> None:
+        """Create the log files of the jobs likely to start next, in the writer thread.
+
+        A file creation costs 0.1 to 1 ms here; done while the current jobs run, it is
+        off the next job's path to its start (the keeper then only truncates the file).
+        """
+        if self._order_dirty:
+            return
+        upcoming = [j.name for j in self._order[: len(self.slots)]
+                    if j.name not in self._prepared_logs]
+        if upcoming:
+            self._prepared_logs.update(upcoming)
+            if len(self._prepared_logs) > 4 * len(self.slots) + 64:
+                self._prepared_logs = set(upcoming)
+            self._writer.submit(_create_empty, [self.layout.job_log(n, 1) for n in upcoming])
+
+    def _drop_prepared_log(self, name: str) -> None:
+        """A job that will not run here leaves no empty log behind."""
+        if name in self._prepared_logs:  # through the writer: after it created the file
+            self._prepared_logs.discard(name)
+            self._writer.submit(_remove_if_empty, self.layout.job_log(name, 1))
+
     def _forget(self, name: str) -> QueuedJob | None:
-        self._heads.pop(name, None)
         job = self._pending.pop(name, None)
         if job is not None:
             try:
@@ -389,74 +426,136 @@ class Dispatcher:
         record.extra.pop("requeued", None)
         return record
 
-    def _start(self, job: QueuedJob, slot_ids: list[int], now: float) -> None:
+    def _start(
+        self, job: QueuedJob, slot_ids: list[int], now: float, after: RunningJob | None = None
+    ) -> None:
+        """Claim a job and have the keeper start it; or, ``after`` a running job, hand it
+        to the keeper to claim and start the moment that one ends (see ``Handover``)."""
         name = job.name
-        if not self.queue.claim(name):
+        if after is None and not self.queue.claim(name):
+            self._drop_prepared_log(name)
             self._wake_loop()  # its slots stay free: plan again at once, not at the next scan
             return  # another dispatcher took it, or the user removed it
+        state = JobState.QUEUED if after else JobState.RUNNING
+        size, mtime, head = self._heads.pop(name, (-1, -1, b""))
+        running_path = self.layout.script(JobState.RUNNING, name)
+        try:
+            path = self.layout.script(state, name)
+            st = os.lstat(path)
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                head = runner.read_head(path, st)
+            launch = runner.check_script(running_path, st, head)
+        except FileNotFoundError:
+            self._drop_prepared_log(name)
+            self._wake_loop()
+            return
+        except runner.ScriptRejected as exc:
+            if after is None:
+                self._reject(name, f"{name} {exc}")
+            else:  # the plain path claims and fails it, once a slot is free
+                self._pending[name] = job
+                self._order_dirty = True
+                self._plain_only.add(name)
+            self._wake_loop()
+            return
         record = self._fresh_record(name)
         record.attempts += 1
         record.gpus = [g for g in (self.slots[i] for i in slot_ids) if g is not None]
         record.host, record.dispatcher = HOST, self.owner
-        record.started_at, record.ended_at = now_iso(), None
-        record.exit_code, record.reason = None, None
+        record.ended_at, record.exit_code, record.reason = None, None, None
         record.backend, record.backend_id = "local", None
         record.extra["directives"] = job.directives.to_dict()
-        log_path = self.layout.job_log(name, record.attempts)
-        record.log = str(log_path)
-        path = self.layout.script(JobState.RUNNING, name)
-        size, mtime, head = self._heads.pop(name, (-1, -1, b""))
-        try:
-            st = os.lstat(path)
-            fresh = (st.st_size, st.st_mtime_ns) == (size, mtime)
-            launch = runner.check_script(path, st, head if fresh else None)
-        except FileNotFoundError:
-            self._wake_loop()
-            return
-        except runner.ScriptRejected as exc:
-            record.reason = f"{name} {exc}"
-            record.ended_at = record.started_at
-            self._conclude_now(name, record, JobState.FAILED)
-            self.log.warning("%s failed: %s", name, record.reason)
-            self._wake_loop()
-            return
+        record.log = self.layout.job_log(name, record.attempts)
         if launch.note:
             self.log.info("%s is %s", name, launch.note)
         request = SpawnRequest(
-            name, launch.argv, self._job_env(name, record), log_path, self.layout.exit_file(name)
+            name, launch.argv, self._job_env(name, record), record.log,
+            self.layout.exit_file(name),
         )
+        running = RunningJob(name, None, slot_ids, record, job.directives, alone=job.alone,
+                             queued=job, follows=after.name if after else None)
+        self._track(running)
         try:
-            self._keeper().spawn(request)
+            self._send_start(request, after, st)
         except KeeperGone:
             self._keeper_lost()
+            if after is None:
+                self._send_start(request, None, st)
+
+    def _send_start(self, request: SpawnRequest, after: RunningJob | None,
+                    st: os.stat_result) -> None:
+        if after is None:
             self._keeper().spawn(request)
+        else:
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+            self._keeper().hand_over(Handover(request, after.pid, identity))
+
+    def _reject(self, name: str, reason: str, record: JobRecord | None = None) -> None:
+        """Fail a claimed job that cannot run (its script, or the start itself)."""
+        record = record or self._fresh_record(name)
+        record.reason = reason
+        record.started_at = record.ended_at = now_iso()
+        self._conclude_now(name, record, JobState.FAILED)
+        self.log.warning("%s failed: %s", name, reason)
+
+    def _on_started(self, job: RunningJob, pid: int, now: float) -> None:
+        """The keeper started it: from now on its time, timeout and record count."""
+        job.pid = job.record.pid = pid
+        job.follows = None
+        self._by_pid[pid] = job.name
+        job.record.started_at = now_iso()
         timeout = job.directives.timeout
-        running = RunningJob(
-            name,
-            None,
-            slot_ids,
-            record,
-            job.directives,
-            deadline=now + timeout if timeout else None,
-            record_due=now + RECORD_DELAY_SECONDS,
-            alone=job.alone,
-        )
-        self._track(running)
+        job.deadline = now + timeout if timeout else None
+        job.record_due = now + RECORD_DELAY_SECONDS
+        record = job.record
         if len(self.slots) > 1:
             where = ",".join(str(g) for g in record.gpus) if record.gpus else "CPU"
-            self.log.info("Running job %s on %s%s...", name, "GPU " if record.gpus else "", where)
+            self.log.info("Running job %s on %s%s...", job.name, "GPU " if record.gpus else "",
+                          where)
         else:
-            self.log.info("Running job %s...", name)
+            self.log.info("Running job %s...", job.name)
+        if job.kill_reason:  # stopped before it started
+            runner.kill_group(pid, signal.SIGTERM)
+
+    def _plan_handovers(self, now: float) -> None:
+        """For each running job, pick the job to start in its slots when it ends."""
+        if self.keeper is None or not self._pending or self._order_dirty:
+            return
+        followed = {j.follows for j in self.running.values() if j.follows}
+        for job in list(self.running.values()):
+            if (job.pid is None or job.adopted or job.kill_reason or job.name in followed
+                    or job.follows):
+                continue
+            result = plan(self._order, self.slots, self._slot_states(without=job.name),
+                          _DepStates(self.queue), now, self.options.reserve_after)
+            mine = set(job.slot_ids)
+            pick = next(((n, ids) for n, ids in result.starts if set(ids) <= mine), None)
+            if pick is not None and pick[0] not in self._plain_only:
+                queued = self._forget(pick[0])
+                if queued is not None:
+                    self._start(queued, pick[1], now, after=job)
+
+    def _withdraw_handovers(self, before: tuple | None = None) -> None:
+        """Take back hand-overs (all, or those that sort after ``before``)."""
+        for job in self.running.values():
+            if job.follows and not job.withdrawing and job.queued is not None and (
+                    before is None or before < job.queued.sort_key):
+                job.withdrawing = True
+                try:
+                    self._keeper().withdraw(job.name)
+                except KeeperGone:
+                    pass
 
     def _job_env(self, name: str, record: JobRecord) -> dict[str, str]:
-        env = dict(self._base_env)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in record.gpus)
-        env["GPUDISPATCH_JOB"] = name
-        env["GPUDISPATCH_ROOT"] = str(self.layout.root)
-        env["GPUDISPATCH_ATTEMPT"] = str(record.attempts)
-        env["GPUDISPATCH_LOG"] = record.log or ""
-        env[METRICS_ENV] = str(self.layout.metrics(name))
-        return env
+        """What a job's environment adds to the dispatcher's (the keeper merges them)."""
+        return {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in record.gpus),
+            "GPUDISPATCH_JOB": name,
+            "GPUDISPATCH_ROOT": str(self.layout.root),
+            "GPUDISPATCH_ATTEMPT": str(record.attempts),
+            "GPUDISPATCH_LOG": record.log or "",
+            METRICS_ENV: self.layout.metrics(name),
+        }
 
     def _track(self, job: RunningJob) -> None:
         self.running[job.name] = job
@@ -473,7 +572,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ endings
     def _keeper(self) -> Keeper:
         if self.keeper is None:
-            self.keeper = Keeper(str(self.layout.tmp))
+            self.keeper = Keeper(self.queue, self._base_env)
             self.keeper.start()
         return self.keeper
 
@@ -484,7 +583,7 @@ class Dispatcher:
             except KeeperGone:
                 messages = self._keeper_lost()
             for message in messages:
-                self._on_keeper_message(message)
+                self._on_keeper_message(message, now)
         while self._hooks:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -507,7 +606,7 @@ class Dispatcher:
                 job.record_due = None
                 self.queue.write_record(job.record)
 
-    def _on_keeper_message(self, message) -> None:
+    def _on_keeper_message(self, message, now: float) -> None:
         if isinstance(message, Exited):
             name = self._by_pid.get(message.pid)
             if name is not None:
@@ -518,23 +617,50 @@ class Dispatcher:
         if job is None:
             return
         if kind == "started":
-            job.pid = job.record.pid = detail
-            self._by_pid[detail] = name
-            if job.kill_reason:  # stopped before we knew its pid
-                runner.kill_group(job.pid, signal.SIGTERM)
-        else:
+            self._on_started(job, detail, now)
+        elif kind == "claimed":  # handed over, but the script changed since we checked it
             self._untrack(job)
-            record = job.record
-            record.reason, record.ended_at = f"could not start: {detail}", now_iso()
-            self.log.warning("%s failed: %s", name, record.reason)
-            self._conclude_now(name, record, JobState.FAILED)
+            self._heads.pop(name, None)
+            try:
+                launch = runner.check_script(
+                    self.layout.script(JobState.RUNNING, name),
+                    os.lstat(self.layout.script(JobState.RUNNING, name)),
+                )
+            except (FileNotFoundError, runner.ScriptRejected) as exc:
+                self._reject(name, f"{name} {exc}", job.record)
+                return
+            job.follows = None
+            self._track(job)
+            self._keeper().spawn(SpawnRequest(
+                name, launch.argv, self._job_env(name, job.record), job.record.log or "",
+                self.layout.exit_file(name),
+            ))
+        elif kind in ("not-claimed", "withdrawn"):
+            self._untrack(job)
+            if kind == "not-claimed":
+                self._drop_prepared_log(name)
+            if kind == "withdrawn" and job.queued is not None:
+                self._pending[name] = job.queued
+                self._order_dirty = True
+            self._wake_loop()
+        else:  # "error": it could not start
+            self._untrack(job)
+            self._reject(name, f"could not start: {detail}", job.record)
 
     def _keeper_lost(self) -> list:
         """The keeper died under us: its jobs run on, unsupervised; watch them by pid."""
         self.log.error("The keeper process died; its running jobs can no longer report.")
         self.keeper = None
-        for job in self.running.values():
-            job.adopted, job.keeper_pid = True, None
+        for job in list(self.running.values()):
+            if job.pid is None:  # never started: back to the schedule (or the queue)
+                self._untrack(job)
+                if job.follows and job.queued is not None:
+                    self._pending[job.name] = job.queued
+                    self._order_dirty = True
+                elif self.queue.locate(job.name) is JobState.RUNNING:
+                    self.queue.move(job.name, JobState.RUNNING, JobState.QUEUED)
+            else:
+                job.adopted, job.keeper_pid = True, None
         return []
 
     def _enforce_deadlines(self, now: float) -> None:
@@ -814,6 +940,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ stopping
     def request_stop(self) -> None:
         self._stop_requests += 1
+        self._withdraw_handovers()
         if self._stop_requests == 1:
             self.log.info(
                 "Warm stop: no new jobs; waiting for %d running. Signal again to kill them.",
@@ -891,6 +1018,8 @@ class Dispatcher:
     def _wait(self, selector: selectors.BaseSelector) -> None:
         now = time.monotonic()
         wake_at = [self._next_scan, self._next_heartbeat]
+        if self.probe is not None:
+            wake_at.append(self._next_probe)
         for job in self.running.values():
             wake_at += [t for t in (job.deadline, job.kill_at, job.record_due) if t is not None]
             if job.adopted and (job.pidfd is None or not runner.pid_alive(job.pid)):
@@ -920,6 +1049,22 @@ class Dispatcher:
 
 
 # ---------------------------------------------------------------------- helpers
+def _create_empty(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError:
+            pass
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        if os.stat(path).st_size == 0:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _directive_fields(record: JobRecord) -> dict:
     saved = dict(record.extra.get("directives") or {})
     if "after" in saved:

@@ -21,7 +21,8 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from gpudispatch.store import write_atomic
+from gpudispatch.job import JobState
+from gpudispatch.store import FolderQueue, write_atomic
 
 # Environment marker that lets a restarted dispatcher find a job by its exit file.
 EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"
@@ -51,11 +52,11 @@ class KeeperGone(Exception):
     """The keeper process ended; jobs it started can no longer report."""
 
 
-def _spawn(request: SpawnRequest) -> int:
+def _spawn(request: SpawnRequest, base_env: dict[str, str]) -> int:
     return os.posix_spawn(
         request.argv[0],
         request.argv,
-        {**request.env, EXIT_FILE_ENV: request.exit_path},
+        {**base_env, **request.env, EXIT_FILE_ENV: request.exit_path},
         setsid=True,
         # The keeper ignores these; ignored dispositions survive exec, and a job that
         # ignores SIGTERM cannot be stopped gently (nor a pipeline end on SIGPIPE).
@@ -69,7 +70,24 @@ def _spawn(request: SpawnRequest) -> int:
     )
 
 
-def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
+@dataclass(frozen=True)
+class Handover:
+    """Start ``request`` the moment process ``after_pid`` ends, claiming it only then.
+
+    The next job of a busy slot waits here, so that a slot is refilled without a round
+    trip through the dispatcher; it stays in ``queue/`` until the claim, so a cancel,
+    another dispatcher or the user may still take it, and a dispatcher that dies leaves
+    nothing half started.
+    """
+
+    request: SpawnRequest
+    after_pid: int
+    identity: tuple[int, int, int]  # inode, size, mtime of the script the dispatcher checked
+
+
+def _keeper_loop(
+    sock: socket.socket, queue: FolderQueue, base_env: dict[str, str]
+) -> None:
     """Run in the forked keeper until the dispatcher is gone and every job has ended."""
     os.setsid()  # no terminal: a Ctrl-C meant for the dispatcher must not reach us
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
@@ -82,8 +100,10 @@ def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "sock")
     selector.register(wake_r, selectors.EVENT_READ, "child")
+    tmp_dir = str(queue.layout.tmp)
     children: dict[int, str] = {}  # pid -> exit file
     unrecorded: dict[str, int] = {}  # exit file -> code the dispatcher has not recorded
+    handovers: dict[int, Handover] = {}  # pid of the running job -> the job to follow it
     connected = True
 
     def save(exit_path: str, code: int) -> None:
@@ -94,6 +114,7 @@ def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
         if connected:
             connected = False
             selector.unregister(sock)
+            handovers.clear()  # nobody would record them: leave them queued
             for exit_path, code in unrecorded.items():
                 save(exit_path, code)
             unrecorded.clear()
@@ -104,6 +125,33 @@ def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
                 sock.send(pickle.dumps(message))
             except OSError:
                 disconnect()
+
+    def start(request: SpawnRequest):
+        unrecorded.pop(request.exit_path, None)
+        try:
+            os.unlink(request.exit_path)  # a stale code must not outlive its run
+        except FileNotFoundError:
+            pass
+        try:
+            pid = _spawn(request, base_env)
+        except OSError as exc:
+            return ("error", request.name, str(exc))
+        children[pid] = request.exit_path
+        return ("started", request.name, pid)
+
+    def hand_over(handover: Handover):
+        name = handover.request.name
+        if queue.is_paused():  # paused since it was handed over: give it back
+            return ("withdrawn", name, None)
+        if not queue.claim(name):
+            return ("not-claimed", name, None)
+        try:
+            st = os.lstat(queue.layout.script(JobState.RUNNING, name))
+        except FileNotFoundError:
+            return ("not-claimed", name, None)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
+            return ("claimed", name, None)  # changed since checked: the dispatcher decides
+        return start(handover.request)
 
     while connected or children:
         for key, _ in selector.select(1.0 if children else None):
@@ -123,18 +171,17 @@ def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
                 continue
             message = pickle.loads(data)
             if isinstance(message, SpawnRequest):
-                unrecorded.pop(message.exit_path, None)
-                try:
-                    os.unlink(message.exit_path)  # a stale code must not outlive its run
-                except FileNotFoundError:
-                    pass
-                try:
-                    pid = _spawn(message)
-                except OSError as exc:
-                    send(("error", message.name, str(exc)))
-                else:
-                    children[pid] = message.exit_path
-                    send(("started", message.name, pid))
+                send(start(message))
+            elif isinstance(message, Handover):
+                if message.after_pid in children:
+                    handovers[message.after_pid] = message
+                else:  # it ended already
+                    send(hand_over(message))
+            elif message[0] == "withdraw":
+                for pid, handover in list(handovers.items()):
+                    if handover.request.name == message[1]:
+                        del handovers[pid]
+                        send(("withdrawn", message[1], None))
             elif message[0] == "forget":
                 unrecorded.pop(message[1], None)
         while children:
@@ -148,10 +195,14 @@ def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
             exit_path = children.pop(pid, None)
             if exit_path is None:
                 continue
+            handover = handovers.pop(pid, None)
+            follow = hand_over(handover) if handover else None  # refill the slot first
             code = os.waitstatus_to_exitcode(status)
             if connected:
                 unrecorded[exit_path] = code
                 send(Exited(pid, code))
+                if follow:
+                    send(follow)
             if not connected:
                 save(exit_path, code)
 
@@ -159,8 +210,9 @@ def _keeper_loop(sock: socket.socket, tmp_dir: str) -> None:
 class Keeper:
     """The dispatcher's handle on its keeper process."""
 
-    def __init__(self, tmp_dir: str) -> None:
-        self._tmp_dir = tmp_dir
+    def __init__(self, queue: FolderQueue, base_env: dict[str, str]) -> None:
+        self._queue = queue
+        self._base_env = base_env  # requests carry only what each job adds to it
         self.pid: int | None = None
         self._sock: socket.socket | None = None
 
@@ -172,7 +224,7 @@ class Keeper:
             code = 0
             try:
                 ours.close()
-                _keeper_loop(theirs, self._tmp_dir)
+                _keeper_loop(theirs, self._queue, self._base_env)
             except BaseException:
                 import traceback
 
@@ -194,13 +246,23 @@ class Keeper:
         """
         self._send(request)
 
+    def hand_over(self, handover: Handover) -> None:
+        """Queue a job to claim and start as soon as ``handover.after_pid`` ends."""
+        self._send(handover)
+
+    def withdraw(self, name: str) -> None:
+        """Take back a hand-over; ``("withdrawn", name, None)`` comes if it was in time."""
+        self._send(("withdraw", name))
+
     def forget(self, exit_path: str) -> None:
         """The dispatcher has recorded this outcome: the keeper may drop the code."""
         self._send(("forget", exit_path))
 
     def messages(self) -> list:
-        """``("started", name, pid)``, ``("error", name, text)`` and :class:`Exited`
-        messages received since the last call, in order (never blocks)."""
+        """Messages since the last call, in order (never blocks): :class:`Exited`, and
+        ``(kind, name, detail)`` with kind ``started`` (detail: pid), ``error`` (text),
+        and for hand-overs ``not-claimed``, ``claimed`` (changed since checked: start it
+        yourself) and ``withdrawn``."""
         out = []
         while True:
             message = self._receive()
@@ -227,10 +289,10 @@ class Keeper:
             raise KeeperGone("keeper is closed")
         try:
             data = self._sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return None
-        except InterruptedError:
-            return None
+        except OSError as exc:  # the keeper died (connection reset)
+            raise KeeperGone(f"keeper is gone: {exc}") from None
         if not data:
             raise KeeperGone("keeper exited")
         return pickle.loads(data)

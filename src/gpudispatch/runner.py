@@ -39,6 +39,14 @@ def shebang_argv(head: bytes) -> list[str] | None:
     return [interp, arg] if arg else [interp]
 
 
+def read_head(path: str, st: os.stat_result) -> bytes:
+    """The header of a regular file (nothing else is opened: a FIFO would block)."""
+    if not stat.S_ISREG(st.st_mode):
+        return b""
+    with open(path, "rb") as fh:
+        return fh.read(HEADER_MAX_BYTES)
+
+
 def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> Launch:
     """Decide how to run ``path``, or raise :class:`ScriptRejected` with the reason.
 
