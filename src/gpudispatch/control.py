@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpudispatch import runner
-from gpudispatch.job import DIRECTIVE_PREFIX, JobRecord, JobState, now_iso
+from gpudispatch import peers, runner
+from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
 
 
@@ -104,16 +104,9 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
     if runner.group_alive(pid):
         runner.kill_group(pid, signal.SIGKILL)
     # The owning dispatcher records the end; if none is alive, we do.
-    if not _owner_alive(record) and queue.locate(name) is JobState.RUNNING:
+    if not peers.owner_alive(layout, record.dispatcher) and queue.locate(name) is JobState.RUNNING:
         _fail_cancelled(queue, name)
     return f"{name}: stopped (cancelled)"
-
-
-def _owner_alive(record: JobRecord) -> bool:
-    if not record.dispatcher:
-        return False
-    host, _, pid = record.dispatcher.rpartition(".")
-    return host != HOST or (pid.isdigit() and runner.pid_alive(int(pid)))
 
 
 def _fail_cancelled(queue: FolderQueue, name: str) -> None:

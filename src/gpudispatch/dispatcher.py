@@ -17,16 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpudispatch import runner
-from gpudispatch.gpus import (
-    DEFAULT_BUSY_THRESHOLD,
-    GpuInfo,
-    GpuProbe,
-    GpuProbeError,
-    descendant_pids,
-    foreign_used_bytes,
-    format_bytes,
-)
+from gpudispatch import peers, runner
+from gpudispatch.gpus import DEFAULT_BUSY_THRESHOLD, GpuProbe, GpuProbeError
+from gpudispatch.gpuview import GpuView
 from gpudispatch.job import (
     DirectiveError,
     Directives,
@@ -38,7 +31,6 @@ from gpudispatch.job import (
 )
 from gpudispatch.keeper import Exited, Handover, Keeper, KeeperGone, SpawnRequest
 from gpudispatch.layout import is_job_name
-from gpudispatch.report import write_gpu_report
 from gpudispatch.results import METRICS_ENV
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
@@ -47,15 +39,12 @@ from gpudispatch.scheduler import (
     impossible_reason,
     plan,
 )
-from gpudispatch.store import HOST, FolderQueue, write_atomic
+from gpudispatch.store import HOST, FolderQueue
 from gpudispatch.watch import FolderWatcher, read_if_complete
 
 # A job's start record waits this long: most trivial jobs are over by then and need
 # one record write instead of two. A crash in between loses nothing (see reconcile).
 RECORD_DELAY_SECONDS = 0.05
-HEARTBEAT_SECONDS = 15.0
-# A peer that claimed a job this recently may not have written its record yet.
-CLAIM_GRACE_SECONDS = 10.0
 # How long an adopted job's old keeper may take to write the code of a job that ended.
 KEEPER_WRITE_GRACE_SECONDS = 5.0
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
@@ -145,17 +134,13 @@ class Dispatcher:
         self.layout = queue.layout
         self.options = options
         self.slots = options.slots
-        self.owner = f"{HOST}.{os.getpid()}"
+        self.owner = peers.owner_id()
         self.log = queue_logger(self.layout.logfile, options.console)
         self.running: dict[str, RunningJob] = {}
         self._by_pid: dict[int, str] = {}
         self._run_alone: set[str] = set()  # requeued after running out of GPU memory
-        self.probe = options.probe
-        self._gpu_info: dict[int, GpuInfo] = {}
-        self._foreign: dict[int, int] = {}  # GPU -> bytes held outside the queue
-        self._blocked: dict[int, str] = {}  # GPU -> why foreign processes make it busy
-        self._own_pids: set[int] = set()
-        self._next_probe = 0.0
+        self.gpus = GpuView(options.probe, options.respect_foreign,
+                            options.foreign_threshold, options.gpu_poll)
         self._pending: dict[str, QueuedJob] = {}
         self._order: list[QueuedJob] = []
         self._order_dirty = False
@@ -194,8 +179,8 @@ class Dispatcher:
         if self._stop_requests:
             self._settle()
             return
-        if self.probe is not None and now >= self._next_probe:
-            self._refresh_gpus(now)
+        if self.gpus.due(now):
+            self._read_gpus(now)
         self._discover(now)
         paused = self.queue.is_paused()
         if not paused:
@@ -285,7 +270,7 @@ class Dispatcher:
         self._heads[name] = (st.st_size, st.st_mtime_ns, head)
         try:
             directives = parse_directives(head.decode(errors="replace"))
-            reason = impossible_reason(directives, self.slots, self._gpu_totals())
+            reason = impossible_reason(directives, self.slots, self.gpus.totals(self.slots))
         except DirectiveError as exc:
             directives, reason = Directives(), str(exc)
         if reason:
@@ -321,62 +306,19 @@ class Dispatcher:
             if job is not None:
                 self._start(job, slot_ids, now)
         if result.starts:
-            self._report_gpus()
+            self.gpus.report(self.layout, self.running.values())
             self._prepare_next_logs()
 
     def _slot_states(self, without: str | None = None) -> list[SlotState]:
-        """Each slot's occupants and room, derived from the running jobs and GPU facts
-        (as if job ``without`` had ended)."""
-        jobs_on: dict[int, list[RunningJob]] = {}
-        for job in self.running.values():
-            if job.name == without:
-                continue
-            for i in job.slot_ids:
-                jobs_on.setdefault(i, []).append(job)
-        states = []
-        for i, gpu in enumerate(self.slots):
-            here = jobs_on.get(i, [])
-            info = self._gpu_info.get(gpu) if gpu is not None else None
-            states.append(SlotState(
-                jobs=len(here),
-                exclusive=any(j.gpu_mem is None for j in here),
-                reserved=sum(j.gpu_mem or 0 for j in here),
-                capacity=info.memory_total - self._foreign.get(gpu, 0) if info else None,
-                total=info.memory_total if info else None,
-                blocked=self._blocked.get(gpu),
-            ))
-        return states
+        return self.gpus.slot_states(self.slots, self.running.values(), without)
 
-    def _gpu_totals(self) -> list[int | None]:
-        return [self._gpu_info[g].memory_total if g in self._gpu_info else None
-                for g in self.slots]
-
-    def _refresh_gpus(self, now: float) -> None:
-        """Read the GPUs (NVML): memory held outside the queue, and who holds it."""
-        self._next_probe = now + self.options.gpu_poll
+    def _read_gpus(self, now: float) -> None:
         try:
-            infos = self.probe.snapshot()
+            self.gpus.read(now, self.running.values())
         except GpuProbeError as exc:
             self.log.warning("GPU probe failed (%s); keeping the last reading", exc)
             return
-        own = descendant_pids(j.pid for j in self.running.values() if j.pid)
-        self._gpu_info = {info.index: info for info in infos}
-        self._foreign, self._blocked = {}, {}
-        for info in infos:
-            foreign = foreign_used_bytes(info, own)
-            self._foreign[info.index] = foreign
-            if self.options.respect_foreign and foreign >= self.options.foreign_threshold:
-                holders = sorted({p.user or "?" for p in info.processes if p.pid not in own})
-                self._blocked[info.index] = (
-                    f"{format_bytes(foreign)} held by {', '.join(holders) or 'other processes'}"
-                )
-        self._own_pids = own
-        self._report_gpus()
-
-    def _report_gpus(self) -> None:
-        if self.probe is not None and self._gpu_info:
-            write_gpu_report(self.layout, self._gpu_info.values(), self._own_pids,
-                             self._blocked, self.running.values())
+        self.gpus.report(self.layout, self.running.values())
 
     def _prepare_next_logs(self) -> None:
         """Create the log files of the jobs likely to start next, in the writer thread.
@@ -844,7 +786,7 @@ class Dispatcher:
         for name in self.queue.names(JobState.QUEUED):
             if self.queue.read_record(name).extra.get("run_alone"):
                 self._run_alone.add(name)
-        peers = self._live_peers()
+        others = peers.live_peers(self.layout, self.owner)
         for name in self.queue.names(JobState.RUNNING):
             if name in self.running:
                 continue
@@ -852,9 +794,9 @@ class Dispatcher:
             if record.backend != "local":
                 continue  # Slurm runs it; the Slurm backend reconciles it
             if record.dispatcher and record.dispatcher != self.owner:
-                if record.dispatcher in peers:
+                if record.dispatcher in others:
                     continue
-            elif peers and self._recently_claimed(name):
+            elif others and peers.recently_claimed(self.layout, name):
                 continue
             directives = Directives(**_directive_fields(record))
             code = runner.read_exit_file(self.layout.exit_file(name))
@@ -895,47 +837,9 @@ class Dispatcher:
         self._track(job)
         self.log.info("%s is still running (pid %d); waiting for it", name, pid)
 
-    def _recently_claimed(self, name: str) -> bool:
-        try:
-            ctime = os.lstat(self.layout.script(JobState.RUNNING, name)).st_ctime
-        except FileNotFoundError:
-            return True
-        return time.time() - ctime < CLAIM_GRACE_SECONDS
-
-    def _live_peers(self) -> set[str]:
-        peers = set()
-        try:
-            entries = list(os.scandir(self.layout.dispatchers))
-        except FileNotFoundError:
-            return peers
-        for entry in entries:
-            owner = entry.name
-            if owner == self.owner:
-                continue
-            host, _, pid = owner.rpartition(".")
-            if host == HOST:
-                alive = pid.isdigit() and runner.pid_alive(int(pid))
-            else:
-                try:
-                    alive = time.time() - entry.stat().st_mtime < 3 * HEARTBEAT_SECONDS
-                except FileNotFoundError:
-                    alive = False
-            if alive:
-                peers.add(owner)
-            elif host == HOST:
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
-        return peers
-
     def _heartbeat(self, now: float) -> None:
-        self._next_heartbeat = now + HEARTBEAT_SECONDS
-        write_atomic(
-            self.layout.dispatcher_file(self.owner),
-            now_iso().encode(),
-            self.layout.tmp,
-        )
+        self._next_heartbeat = now + peers.HEARTBEAT_SECONDS
+        peers.heartbeat(self.layout, self.owner)
 
     # ------------------------------------------------------------------ stopping
     def request_stop(self) -> None:
@@ -991,10 +895,7 @@ class Dispatcher:
             if self.watcher is not None:
                 self.watcher.stop()
             self.close()
-            try:
-                os.unlink(self.layout.dispatcher_file(self.owner))
-            except FileNotFoundError:
-                pass
+            peers.unregister(self.layout, self.owner)
         self.log.info("Job Dispatcher stopped.")
         return 0
 
@@ -1018,8 +919,8 @@ class Dispatcher:
     def _wait(self, selector: selectors.BaseSelector) -> None:
         now = time.monotonic()
         wake_at = [self._next_scan, self._next_heartbeat]
-        if self.probe is not None:
-            wake_at.append(self._next_probe)
+        if self.gpus.probe is not None:
+            wake_at.append(self.gpus.next_read)
         for job in self.running.values():
             wake_at += [t for t in (job.deadline, job.kill_at, job.record_due) if t is not None]
             if job.adopted and (job.pidfd is None or not runner.pid_alive(job.pid)):

@@ -1,0 +1,74 @@
+"""Which dispatchers serve a queue: registration, heartbeats, and who is still alive.
+
+Each dispatcher keeps a file ``.gpudispatch/dispatchers/HOST.PID`` fresh. A dispatcher on
+this host is alive while its pid is; one on another host (a shared filesystem) while its
+file was touched within three heartbeats.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from gpudispatch import runner
+from gpudispatch.job import JobState, now_iso
+from gpudispatch.layout import Layout
+from gpudispatch.store import HOST, write_atomic
+
+HEARTBEAT_SECONDS = 15.0
+# A peer that claimed a job this recently may not have written its record yet.
+CLAIM_GRACE_SECONDS = 10.0
+
+
+def owner_id() -> str:
+    return f"{HOST}.{os.getpid()}"
+
+
+def heartbeat(layout: Layout, owner: str) -> None:
+    write_atomic(layout.dispatcher_file(owner), now_iso().encode(), layout.tmp)
+
+
+def unregister(layout: Layout, owner: str) -> None:
+    try:
+        os.unlink(layout.dispatcher_file(owner))
+    except FileNotFoundError:
+        pass
+
+
+def owner_alive(layout: Layout, owner: str | None) -> bool:
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(".")
+    if host == HOST:
+        return pid.isdigit() and runner.pid_alive(int(pid))
+    try:
+        beat = os.stat(layout.dispatcher_file(owner)).st_mtime
+    except FileNotFoundError:
+        return False
+    return time.time() - beat < 3 * HEARTBEAT_SECONDS
+
+
+def live_peers(layout: Layout, me: str) -> set[str]:
+    """The other live dispatchers of this queue (dead ones of this host are forgotten)."""
+    try:
+        owners = [entry.name for entry in os.scandir(layout.dispatchers)]
+    except FileNotFoundError:
+        return set()
+    peers = set()
+    for owner in owners:
+        if owner == me:
+            continue
+        if owner_alive(layout, owner):
+            peers.add(owner)
+        elif owner.rpartition(".")[0] == HOST:
+            unregister(layout, owner)
+    return peers
+
+
+def recently_claimed(layout: Layout, name: str) -> bool:
+    """Whether a job entered ``running/`` so recently that its claimer may be mid-start."""
+    try:
+        ctime = os.lstat(layout.script(JobState.RUNNING, name)).st_ctime
+    except FileNotFoundError:
+        return True
+    return time.time() - ctime < CLAIM_GRACE_SECONDS
