@@ -99,7 +99,7 @@ def test_job_that_ended_while_no_dispatcher_ran_keeps_its_exit_code(tmp_path, ro
     exit_file = root / ".gpudispatch" / "exit" / "ends.sh"
     wait_until(exit_file.exists, message="the keeper to write the exit code")
     second = launch.run(root, "--slots", "1", "--drain")
-    assert second.wait() == 0
+    assert second.wait() == 1  # --drain: a job failed
     assert where(root, "ends.sh") == "failed"
     done = record(root, "ends.sh")
     assert done["exit_code"] == 3 and done["reason"] == "exit code 3"

@@ -79,7 +79,7 @@ def test_after_a_failed_or_missing_dependency_fails(tmp_path, root, launch):
     write_script(root / "queue" / "c_orphan.sh",
                  job_text(runs=runs, header=_header("--after never.sh")))
     proc = launch.run(root, "--slots", "2", "--drain")
-    assert proc.wait(timeout=20) == 0
+    assert proc.wait(timeout=20) == 1  # --drain: a job failed
     assert read_lines(runs) == ["a_dep.sh"]
     assert where(root, "b_child.sh") == "failed"
     assert record(root, "b_child.sh")["reason"] == "dependency a_dep.sh failed"
@@ -145,7 +145,7 @@ def test_timeout_kills_the_group_within_a_second(tmp_path, root, launch):
     write_script(root / "queue" / "z_next.sh", job_text())
     proc = launch.run(root, "--slots", "1", "--drain", "--kill-grace", "30")
     grandchild = int(wait_until(lambda: gc_pid.exists() and gc_pid.read_text().strip()))
-    assert proc.wait(timeout=15) == 0
+    assert proc.wait(timeout=15) == 1  # --drain: a job failed
     assert where(root, "slow.sh") == "failed"
     rec = record(root, "slow.sh")
     assert rec["reason"].startswith("timeout"), rec
@@ -167,7 +167,7 @@ def test_retries_count_attempts(tmp_path, root, launch):
                  job_text(runs=runs, exit_code=4, header=_header("--retries 1")))
     write_script(root / "queue" / "once.sh", job_text(runs=runs, exit_code=5))
     proc = launch.run(root, "--slots", "1", "--drain")
-    assert proc.wait(timeout=20) == 0
+    assert proc.wait(timeout=20) == 1  # --drain: a job failed
     assert where(root, "flaky.sh") == "completed"
     flaky_rec = record(root, "flaky.sh")
     assert flaky_rec["attempts"] == 3 and flaky_rec["exit_code"] == 0
@@ -187,7 +187,7 @@ def test_malformed_directive_fails_quoting_the_line(tmp_path, root, launch):
                  job_text(runs=runs, header=_header("--gpus two")))
     write_script(root / "queue" / "ok.sh", job_text(runs=runs))
     proc = launch.run(root, "--gpus", "0", "--drain")
-    assert proc.wait() == 0
+    assert proc.wait() == 1  # --drain: a job failed
     assert where(root, "bad.sh") == "failed"
     assert "'#GPUDISPATCH --gpus two'" in record(root, "bad.sh")["reason"]
     assert read_lines(runs) == ["ok.sh"]
@@ -203,7 +203,7 @@ def test_timeout_still_applies_to_a_job_adopted_after_a_restart(tmp_path, root, 
     assert rec["extra"]["directives"] == {"timeout": 2.0}
     first.kill9()
     second = launch.run(root, "--slots", "1", "--kill-grace", "30", "--drain")
-    assert second.wait(timeout=15) == 0
+    assert second.wait(timeout=15) == 1  # --drain: a job failed
     assert where(root, "t.sh") == "failed", snapshot(root)
     done = record(root, "t.sh")
     assert done["reason"].startswith("timeout"), done

@@ -134,7 +134,7 @@ def test_job_output_and_record(tmp_path, root, launch):
     write_script(root / "queue" / "ko.sh", job_text("echo failing", exit_code=3))
     before = datetime.now().astimezone()
     proc = launch.run(root, "--gpus", "4", "--drain")
-    assert proc.wait() == 0
+    assert proc.wait() == 1  # --drain: a job failed
     assert "to-stdout" not in proc.output()  # the job's output is not the dispatcher's
     log = (root / "logs" / "ok.sh.log").read_text()
     assert "to-stdout" in log and "to-stderr" in log

@@ -133,6 +133,6 @@ def test_out_of_memory_without_retries_fails_with_reason_oom(launch, root, gpu_e
     write_script(root / "queue" / "oom.sh",
                  job_text('echo "RuntimeError: CUDA out of memory." >&2', exit_code=1))
     proc = launch.run(root, "--gpus", "0,1", "--drain", env=env)
-    assert proc.wait() == 0
+    assert proc.wait() == 1  # --drain: a job failed
     assert record(root, "oom.sh")["reason"] == "oom"
     assert (root / "failed" / "oom.sh").exists()

@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between queue scans when file events are unavailable "
                    "(default 1)")
     p.add_argument("--drain", action="store_true",
-                   help="exit once nothing is queued or running")
+                   help="exit once nothing is queued or running (status 1 if a job failed)")
     p.add_argument("--on-finish", metavar="COMMAND",
                    help="shell command run after each job, with GPUDISPATCH_JOB, "
                    "GPUDISPATCH_STATE, GPUDISPATCH_EXIT_CODE, GPUDISPATCH_LOG set")

@@ -159,6 +159,7 @@ class Dispatcher:
         self._prepared_logs: set[str] = set()
         self._plain_only: set[str] = set()  # not to be handed over (their check failed)
         self._idle_logged = False
+        self.failures = 0  # jobs this dispatcher concluded as failed (--drain's exit status)
         self._stop_requests = 0
         self._cold_done = False
         self.watcher: FolderWatcher | None = None
@@ -734,6 +735,8 @@ class Dispatcher:
     def _conclude(self, name: str, record: JobRecord, state: JobState) -> None:
         self.queue.write_record(record)
         self.queue.move(name, JobState.RUNNING, state)
+        if state is JobState.FAILED:
+            self.failures += 1
 
     def _conclude_now(self, name: str, record: JobRecord, state: JobState) -> None:
         """Conclude a job that never ran (rejected, impossible), on this thread."""
@@ -869,7 +872,8 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
-        """Dispatch until stopped (or drained); returns the process exit status."""
+        """Dispatch until stopped (or drained); the exit status: with ``--drain``, 1 when
+        a job failed (as the Slurm backend does), else 0."""
         self.log.info("------------ Job Dispatcher Started ------------")
         self._heartbeat(time.monotonic())
         self._keeper()  # forked before the watcher's threads exist
@@ -897,7 +901,7 @@ class Dispatcher:
             self.close()
             peers.unregister(self.layout, self.owner)
         self.log.info("Job Dispatcher stopped.")
-        return 0
+        return 1 if self.options.drain and self.failures else 0
 
     def close(self) -> None:
         """Finish pending writes; release the keeper (it exits once its jobs have ended)."""

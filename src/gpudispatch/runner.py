@@ -56,8 +56,10 @@ def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> La
     if stat.S_ISLNK(st.st_mode):
         raise ScriptRejected("is a symlink; copy the script into the queue instead of linking it")
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ScriptRejected(f"is {kind}, not a script")
+        kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+                 stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+        kind = kinds.get(stat.S_IFMT(st.st_mode), "a special file")
+        raise ScriptRejected(f"is {kind}, not a regular file with a script")
     if st.st_size == 0:
         raise ScriptRejected("is empty")
     if head is None:

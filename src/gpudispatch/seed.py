@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Wait time (seconds) between checks for new items in queue.",
     )
     parser.add_argument(
-        "--drain", action="store_true", help="Exit once the queue is empty and nothing runs."
+        "--drain", action="store_true",
+        help="Exit once the queue is empty and nothing runs (status 1 if a job failed)."
     )
     return parser
 
