@@ -10,25 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from gpudispatch.backends.slurm import (
+from gpudispatch.backends.sbatch import (
     COMMENT_PREFIX,
-    Result,
-    SlurmBackend,
-    SlurmStatus,
     is_transient,
-    outcome,
-    parse_exit_code,
-    parse_sacct,
     parse_sbatch_output,
-    parse_scontrol_config,
-    parse_scontrol_job,
-    parse_squeue,
-    sacct_base,
     sbatch_command,
     sbatch_refusal,
     script_sbatch_options,
     split_sbatch_args,
     time_limit,
+)
+from gpudispatch.backends.slurm import Result, SlurmBackend
+from gpudispatch.backends.slurm_status import (
+    SlurmStatus,
+    outcome,
+    parse_exit_code,
+    parse_sacct,
+    parse_scontrol_config,
+    parse_scontrol_job,
+    parse_squeue,
+    sacct_base,
 )
 from gpudispatch.job import JobState, parse_directives
 from gpudispatch.layout import Layout

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gpudispatch.backends.slurm import (
-    COMMENT_PREFIX,
-    SlurmBackend,
-    cancel_slurm,
-    run_slurm,
-    sbatch_command,
-)
+from gpudispatch.backends.sbatch import COMMENT_PREFIX, sbatch_command
+from gpudispatch.backends.slurm import SlurmBackend, cancel_slurm, run_slurm
 from gpudispatch.job import JobState, now_iso, parse_directives
 from gpudispatch.store import FolderQueue
 

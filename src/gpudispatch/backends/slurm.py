@@ -20,10 +20,7 @@ from a real Slurm 22.05; :class:`SlurmBackend` is the thin stateful shell around
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -35,6 +32,29 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from gpudispatch.backends.sbatch import (
+    COMMENT_PREFIX,
+    is_transient,
+    parse_sbatch_output,
+    sbatch_command,
+    sbatch_refusal,
+    script_sbatch_options,
+)
+from gpudispatch.backends.slurm_status import (
+    SACCT_FIELDS,
+    SQUEUE_FORMAT,
+    WAITING_STATES,
+    Outcome,
+    SlurmStatus,
+    outcome,
+    parse_sacct,
+    parse_scontrol_config,
+    parse_scontrol_job,
+    parse_squeue,
+    resolve_output,
+    sacct_base,
+    slurm_time_iso,
+)
 from gpudispatch.job import (
     HEADER_MAX_BYTES,
     DirectiveError,
@@ -50,404 +70,9 @@ from gpudispatch.watch import read_if_complete
 
 log = logging.getLogger("gpudispatch.slurm")
 
-COMMENT_PREFIX = "gpudispatch:"
-SQUEUE_FORMAT = "%i|%T|%r|%N|%j"  # name last: the only field that may hold a '|'
-SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,JobName"
 # Looking for a job whose sbatch may have happened: any field may hold '|' here.
 LOOKUP_FORMAT = "%i\x1f%T\x1f%V\x1f%j\x1f%k"
 COMMAND_TIMEOUT = 60.0  # squeue gives up on a dead controller after ~18 s, sbatch ~9 s
-
-# --- sbatch options ---------------------------------------------------------------------
-
-_SHORT = {
-    "a": "array", "A": "account", "b": "begin", "c": "cpus-per-task", "C": "constraint",
-    "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile", "G": "gpus",
-    "i": "input", "J": "job-name", "L": "licenses", "M": "clusters", "m": "distribution",
-    "n": "ntasks", "N": "nodes", "o": "output", "p": "partition", "q": "qos",
-    "S": "core-spec", "t": "time", "w": "nodelist", "x": "exclude",
-    "H": "hold", "I": "immediate", "k": "no-kill", "O": "overcommit", "s": "oversubscribe",
-    "W": "wait", "Q": "quiet", "v": "verbose", "h": "help", "V": "version", "u": "usage",
-}
-_SHORT_FLAGS = set("HIkOsWQvhVu")
-# Long options that take no value (or only an optional one, given as --opt=value).
-_LONG_FLAGS = {
-    "contiguous", "exclusive", "get-user-env", "help", "hold", "ignore-pbs", "immediate",
-    "no-kill", "no-requeue", "overcommit", "oversubscribe", "parsable", "quiet", "reboot",
-    "requeue", "spread-job", "test-only", "usage", "use-min-nodes", "verbose", "version",
-    "wait",
-}
-_LONG_KNOWN = set(_SHORT.values()) | _LONG_FLAGS | {
-    "comment", "nice", "gres", "gpus-per-node", "gpus-per-task", "gpus-per-socket",
-    "time-min", "mem", "mem-per-cpu", "mem-per-gpu", "export", "mail-type", "mail-user",
-}
-# Our option -> the sbatch options that, set by the script, make us leave ours out.
-_OVERRIDDEN_BY = {
-    "gres": {"gres", "gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket"},
-    "time": {"time"},
-    "job-name": {"job-name"},
-    "output": {"output"},
-    "partition": {"partition"},
-    "dependency": {"dependency"},
-    "nice": {"nice"},
-    "comment": {"comment"},
-}
-
-
-def _canonical(long_name: str) -> str:
-    """sbatch (getopt_long) accepts unique prefixes: ``--part`` is ``--partition``."""
-    if long_name in _LONG_KNOWN:
-        return long_name
-    matches = [n for n in _LONG_KNOWN if n.startswith(long_name)]
-    return matches[0] if len(matches) == 1 else long_name
-
-
-def split_sbatch_args(words: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """Group sbatch option words as ``(canonical long name, the words)``.
-
-    A word that is not an option (a stray value) is kept under the key ``""``.
-    """
-    items: list[tuple[str, list[str]]] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if word.startswith("--") and len(word) > 2:
-            name, eq, _ = word[2:].partition("=")
-            key = _canonical(name)
-            if eq or key in _LONG_FLAGS or i >= len(words):
-                items.append((key, [word]))
-            else:
-                items.append((key, [word, words[i]]))
-                i += 1
-        elif word.startswith("-") and len(word) > 1:
-            letter = word[1]
-            key = _SHORT.get(letter, letter)
-            if letter in _SHORT_FLAGS or len(word) > 2 or i >= len(words):
-                items.append((key, [word]))
-            else:
-                items.append((key, [word, words[i]]))
-                i += 1
-        else:
-            items.append(("", [word]))
-    return items
-
-
-def script_sbatch_lines(text: str) -> list[str]:
-    """The ``#SBATCH`` lines sbatch itself reads: those before the first command."""
-    found = []
-    for line in text.splitlines()[1:] if text.startswith("#!") else text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#SBATCH"):
-            found.append(stripped[len("#SBATCH"):])
-        elif stripped and not stripped.startswith("#"):
-            break
-    return found
-
-
-def script_sbatch_options(text: str) -> dict[str, str | None]:
-    """Options the script's ``#SBATCH`` lines set, canonical name -> value (None: a flag)."""
-    options: dict[str, str | None] = {}
-    for rest in script_sbatch_lines(text):
-        try:
-            words = shlex.split(rest, comments=True)
-        except ValueError:
-            words = rest.split()
-        for key, group in split_sbatch_args(words):
-            if not key:
-                continue
-            if len(group) == 2:
-                options[key] = group[1]
-            elif "=" in group[0] and group[0].startswith("--"):
-                options[key] = group[0].split("=", 1)[1]
-            elif not group[0].startswith("--") and len(group[0]) > 2:
-                options[key] = group[0][2:]
-            else:
-                options[key] = None
-    return options
-
-
-def time_limit(seconds: float) -> str:
-    """Slurm's ``--time`` for a timeout: whole minutes (its granularity), rounded up."""
-    return str(max(1, math.ceil(seconds / 60 - 1e-9)))
-
-
-def sbatch_command(
-    script_path: Path | str | None,
-    name: str,
-    directives: Directives,
-    layout: Layout,
-    partition: str | None = None,
-    extra_args: Sequence[str] = (),
-    *,
-    script_text: str = "",
-    after_ids: Sequence[str] = (),
-    attempt: int = 1,
-    token: str | None = None,
-) -> list[str]:
-    """The sbatch argv that submits one job (pure).
-
-    ``script_text`` is the script, read for its ``#SBATCH`` lines: sbatch gives them
-    *lower* precedence than command-line options, but they are the job author's most
-    specific word, so every option of ours (and of ``extra_args``, the site-wide
-    ``--sbatch-arg``) that they set is left out. Directive-derived options likewise win
-    over ``extra_args``. ``after_ids`` are the Slurm ids of the ``--after`` jobs still
-    to finish. ``script_path`` None means the script comes on stdin.
-    """
-    in_script = set(script_sbatch_options(script_text))
-    ours: list[tuple[str, str]] = [
-        ("job-name", f"--job-name={name}"),
-        ("output", f"--output={layout.job_log(name, attempt)}"),
-    ]
-    if token:
-        ours.append(("comment", f"--comment={COMMENT_PREFIX}{token}"))
-    if directives.gpus:
-        ours.append(("gres", f"--gres=gpu:{directives.gpus}"))
-    if directives.timeout is not None:
-        ours.append(("time", f"--time={time_limit(directives.timeout)}"))
-    if after_ids:
-        ours.append(("dependency", f"--dependency=afterok:{':'.join(after_ids)}"))
-    if directives.priority < 0:  # users may only lower their priority in Slurm
-        ours.append(("nice", f"--nice={-directives.priority}"))
-    if partition:
-        ours.append(("partition", f"--partition={partition}"))
-    kept = [(k, w) for k, w in ours if not (_OVERRIDDEN_BY.get(k, {k}) & in_script)]
-    taken = set()
-    for key, _ in kept:
-        taken |= _OVERRIDDEN_BY.get(key, {key})
-    argv = ["sbatch", "--parsable"] + [w for _, w in kept]
-    for key, group in split_sbatch_args(list(extra_args)):
-        if key and key in in_script or (key in taken and key != "partition"):
-            continue
-        argv.extend(group)
-    if script_path is not None:
-        argv.append(str(script_path))
-    return argv
-
-
-def parse_sbatch_output(stdout: str) -> str:
-    """The job id ``sbatch --parsable`` printed (``ID`` or ``ID;cluster``)."""
-    for line in stdout.splitlines():
-        line = line.strip()
-        if line:
-            job_id = line.split(";", 1)[0]
-            if job_id.isdigit() or re.fullmatch(r"\d+_\d+", job_id):
-                return job_id
-    raise ValueError(f"sbatch printed no job id: {stdout!r}")
-
-
-_TRANSIENT = re.compile(
-    r"Unable to contact slurm controller|Socket timed out|temporarily unable|"
-    r"Zero Bytes were transmitted|Connection refused|Communication connection failure|"
-    r"Slurm backup controller in standby mode|Resource temporarily unavailable|"
-    r"timed out",
-    re.IGNORECASE,
-)
-
-
-def is_transient(stderr: str) -> bool:
-    """Whether a Slurm command failed because the controller was away (retry later)."""
-    return bool(_TRANSIENT.search(stderr))
-
-
-def sbatch_refusal(stderr: str) -> str:
-    """Slurm's own words for a refused submission, for ``record.reason``."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for line in lines:
-        if "submission failed:" in line:
-            return line.split("submission failed:", 1)[1].strip()
-    text = lines[-1] if lines else "sbatch failed"
-    return re.sub(r"^sbatch: error:\s*", "", text)
-
-
-# --- Slurm's answers --------------------------------------------------------------------
-
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED",
-    "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
-    "RESV_DEL_HOLD", "SPECIAL_EXIT",
-})
-FINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED",
-})
-WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-                            "CONFIGURING", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
-
-
-@dataclass(frozen=True)
-class SlurmStatus:
-    """One job as a Slurm command reported it."""
-
-    job_id: str
-    state: str  # first word, upper case: "CANCELLED by 0" -> "CANCELLED"
-    reason: str | None = None
-    node: str | None = None
-    name: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    start: str | None = None
-    end: str | None = None
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-def _state_word(text: str) -> str:
-    return text.strip().split(" ", 1)[0].rstrip("+").upper()
-
-
-def _nullable(text: str | None) -> str | None:
-    if text is None:
-        return None
-    text = text.strip()
-    return None if text in ("", "(null)", "None", "None assigned", "Unknown", "N/A") else text
-
-
-def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:
-    """``"3:0"`` -> (3, 0): Slurm's exit code and the signal that ended the job."""
-    text = _nullable(text)
-    if not text or ":" not in text:
-        return None, None
-    code, _, sig = text.partition(":")
-    try:
-        return int(code), int(sig)
-    except ValueError:
-        return None, None
-
-
-def parse_squeue(text: str) -> dict[str, SlurmStatus]:
-    """``squeue --noheader --format=%i|%T|%r|%N|%j`` for many jobs at once."""
-    jobs = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("|", 4)
-        if len(parts) < 5:
-            continue
-        job_id, state, reason, node, name = parts
-        job_id = job_id.strip()
-        jobs[job_id] = SlurmStatus(job_id, _state_word(state), _nullable(reason),
-                                   _nullable(node), name)
-    return jobs
-
-
-def parse_sacct(text: str) -> dict[str, SlurmStatus]:
-    """``sacct [-c] --parsable2 --noheader --format=JobID,State,ExitCode,NodeList,Start,
-    End,JobName``; step lines (``12.batch``) are skipped and a later line for the same job
-    (a requeued job ends more than once) wins."""
-    jobs = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("|", 6)
-        if len(parts) < 7 or "." in parts[0]:
-            continue
-        job_id, state, exit_text, node, start, end, name = parts
-        code, sig = parse_exit_code(exit_text)
-        jobs[job_id] = SlurmStatus(job_id, _state_word(state), None, _nullable(node), name,
-                                   code, sig, _nullable(start), _nullable(end))
-    return jobs
-
-
-_KEY_VALUE = re.compile(r"(\S+?)=(.*?)(?=\s+\S+?=|\s*$)")
-
-
-def parse_scontrol_fields(text: str) -> dict[str, str]:
-    """``scontrol show job ID`` (multi-line or ``-o``) as a dict of its Key=Value pairs."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        for match in _KEY_VALUE.finditer(line.strip()):
-            fields.setdefault(match.group(1), match.group(2).strip())
-    return fields
-
-
-def parse_scontrol_job(text: str) -> SlurmStatus | None:
-    """The status in ``scontrol show job ID`` output, or None when it holds no job."""
-    fields = parse_scontrol_fields(text)
-    if "JobId" not in fields or "JobState" not in fields:
-        return None
-    code, sig = parse_exit_code(fields.get("ExitCode"))
-    return SlurmStatus(
-        fields["JobId"], _state_word(fields["JobState"]), _nullable(fields.get("Reason")),
-        _nullable(fields.get("NodeList")), fields.get("JobName"), code, sig,
-        _nullable(fields.get("StartTime")), _nullable(fields.get("EndTime")),
-    )
-
-
-def parse_scontrol_config(text: str) -> dict[str, str]:
-    """``scontrol show config``: ``Key = Value`` lines."""
-    config = {}
-    for line in text.splitlines():
-        key, eq, value = line.partition("=")
-        if eq and key.strip() and " " not in key.strip():
-            config[key.strip()] = value.strip()
-    return config
-
-
-def sacct_base(config: dict[str, str]) -> list[str] | None:
-    """How this cluster answers for finished jobs: ``sacct`` with slurmdbd, ``sacct -c``
-    with the jobcomp/filetxt file, or None (then only ``scontrol``, for MinJobAge)."""
-    if config.get("AccountingStorageType", "").endswith("slurmdbd"):
-        return ["sacct"]
-    if config.get("JobCompType", "").endswith("filetxt"):
-        return ["sacct", "-c"]
-    return None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a final Slurm status means for gpudispatch."""
-
-    state: JobState
-    reason: str | None
-    exit_code: int | None
-
-
-def outcome(status: SlurmStatus) -> Outcome:
-    """Map a final Slurm state to completed/failed, a reason and an exit code.
-
-    FAILED carries the script's exit code (or the signal that killed it, as 128+N like a
-    shell); CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL... are their own reason.
-    """
-    code, sig = status.exit_code, status.signal
-    exit_code = 128 + sig if sig else code
-    if status.state == "COMPLETED" and not code and not sig:
-        return Outcome(JobState.COMPLETED, None, 0)
-    if status.state in ("FAILED", "COMPLETED"):
-        if sig and not code and status.node is None:  # 0:1 and no node: never started
-            return Outcome(JobState.FAILED, "FAILED: Slurm could not launch the job", None)
-        if sig:
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            return Outcome(JobState.FAILED, f"FAILED: killed by {name}", exit_code)
-        if code:
-            return Outcome(JobState.FAILED, f"FAILED: exit code {code}", code)
-        return Outcome(JobState.FAILED, "FAILED: Slurm could not launch the job", None)
-    # Slurm ended it (CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL...): the code sacct or
-    # scontrol shows then is Slurm's signal, not the script's; it stays in extra.
-    return Outcome(JobState.FAILED, status.state, None)
-
-
-def slurm_time_iso(text: str | None) -> str | None:
-    """Slurm's local ``2026-11-26T14:46:33`` as gpudispatch's ISO time with offset."""
-    text = _nullable(text)
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text).astimezone().isoformat(timespec="milliseconds")
-    except ValueError:
-        return None
-
-
-def resolve_output(pattern: str, job_id: str, name: str, cwd: Path) -> str:
-    """The file a script's own ``--output`` pattern names (the common %j, %x, %%)."""
-    out = pattern.replace("%%", "\0").replace("%j", job_id).replace("%A", job_id)
-    out = out.replace("%x", name).replace("\0", "%")
-    return str(cwd / out)
-
 
 # --- running Slurm commands -------------------------------------------------------------
 

@@ -1,0 +1,221 @@
+"""sbatch command lines from a script and its directives (pure, golden-file tested).
+
+Our options never override the script's own ``#SBATCH`` lines: any option those set
+drops the matching one of ours (sbatch itself would let the command line win).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from gpudispatch.job import Directives
+from gpudispatch.layout import Layout
+
+COMMENT_PREFIX = "gpudispatch:"
+
+# --- sbatch options ---------------------------------------------------------------------
+
+_SHORT = {
+    "a": "array", "A": "account", "b": "begin", "c": "cpus-per-task", "C": "constraint",
+    "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile", "G": "gpus",
+    "i": "input", "J": "job-name", "L": "licenses", "M": "clusters", "m": "distribution",
+    "n": "ntasks", "N": "nodes", "o": "output", "p": "partition", "q": "qos",
+    "S": "core-spec", "t": "time", "w": "nodelist", "x": "exclude",
+    "H": "hold", "I": "immediate", "k": "no-kill", "O": "overcommit", "s": "oversubscribe",
+    "W": "wait", "Q": "quiet", "v": "verbose", "h": "help", "V": "version", "u": "usage",
+}
+_SHORT_FLAGS = set("HIkOsWQvhVu")
+# Long options that take no value (or only an optional one, given as --opt=value).
+_LONG_FLAGS = {
+    "contiguous", "exclusive", "get-user-env", "help", "hold", "ignore-pbs", "immediate",
+    "no-kill", "no-requeue", "overcommit", "oversubscribe", "parsable", "quiet", "reboot",
+    "requeue", "spread-job", "test-only", "usage", "use-min-nodes", "verbose", "version",
+    "wait",
+}
+_LONG_KNOWN = set(_SHORT.values()) | _LONG_FLAGS | {
+    "comment", "nice", "gres", "gpus-per-node", "gpus-per-task", "gpus-per-socket",
+    "time-min", "mem", "mem-per-cpu", "mem-per-gpu", "export", "mail-type", "mail-user",
+}
+# Our option -> the sbatch options that, set by the script, make us leave ours out.
+_OVERRIDDEN_BY = {
+    "gres": {"gres", "gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket"},
+    "time": {"time"},
+    "job-name": {"job-name"},
+    "output": {"output"},
+    "partition": {"partition"},
+    "dependency": {"dependency"},
+    "nice": {"nice"},
+    "comment": {"comment"},
+}
+
+
+def _canonical(long_name: str) -> str:
+    """sbatch (getopt_long) accepts unique prefixes: ``--part`` is ``--partition``."""
+    if long_name in _LONG_KNOWN:
+        return long_name
+    matches = [n for n in _LONG_KNOWN if n.startswith(long_name)]
+    return matches[0] if len(matches) == 1 else long_name
+
+
+def split_sbatch_args(words: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Group sbatch option words as ``(canonical long name, the words)``.
+
+    A word that is not an option (a stray value) is kept under the key ``""``.
+    """
+    items: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--") and len(word) > 2:
+            name, eq, _ = word[2:].partition("=")
+            key = _canonical(name)
+            if eq or key in _LONG_FLAGS or i >= len(words):
+                items.append((key, [word]))
+            else:
+                items.append((key, [word, words[i]]))
+                i += 1
+        elif word.startswith("-") and len(word) > 1:
+            letter = word[1]
+            key = _SHORT.get(letter, letter)
+            if letter in _SHORT_FLAGS or len(word) > 2 or i >= len(words):
+                items.append((key, [word]))
+            else:
+                items.append((key, [word, words[i]]))
+                i += 1
+        else:
+            items.append(("", [word]))
+    return items
+
+
+def script_sbatch_lines(text: str) -> list[str]:
+    """The ``#SBATCH`` lines sbatch itself reads: those before the first command."""
+    found = []
+    for line in text.splitlines()[1:] if text.startswith("#!") else text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#SBATCH"):
+            found.append(stripped[len("#SBATCH"):])
+        elif stripped and not stripped.startswith("#"):
+            break
+    return found
+
+
+def script_sbatch_options(text: str) -> dict[str, str | None]:
+    """Options the script's ``#SBATCH`` lines set, canonical name -> value (None: a flag)."""
+    options: dict[str, str | None] = {}
+    for rest in script_sbatch_lines(text):
+        try:
+            words = shlex.split(rest, comments=True)
+        except ValueError:
+            words = rest.split()
+        for key, group in split_sbatch_args(words):
+            if not key:
+                continue
+            if len(group) == 2:
+                options[key] = group[1]
+            elif "=" in group[0] and group[0].startswith("--"):
+                options[key] = group[0].split("=", 1)[1]
+            elif not group[0].startswith("--") and len(group[0]) > 2:
+                options[key] = group[0][2:]
+            else:
+                options[key] = None
+    return options
+
+
+def time_limit(seconds: float) -> str:
+    """Slurm's ``--time`` for a timeout: whole minutes (its granularity), rounded up."""
+    return str(max(1, math.ceil(seconds / 60 - 1e-9)))
+
+
+def sbatch_command(
+    script_path: Path | str | None,
+    name: str,
+    directives: Directives,
+    layout: Layout,
+    partition: str | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    script_text: str = "",
+    after_ids: Sequence[str] = (),
+    attempt: int = 1,
+    token: str | None = None,
+) -> list[str]:
+    """The sbatch argv that submits one job (pure).
+
+    ``script_text`` is the script, read for its ``#SBATCH`` lines: sbatch gives them
+    *lower* precedence than command-line options, but they are the job author's most
+    specific word, so every option of ours (and of ``extra_args``, the site-wide
+    ``--sbatch-arg``) that they set is left out. Directive-derived options likewise win
+    over ``extra_args``. ``after_ids`` are the Slurm ids of the ``--after`` jobs still
+    to finish. ``script_path`` None means the script comes on stdin.
+    """
+    in_script = set(script_sbatch_options(script_text))
+    ours: list[tuple[str, str]] = [
+        ("job-name", f"--job-name={name}"),
+        ("output", f"--output={layout.job_log(name, attempt)}"),
+    ]
+    if token:
+        ours.append(("comment", f"--comment={COMMENT_PREFIX}{token}"))
+    if directives.gpus:
+        ours.append(("gres", f"--gres=gpu:{directives.gpus}"))
+    if directives.timeout is not None:
+        ours.append(("time", f"--time={time_limit(directives.timeout)}"))
+    if after_ids:
+        ours.append(("dependency", f"--dependency=afterok:{':'.join(after_ids)}"))
+    if directives.priority < 0:  # users may only lower their priority in Slurm
+        ours.append(("nice", f"--nice={-directives.priority}"))
+    if partition:
+        ours.append(("partition", f"--partition={partition}"))
+    kept = [(k, w) for k, w in ours if not (_OVERRIDDEN_BY.get(k, {k}) & in_script)]
+    taken = set()
+    for key, _ in kept:
+        taken |= _OVERRIDDEN_BY.get(key, {key})
+    argv = ["sbatch", "--parsable"] + [w for _, w in kept]
+    for key, group in split_sbatch_args(list(extra_args)):
+        if key and key in in_script or (key in taken and key != "partition"):
+            continue
+        argv.extend(group)
+    if script_path is not None:
+        argv.append(str(script_path))
+    return argv
+
+
+def parse_sbatch_output(stdout: str) -> str:
+    """The job id ``sbatch --parsable`` printed (``ID`` or ``ID;cluster``)."""
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line:
+            job_id = line.split(";", 1)[0]
+            if job_id.isdigit() or re.fullmatch(r"\d+_\d+", job_id):
+                return job_id
+    raise ValueError(f"sbatch printed no job id: {stdout!r}")
+
+
+_TRANSIENT = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|temporarily unable|"
+    r"Zero Bytes were transmitted|Connection refused|Communication connection failure|"
+    r"Slurm backup controller in standby mode|Resource temporarily unavailable|"
+    r"timed out",
+    re.IGNORECASE,
+)
+
+
+def is_transient(stderr: str) -> bool:
+    """Whether a Slurm command failed because the controller was away (retry later)."""
+    return bool(_TRANSIENT.search(stderr))
+
+
+def sbatch_refusal(stderr: str) -> str:
+    """Slurm's own words for a refused submission, for ``record.reason``."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for line in lines:
+        if "submission failed:" in line:
+            return line.split("submission failed:", 1)[1].strip()
+    text = lines[-1] if lines else "sbatch failed"
+    return re.sub(r"^sbatch: error:\s*", "", text)
+
+
