@@ -225,6 +225,14 @@ def cmd_status(args) -> int:
     if not args.watch:
         console.print(status_view(queue, limit))
         return 0
+    if not console.is_terminal:  # a pipe or file: one table per refresh, not a live view
+        try:
+            while True:
+                console.print(status_view(queue, limit))
+                sys.stdout.flush()
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
     from rich.live import Live
 
     with Live(console=console, auto_refresh=False, screen=False) as live:
