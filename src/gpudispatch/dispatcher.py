@@ -287,11 +287,8 @@ class Dispatcher:
         states = self._slot_states()
         if not any(st.free or (st.capacity and not st.exclusive) for st in states):
             return
-        if self._order_dirty:
-            self._order = sorted(self._pending.values(), key=lambda j: j.sort_key)
-            self._order_dirty = False
         result = plan(
-            self._order,
+            self._run_order(),
             self.slots,
             states,
             _DepStates(self.queue),
@@ -310,6 +307,13 @@ class Dispatcher:
             self.gpus.report(self.layout, self.running.values())
             self._prepare_next_logs()
 
+    def _run_order(self) -> list[QueuedJob]:
+        """The pending jobs in run order, sorted again only after the set changed."""
+        if self._order_dirty:
+            self._order = sorted(self._pending.values(), key=lambda j: j.sort_key)
+            self._order_dirty = False
+        return self._order
+
     def _slot_states(self, without: str | None = None) -> list[SlotState]:
         return self.gpus.slot_states(self.slots, self.running.values(), without)
 
@@ -327,14 +331,10 @@ class Dispatcher:
         A file creation costs 0.1 to 1 ms here; done while the current jobs run, it is
         off the next job's path to its start (the keeper then only truncates the file).
         """
-        if self._order_dirty:
-            return
-        upcoming = [j.name for j in self._order[: len(self.slots)]
+        upcoming = [j.name for j in self._run_order()[: len(self.slots)]
                     if j.name not in self._prepared_logs]
         if upcoming:
             self._prepared_logs.update(upcoming)
-            if len(self._prepared_logs) > 4 * len(self.slots) + 64:
-                self._prepared_logs = set(upcoming)
             self._writer.submit(_create_empty, [self.layout.job_log(n, 1) for n in upcoming])
 
     def _drop_prepared_log(self, name: str) -> None:
@@ -445,6 +445,7 @@ class Dispatcher:
         """The keeper started it: from now on its time, timeout and record count."""
         job.pid = job.record.pid = pid
         job.follows = None
+        self._prepared_logs.discard(job.name)
         self._by_pid[pid] = job.name
         job.record.started_at = now_iso()
         timeout = job.directives.timeout
@@ -462,14 +463,15 @@ class Dispatcher:
 
     def _plan_handovers(self, now: float) -> None:
         """For each running job, pick the job to start in its slots when it ends."""
-        if self.keeper is None or not self._pending or self._order_dirty:
+        if self.keeper is None or not self._pending:
             return
+        order = self._run_order()
         followed = {j.follows for j in self.running.values() if j.follows}
         for job in list(self.running.values()):
             if (job.pid is None or job.adopted or job.kill_reason or job.name in followed
                     or job.follows):
                 continue
-            result = plan(self._order, self.slots, self._slot_states(without=job.name),
+            result = plan(order, self.slots, self._slot_states(without=job.name),
                           _DepStates(self.queue), now, self.options.reserve_after)
             mine = set(job.slot_ids)
             pick = next(((n, ids) for n, ids in result.starts if set(ids) <= mine), None)
