@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gpudispatch import control
+from gpudispatch.backends import BACKENDS
 from gpudispatch.job import DirectiveError, JobState, parse_directive_args, parse_iso
 from gpudispatch.layout import ROOT_ENV, default_root
 from gpudispatch.store import FolderQueue, JobView, QueueError
@@ -418,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory held by others that makes a GPU busy (default 1G)")
     p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
                    help="seconds between GPU readings (NVML) (default 5)")
-    p.add_argument("--backend", choices=("local", "slurm"), default="local")
+    p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--partition", help="Slurm partition (--backend slurm)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra sbatch option, repeatable (--backend slurm)")

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gpudispatch import peers, runner
@@ -96,7 +96,6 @@ class DispatcherOptions:
     respect_foreign: bool = True
     foreign_threshold: int = DEFAULT_BUSY_THRESHOLD
     gpu_poll: float = 5.0
-    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def queue_logger(logfile: Path, console: bool) -> logging.Logger:
@@ -164,7 +163,7 @@ class Dispatcher:
         self._cold_done = False
         self.watcher: FolderWatcher | None = None
         self.keeper: Keeper | None = None
-        self._base_env = {**os.environ, **options.extra_env}
+        self._base_env = dict(os.environ)
         self._base_env.pop(METRICS_ENV, None)
 
     # ------------------------------------------------------------------ one step

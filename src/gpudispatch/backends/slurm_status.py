@@ -16,11 +16,6 @@ SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,JobName"
 
 # --- Slurm's answers --------------------------------------------------------------------
 
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED",
-    "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
-    "RESV_DEL_HOLD", "SPECIAL_EXIT",
-})
 FINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
     "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED",
