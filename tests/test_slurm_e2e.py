@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from gpudispatch.backends.sbatch import COMMENT_PREFIX, sbatch_command
 from gpudispatch.backends.slurm import SlurmBackend, cancel_slurm, run_slurm
@@ -66,22 +67,13 @@ def gate_body(gate: Path, name: str) -> str:
 
 def drive(backend: SlurmBackend, done: Callable[[], bool], timeout: float = 40.0,
           what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Tick the backend by hand until ``done()`` (a bounded poll)."""
+
+    def step() -> bool:
         backend.tick()
-        if done():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return done()
 
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    wait_until(step, timeout, interval=0.1, message=what)
 
 
 def in_states(queue: FolderQueue, states: set[JobState], *names: str) -> Callable[[], bool]:
@@ -262,7 +254,7 @@ def test_slurmctld_restart_mid_run_loses_nothing(queue: FolderQueue, prefix: str
 
     pid = int((SLURM_STATE / "slurmctld.pid").read_text())
     subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "slurmctld to exit")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, message="slurmctld to exit")
     try:
         add(queue, c, gate_body(gate, c))
         gate.touch()  # a and b end while the controller is away
