@@ -136,3 +136,13 @@ def test_out_of_memory_without_retries_fails_with_reason_oom(launch, root, gpu_e
     assert proc.wait() == 1  # --drain: a job failed
     assert record(root, "oom.sh")["reason"] == "oom"
     assert (root / "failed" / "oom.sh").exists()
+
+
+def test_jobs_number_gpus_as_nvidia_smi_does(launch, root, tmp_path):
+    out = tmp_path / "order"
+    write_script(root / "queue" / "a.sh",
+                 job_text(f'echo "$CUDA_DEVICE_ORDER $CUDA_VISIBLE_DEVICES" > {out}'))
+    env = {k: v for k, v in job_env().items() if k != "CUDA_DEVICE_ORDER"}
+    proc = launch.run(root, "--gpus", "1", "--drain", env=env)
+    assert proc.wait() == 0
+    assert out.read_text().split() == ["PCI_BUS_ID", "1"]

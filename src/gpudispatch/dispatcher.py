@@ -493,6 +493,8 @@ class Dispatcher:
     def _job_env(self, name: str, record: JobRecord) -> dict[str, str]:
         """What a job's environment adds to the dispatcher's (the keeper merges them)."""
         return {
+            # NVML's (and nvidia-smi's) numbering; CUDA's default order may differ.
+            "CUDA_DEVICE_ORDER": self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in record.gpus),
             "GPUDISPATCH_JOB": name,
             "GPUDISPATCH_ROOT": str(self.layout.root),
