@@ -61,3 +61,30 @@ def test_warm_stop_does_not_start_the_handed_over_job(tmp_path, root, launch):
     assert proc.wait() == 0
     assert where(root, "a.sh") == "completed" and where(root, "b.sh") == "queue"
     assert read_lines(runs) == ["a.sh"]
+
+
+def test_priority_order_holds_with_two_dispatchers(tmp_path, root, launch):
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    priority = {"f.sh": 10, "b.sh": 5, "d.sh": 5, "a.sh": 0, "e.sh": 0, "c.sh": -1}
+    for name, p in priority.items():
+        write_script(root / "queue" / name,
+                     job_text(runs=runs, gate=gate, header=f"#GPUDISPATCH --priority {p}\n"))
+    cli("pause", "--dir", str(root), check=True)
+    first = launch.run(root, "--slots", "1")
+    second = launch.run(root, "--slots", "1")
+    wait_until(lambda: logfile_text(root).count("6 new jobs added") == 2,
+               message=lambda: logfile_text(root))
+    cli("resume", "--dir", str(root), check=True)
+    wait_lines(runs, 2)
+    assert set(read_lines(runs)) == {"f.sh", "b.sh"}  # the two highest, one per dispatcher
+    open_gate(gate)
+    for name in priority:
+        wait_state(root, name, "completed", proc=first)
+    order = read_lines(runs)
+    assert sorted(order) == sorted(priority) and second.alive()
+    # Two lanes: a job may start just before one of equal or higher rank that started
+    # at the same moment on the other dispatcher, never before anything ranked higher
+    # that was waiting longer.
+    for i, early in enumerate(order):
+        for late in order[i + 2:]:
+            assert priority[early] >= priority[late], order

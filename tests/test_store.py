@@ -83,3 +83,10 @@ def test_pause_flag(tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(QueueError, match="not a gpudispatch queue"):
         FolderQueue(tmp_path / "nope", create=False)
+
+
+def test_existing_root_made_by_hand_gets_its_missing_folders(tmp_path):
+    (tmp_path / "queue").mkdir()
+    queue = FolderQueue(tmp_path, create=False)
+    queue.set_paused(True)  # needs .gpudispatch/tmp
+    assert queue.is_paused() and (tmp_path / "completed").is_dir()

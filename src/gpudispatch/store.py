@@ -68,10 +68,13 @@ class JobView:
 class FolderQueue:
     def __init__(self, root: Path | str | Layout, create: bool = True) -> None:
         self.layout = root if isinstance(root, Layout) else Layout(Path(root))
-        if create:
-            self.layout.create()
-        elif not self.layout.exists():
+        if not create and not self.layout.exists():
             raise QueueError(f"{self.layout.root} is not a gpudispatch queue (no queue/ folder)")
+        try:  # an existing root may lack folders (made by hand, or by the seed tool)
+            self.layout.create()
+        except PermissionError:
+            if create:
+                raise
 
     # --- records -----------------------------------------------------------------------
     def read_record(self, name: str) -> JobRecord:
