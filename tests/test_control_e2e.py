@@ -270,3 +270,27 @@ def test_on_finish_hook_gets_the_outcome_and_a_failing_hook_is_only_logged(
                      f"b.sh|failed|6|{root}/logs/b.sh.log"]
     write_script(root / "queue" / "c.sh", job_text())
     wait_state(root, "c.sh", "completed", proc=proc)
+
+
+def test_cancel_never_signals_a_stale_pid_from_an_old_record(tmp_path, root):
+    """A record may still hold an earlier run's pid, since reused by another process."""
+    import subprocess
+
+    from gpudispatch.job import JobRecord, JobState
+    from gpudispatch.store import FolderQueue
+
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        queue = FolderQueue(root)
+        queue.enqueue_text("a.sh", "#!/bin/sh\ntrue\n")
+        assert queue.claim("a.sh")
+        queue.write_record(JobRecord(name="a.sh", pid=bystander.pid, attempts=1))
+        result = cli("cancel", "--dir", str(root), "a.sh", "--grace", "1", check=True)
+        assert "cancelled" in result.stdout
+        assert bystander.poll() is None, "an unrelated process group was signalled"
+        assert where(root, "a.sh") == "failed"
+        assert record(root, "a.sh")["reason"] == "cancelled"
+        assert queue.locate("a.sh") is JobState.FAILED
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -88,13 +88,15 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         cancel_slurm(layout.root, name)
         return f"{name}: scancel sent for Slurm job {record.backend_id} (cancelled)"
     write_atomic(layout.cancel_request(name), now_iso().encode(), layout.tmp)
-    pid = record.pid if record.host in (None, HOST) else None
+    if record.host not in (None, HOST):
+        return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
+    pid = record.pid if runner.is_job_process(record.pid, layout.exit_file(name)) else None
     if pid is None:
         found = runner.find_jobs(str(layout.exits)).get(name)
         pid = found.pid if found else None
     if pid is None:
-        if record.host not in (None, HOST):
-            return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
+        if peers.owner_alive(layout, record.dispatcher):  # claimed, not started yet
+            return f"{name}: cancel requested; its dispatcher will stop it as it starts"
         _fail_cancelled(queue, name)  # nothing runs it: conclude it ourselves
         return f"{name}: was not running any more (cancelled)"
     runner.kill_group(pid, signal.SIGTERM)

@@ -457,8 +457,8 @@ class Dispatcher:
                           where)
         else:
             self.log.info("Running job %s...", job.name)
-        if job.kill_reason:  # stopped before it started
-            runner.kill_group(pid, signal.SIGTERM)
+        if job.kill_reason or os.path.exists(self.layout.cancel_request(job.name)):
+            runner.kill_group(pid, signal.SIGTERM)  # stopped or cancelled before it started
 
     def _plan_handovers(self, now: float) -> None:
         """For each running job, pick the job to start in its slots when it ends."""

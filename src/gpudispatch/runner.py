@@ -215,6 +215,21 @@ def find_jobs(exit_dir: str) -> dict[str, FoundJob]:
     return found
 
 
+def is_job_process(pid: int | None, exit_path: str) -> bool:
+    """Whether ``pid`` is the live group leader of the job with this exit file (a record
+    may still hold an earlier run's pid, which the system may have given to another)."""
+    if not pid or not pid_alive(pid):
+        return False
+    from gpudispatch.keeper import EXIT_FILE_ENV
+
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            items = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return f"{EXIT_FILE_ENV}={exit_path}".encode() in items and os.getpgid(pid) == pid
+
+
 def _keeper_parent(pid: int) -> int | None:
     """The job's parent if it is a gpudispatch keeper (not init or a subreaper)."""
     try:
