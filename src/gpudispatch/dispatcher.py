@@ -378,6 +378,7 @@ class Dispatcher:
             self._drop_prepared_log(name)
             self._wake_loop()  # its slots stay free: plan again at once, not at the next scan
             return  # another dispatcher took it, or the user removed it
+        self._plain_only.discard(name)
         state = JobState.QUEUED if after else JobState.RUNNING
         size, mtime, head = self._heads.pop(name, (-1, -1, b""))
         running_path = self.layout.script(JobState.RUNNING, name)
@@ -663,6 +664,8 @@ class Dispatcher:
             if retry:  # run it again alone on a GPU: it did not fit beside others
                 record.extra["run_alone"] = True
                 self._run_alone.add(job.name)
+        if not retry:
+            self._run_alone.discard(job.name)
         self._ending.append((job, retry))
 
     def _settle(self) -> None:
