@@ -17,7 +17,7 @@ from gpudispatch.store import FolderQueue
 @pytest.fixture
 def setup(tmp_path):
     queue = FolderQueue(tmp_path / "root")
-    keeper = Keeper(queue, dict(os.environ))
+    keeper = Keeper(queue, dict(os.environ), "testhost.1", 15.0)
     keeper.start()
     yield queue, keeper
     keeper.close()

@@ -64,6 +64,7 @@ def cmd_run(args) -> int:
         respect_foreign=args.respect_foreign,
         foreign_threshold=threshold,
         gpu_poll=args.gpu_poll,
+        heartbeat=args.heartbeat,
         slots=slots,
         wait=args.wait,
         drain=args.drain,
@@ -419,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory held by others that makes a GPU busy (default 1G)")
     p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
                    help="seconds between GPU readings (NVML) (default 5)")
+    p.add_argument("--heartbeat", type=float, default=15.0, metavar="SEC",
+                   help="how often a dispatcher says it is alive; dispatchers on other hosts "
+                   "sharing ROOT take over its jobs after 3 missed beats (default 15; use "
+                   "the same value on every host)")
     p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--partition", help="Slurm partition (--backend slurm)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",

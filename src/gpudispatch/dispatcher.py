@@ -96,6 +96,7 @@ class DispatcherOptions:
     respect_foreign: bool = True
     foreign_threshold: int = DEFAULT_BUSY_THRESHOLD
     gpu_poll: float = 5.0
+    heartbeat: float = peers.HEARTBEAT_SECONDS
 
 
 def queue_logger(logfile: Path, console: bool) -> logging.Logger:
@@ -151,6 +152,7 @@ class Dispatcher:
         self._ending: list[tuple[RunningJob, bool]] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpudispatch-writer")
         self._writes: list[Future] = []
+        self._settling: set[str] = set()  # ended jobs whose files the writer still moves
         self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -519,7 +521,8 @@ class Dispatcher:
     # ------------------------------------------------------------------ endings
     def _keeper(self) -> Keeper:
         if self.keeper is None:
-            self.keeper = Keeper(self.queue, self._base_env)
+            self.keeper = Keeper(self.queue, self._base_env, self.owner,
+                                 self.options.heartbeat)
             self.keeper.start()
         return self.keeper
 
@@ -677,6 +680,7 @@ class Dispatcher:
         """
         ending, self._ending = self._ending, []
         if ending:
+            self._settling.update(job.name for job, _ in ending)
             future = self._writer.submit(self._write_endings, ending)
             # Wake the loop once the future is done, not from inside the task: woken
             # earlier, the loop would find it still pending and sleep until the next scan.
@@ -689,7 +693,8 @@ class Dispatcher:
         except (BlockingIOError, OSError):
             pass  # the pipe is full (the loop is awake anyway), or closed at shutdown
 
-    def _write_endings(self, ending: list[tuple[RunningJob, bool]]) -> tuple[list, list[str]]:
+    def _write_endings(self, ending: list[tuple[RunningJob, bool]]
+                       ) -> tuple[list, list[str], list[str]]:
         """In the writer thread: record and move each job; what hooks to run after, and
         which jobs went back to the queue."""
         concluded, requeued = [], []
@@ -712,12 +717,13 @@ class Dispatcher:
                 os.unlink(self.layout.cancel_request(job.name))
             except FileNotFoundError:
                 pass
-        return concluded, requeued
+        return concluded, requeued, [job.name for job, _ in ending]
 
     def _collect_writes(self) -> None:
         """Run the hooks of finished writes (errors from the writer surface here)."""
         while self._writes and self._writes[0].done():
-            concluded, requeued = self._writes.pop(0).result()
+            concluded, requeued, names = self._writes.pop(0).result()
+            self._settling.difference_update(names)
             # Retries are taken up now, not when their file event arrives: --drain must
             # not see an empty schedule and exit with them still queued.
             self._events.update(requeued)
@@ -791,21 +797,28 @@ class Dispatcher:
         supervisor still runs is adopted (its slots stay busy until it ends); one that
         was cut off is put back in the queue, and its next run counts as an attempt.
         """
-        supervisors: dict[str, int] | None = None
         for name in self.queue.names(JobState.QUEUED):
             if self.queue.read_record(name).extra.get("run_alone"):
                 self._run_alone.add(name)
-        others = peers.live_peers(self.layout, self.owner)
+        self._settle_orphans(periodic=False)
+
+    def _settle_orphans(self, periodic: bool = True) -> None:
+        """Conclude, adopt or requeue the jobs in ``running/`` that no live dispatcher owns
+        (at start, and at every heartbeat: a peer may die while we run)."""
+        supervisors: dict[str, runner.FoundJob] | None = None
+        others = peers.live_peers(self.layout, self.owner, self.options.heartbeat)
         for name in self.queue.names(JobState.RUNNING):
-            if name in self.running:
+            if name in self.running or name in self._settling:
                 continue
             record = self.queue.read_record(name)
             if record.backend != "local":
                 continue  # Slurm runs it; the Slurm backend reconciles it
-            if record.dispatcher and record.dispatcher != self.owner:
-                if record.dispatcher in others:
-                    continue
-            elif others and peers.recently_claimed(self.layout, name):
+            if record.dispatcher in others:
+                continue
+            # Just claimed: its claimer may not have written the record yet. At our own
+            # start with no peers, nobody can be claiming, and recovery need not wait.
+            grace = min(peers.CLAIM_GRACE_SECONDS, 4 * self.options.heartbeat)
+            if (others or periodic) and peers.recently_claimed(self.layout, name, grace):
                 continue
             directives = Directives(**_directive_fields(record))
             code = runner.read_exit_file(self.layout.exit_file(name))
@@ -847,8 +860,12 @@ class Dispatcher:
         self.log.info("%s is still running (pid %d); waiting for it", name, pid)
 
     def _heartbeat(self, now: float) -> None:
-        self._next_heartbeat = now + peers.HEARTBEAT_SECONDS
+        """Say we are alive, and settle what dispatchers that died meanwhile left behind."""
+        first = self._next_heartbeat == 0.0
+        self._next_heartbeat = now + self.options.heartbeat
         peers.heartbeat(self.layout, self.owner)
+        if not first:
+            self._settle_orphans()
 
     # ------------------------------------------------------------------ stopping
     def request_stop(self) -> None:

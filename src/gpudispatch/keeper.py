@@ -19,8 +19,10 @@ import pickle
 import selectors
 import signal
 import socket
+import time
 from dataclasses import dataclass
 
+from gpudispatch import peers
 from gpudispatch.job import JobState
 from gpudispatch.store import FolderQueue, write_atomic
 
@@ -86,7 +88,8 @@ class Handover:
 
 
 def _keeper_loop(
-    sock: socket.socket, queue: FolderQueue, base_env: dict[str, str]
+    sock: socket.socket, queue: FolderQueue, base_env: dict[str, str], owner: str,
+    every: float,
 ) -> None:
     """Run in the forked keeper until the dispatcher is gone and every job has ended."""
     os.setsid()  # no terminal: a Ctrl-C meant for the dispatcher must not reach us
@@ -153,8 +156,15 @@ def _keeper_loop(
             return ("claimed", name, None)  # changed since checked: the dispatcher decides
         return start(handover.request)
 
+    next_beat = 0.0
     while connected or children:
-        for key, _ in selector.select(1.0 if children else None):
+        if not connected and time.monotonic() >= next_beat:
+            # The dispatcher is gone but its jobs run on: peers on other hosts must not
+            # take them over, so keep its heartbeat going until they end.
+            next_beat = time.monotonic() + every
+            peers.heartbeat(queue.layout, owner)
+        timeout = min(1.0, every) if children else None
+        for key, _ in selector.select(timeout):
             if key.data == "child":
                 try:
                     while os.read(wake_r, 4096):
@@ -205,13 +215,17 @@ def _keeper_loop(
                     send(follow)
             if not connected:
                 save(exit_path, code)
+    if not connected:
+        peers.unregister(queue.layout, owner)  # its last jobs' codes are on disk
 
 
 class Keeper:
     """The dispatcher's handle on its keeper process."""
 
-    def __init__(self, queue: FolderQueue, base_env: dict[str, str]) -> None:
+    def __init__(self, queue: FolderQueue, base_env: dict[str, str], owner: str,
+                 heartbeat: float) -> None:
         self._queue = queue
+        self._owner, self._heartbeat = owner, heartbeat
         self._base_env = base_env  # requests carry only what each job adds to it
         self.pid: int | None = None
         self._sock: socket.socket | None = None
@@ -224,7 +238,8 @@ class Keeper:
             code = 0
             try:
                 ours.close()
-                _keeper_loop(theirs, self._queue, self._base_env)
+                _keeper_loop(theirs, self._queue, self._base_env, self._owner,
+                             self._heartbeat)
             except BaseException:
                 import traceback
 

@@ -1,8 +1,9 @@
 """Which dispatchers serve a queue: registration, heartbeats, and who is still alive.
 
-Each dispatcher keeps a file ``.gpudispatch/dispatchers/HOST.PID`` fresh. A dispatcher on
-this host is alive while its pid is; one on another host (a shared filesystem) while its
-file was touched within three heartbeats.
+Each dispatcher keeps a file ``.gpudispatch/dispatchers/HOST.PID`` fresh (and, once it
+is gone, its keeper does, while jobs it started still run). A dispatcher on this host is
+alive while its pid is; one on another host (a shared filesystem) while its file was
+touched within three heartbeats: only then do its jobs become another's to settle.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def unregister(layout: Layout, owner: str) -> None:
         pass
 
 
-def owner_alive(layout: Layout, owner: str | None) -> bool:
+def owner_alive(layout: Layout, owner: str | None, every: float = HEARTBEAT_SECONDS) -> bool:
+    """Alive: its pid, on this host; elsewhere, a heartbeat within three periods."""
     if not owner:
         return False
     host, _, pid = owner.rpartition(".")
@@ -45,10 +47,10 @@ def owner_alive(layout: Layout, owner: str | None) -> bool:
         beat = os.stat(layout.dispatcher_file(owner)).st_mtime
     except FileNotFoundError:
         return False
-    return time.time() - beat < 3 * HEARTBEAT_SECONDS
+    return time.time() - beat < 3 * every
 
 
-def live_peers(layout: Layout, me: str) -> set[str]:
+def live_peers(layout: Layout, me: str, every: float = HEARTBEAT_SECONDS) -> set[str]:
     """The other live dispatchers of this queue (dead ones of this host are forgotten)."""
     try:
         owners = [entry.name for entry in os.scandir(layout.dispatchers)]
@@ -58,17 +60,17 @@ def live_peers(layout: Layout, me: str) -> set[str]:
     for owner in owners:
         if owner == me:
             continue
-        if owner_alive(layout, owner):
+        if owner_alive(layout, owner, every):
             peers.add(owner)
         elif owner.rpartition(".")[0] == HOST:
             unregister(layout, owner)
     return peers
 
 
-def recently_claimed(layout: Layout, name: str) -> bool:
+def recently_claimed(layout: Layout, name: str, grace: float = CLAIM_GRACE_SECONDS) -> bool:
     """Whether a job entered ``running/`` so recently that its claimer may be mid-start."""
     try:
         ctime = os.lstat(layout.script(JobState.RUNNING, name)).st_ctime
     except FileNotFoundError:
         return True
-    return time.time() - ctime < CLAIM_GRACE_SECONDS
+    return time.time() - ctime < grace
