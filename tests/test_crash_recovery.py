@@ -106,6 +106,7 @@ def test_job_that_ended_while_no_dispatcher_ran_keeps_its_exit_code(tmp_path, ro
     assert done["attempts"] == 1
     assert read_lines(runs) == ["ends.sh"]  # not run again
     assert "ends.sh ended while no dispatcher was running" in logfile_text(root)
+    assert not exit_file.exists()  # recorded: the code on disk is no longer needed
 
 
 def test_job_cut_off_with_its_dispatcher_runs_again(tmp_path, root, launch):

@@ -829,8 +829,8 @@ class Dispatcher:
                 if found is not None:
                     self._adopt(name, found, record, directives)
                     continue
-            if code is not None:
-                job = RunningJob(name, record.pid or 0, [], record, directives)
+            if code is not None:  # not our keeper's: its exit file is ours to remove
+                job = RunningJob(name, record.pid or 0, [], record, directives, adopted=True)
                 self.log.info("%s ended while no dispatcher was running", name)
                 self._finish(job, code)
                 continue
