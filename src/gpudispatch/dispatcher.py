@@ -40,7 +40,7 @@ from gpudispatch.scheduler import (
     plan,
 )
 from gpudispatch.store import HOST, FolderQueue
-from gpudispatch.watch import FolderWatcher, read_if_complete
+from gpudispatch.watch import FolderWatcher, drain_pipe, read_if_complete
 
 # A job's start record waits this long: most trivial jobs are over by then and need
 # one record write instead of two. A crash in between loses nothing (see reconcile).
@@ -965,7 +965,7 @@ class Dispatcher:
         timeout = max(0.0, min(wake_at) - now)
         for key, _ in selector.select(timeout):
             if key.data == "wake":
-                _drain_fd(self._wake_r)
+                drain_pipe(self._wake_r)
             elif key.data == "files" and self.watcher is not None:
                 self._events |= self.watcher.drain()
         wanted = {j.pidfd for j in self.running.values()}
@@ -998,14 +998,6 @@ def _directive_fields(record: JobRecord) -> dict:
     if "after" in saved:
         saved["after"] = tuple(saved["after"])
     return saved
-
-
-def _drain_fd(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _install_signals(dispatcher: Dispatcher, wake_w: int):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from gpudispatch import peers
 from gpudispatch.job import JobState
 from gpudispatch.store import FolderQueue, write_atomic
+from gpudispatch.watch import drain_pipe
 
 # Environment marker that lets a restarted dispatcher find a job by its exit file.
 EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"
@@ -166,11 +167,7 @@ def _keeper_loop(
         timeout = min(1.0, every) if children else None
         for key, _ in selector.select(timeout):
             if key.data == "child":
-                try:
-                    while os.read(wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                drain_pipe(wake_r)
                 continue
             try:
                 data = sock.recv(_MAX_MESSAGE)

@@ -56,6 +56,15 @@ def read_if_complete(path: str, st: os.stat_result) -> tuple[bool | None, bytes]
         os.close(fd)
 
 
+def drain_pipe(fd: int) -> None:
+    """Empty a non-blocking wake-up pipe (its bytes only mean "look again")."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 class _Inotify:
     """Inotify through watchdog's own bindings, read from our event loop (Linux).
 
@@ -168,11 +177,7 @@ class FolderWatcher:
         """The names seen since the last call."""
         if self._inotify is not None:
             return self._inotify.read_names()
-        try:
-            while os.read(self._read_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        drain_pipe(self._read_fd)
         with self._lock:
             names, self._names = self._names, set()
         return names
