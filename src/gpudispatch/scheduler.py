@@ -19,7 +19,7 @@ A slot is one GPU (its index) or one CPU-only slot (``None``). The rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from gpudispatch.job import Directives, JobState
@@ -106,11 +106,15 @@ def impossible_reason(
     directives: Directives,
     slots: Sequence[int | None],
     totals: Sequence[int | None] = (),
+    name: str | None = None,
 ) -> str | None:
     """Why a job can never start on these slots (checked once, when it is first seen).
 
-    ``totals`` are the GPUs' memory sizes, slot by slot, where known.
+    ``totals`` are the GPUs' memory sizes, slot by slot, where known. With the job's
+    ``name``, a job that waits for itself (``--after`` its own name) is impossible too.
     """
+    if name is not None and name in directives.after:
+        return self_dependency_reason(name)
     need = directives.gpus
     n_gpus = sum(s is not None for s in slots)
     known = [t for t in totals if t is not None]
@@ -123,6 +127,65 @@ def impossible_reason(
         return "asks for a CPU-only slot (--gpus 0) but this dispatcher has none (see --slots)"
     if need > n_gpus:
         return f"asks for {need} GPUs but this dispatcher has {n_gpus}"
+    return None
+
+
+def self_dependency_reason(name: str) -> str:
+    return f"depends on itself (--after {name})"
+
+
+def cycle_reason(cycle: Sequence[str]) -> str:
+    """The failure reason of each job of a dependency cycle, naming the whole cycle."""
+    if len(cycle) == 1:
+        return self_dependency_reason(cycle[0])
+    return "dependency cycle: " + " -> ".join([*cycle, cycle[0]])
+
+
+def find_cycle(
+    start: str,
+    after_of: Callable[[str], Sequence[str] | None],
+    done: set[str] | None = None,
+) -> list[str] | None:
+    """A dependency cycle reachable from ``start``, as the jobs in it in ``--after`` order
+    (``[a, b]`` for a -> b -> a; ``[a]`` for a job after itself), or None.
+
+    ``after_of(name)`` gives a job's ``--after`` list, or None for a job that will not wait
+    any more (not queued: running, ended, missing), which ends that path. ``done`` collects
+    the jobs known to lead to no cycle; pass the same set to later calls and each job is
+    visited once in all, so checking every waiting job costs what they reach, once.
+    """
+    path: list[str] = []
+    on_path: dict[str, int] = {}
+    done = set() if done is None else done
+    if start in done:
+        return None
+    # Iterative depth-first search: a chain of thousands of --after must not overflow.
+    stack: list[tuple[str, Iterator[str]]] = []
+
+    def enter(node: str) -> bool:
+        deps = after_of(node)
+        if deps is None:
+            done.add(node)
+            return False
+        on_path[node] = len(path)
+        path.append(node)
+        stack.append((node, iter(deps)))
+        return True
+
+    enter(start)
+    while stack:
+        node, deps = stack[-1]
+        dep = next(deps, None)
+        if dep is None:
+            stack.pop()
+            path.pop()
+            del on_path[node]
+            done.add(node)
+            continue
+        if dep in on_path:
+            return path[on_path[dep]:]
+        if dep not in done:
+            enter(dep)
     return None
 
 
@@ -157,18 +220,41 @@ def plan(
     states = list(states)
     starts: list[tuple[str, list[int]]] = []
     failures: list[tuple[str, str]] = []
+    failed: set[str] = set()
+    waiting_on: dict[str, Sequence[str]] | None = None  # built at the first job that waits
+    acyclic: set[str] = set()
+
+    def after_of(name: str) -> Sequence[str] | None:
+        assert waiting_on is not None
+        return None if name in failed else waiting_on.get(name)
+
     for job in queued:
         if not any(st.free or (st.capacity and not st.exclusive and st.room() > 0)
                    for st in states):
             break
-        impossible = impossible_reason(job.directives, slots)
+        if job.name in failed:
+            continue
+        impossible = impossible_reason(job.directives, slots, name=job.name)
         if impossible:
+            failed.add(job.name)
             failures.append((job.name, impossible))
             continue
         verdict = dependency_verdict(job.directives.after, dep_states)
         if verdict == "wait":
+            # A job waiting on a cycle would wait forever (and --drain never end): fail
+            # every job of the cycle now, the reason naming it. The map of who waits on
+            # whom is built once per call, and only when some job waits.
+            if waiting_on is None:
+                waiting_on = {j.name: j.directives.after for j in queued}
+            cycle = find_cycle(job.name, after_of, acyclic)
+            if cycle:
+                reason = cycle_reason(cycle)
+                for name in cycle:
+                    failed.add(name)
+                    failures.append((name, reason))
             continue
         if verdict:
+            failed.add(job.name)
             failures.append((job.name, verdict))
             continue
         chosen = _fits(job, slots, states)
