@@ -35,7 +35,23 @@ def now_iso() -> str:
 
 
 def parse_iso(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    """A record's time, always timezone-aware (a naive time is taken as local), so two
+    times from records can be subtracted; ValueError for anything that is not one."""
+    if not text:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"not a time: {text!r}")
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def safe_iso(text: object) -> datetime | None:
+    """:func:`parse_iso` for display code: None instead of an error, so one odd record
+    never stops ``status`` or ``results``."""
+    try:
+        return parse_iso(text)  # type: ignore[arg-type]
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 @dataclass
@@ -64,13 +80,91 @@ class JobRecord:
         return json.dumps(vars(self), default=str)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: Any) -> JobRecord:
+        """A record from parsed JSON; :class:`RecordError` when it is not an object or a
+        known field has the wrong type (unknown fields are ignored, for newer versions).
+
+        Records live in a folder anyone may write to: a field of the wrong type would
+        otherwise surface later as a traceback far from its cause.
+        """
+        if not isinstance(data, dict):
+            raise RecordError(f"record is {_kind(data)}, not a JSON object")
+        values = {k: v for k, v in data.items() if k in _FIELD_CHECKS}
+        if "name" not in values:
+            raise RecordError("record has no name")
+        for key, value in values.items():
+            problem = _FIELD_CHECKS[key](value)
+            if problem:
+                raise RecordError(f"record field {key!r} {problem}, not {_short(value)}")
+        return cls(**values)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> JobRecord:
-        return cls.from_dict(json.loads(text))
+        """A record from its file's bytes; :class:`RecordError` for anything else."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise RecordError(f"record is not JSON ({_short(str(exc))})") from None
+        return cls.from_dict(data)
+
+
+class RecordError(ValueError):
+    """A record file that is not a record: not JSON, not an object, or a field of the wrong
+    type. The message says which field and what was found."""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {type(None): "null", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(check, wanted: str):
+    return lambda v: None if v is None or check(v) else f"should be {wanted} or null"
+
+
+def _check_time(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_iso(value)
+    except (ValueError, OverflowError):
+        return "should be an ISO 8601 time or null"
+    return None
+
+
+def _check_gpus(value: Any) -> str | None:
+    if isinstance(value, list) and all(_is_int(g) and g >= 0 for g in value):
+        return None
+    return "should be a list of GPU indices"
+
+
+_FIELD_CHECKS: dict[str, Any] = {
+    "name": lambda v: None if isinstance(v, str) and v else "should be a job name",
+    "gpus": _check_gpus,
+    "host": _optional(lambda v: isinstance(v, str), "a string"),
+    "pid": _optional(lambda v: _is_int(v) and v > 0, "a process id"),
+    "dispatcher": _optional(lambda v: isinstance(v, str), "a string"),
+    "submitted_at": _check_time,
+    "started_at": _check_time,
+    "ended_at": _check_time,
+    "exit_code": _optional(_is_int, "an integer"),
+    "attempts": lambda v: None if _is_int(v) and v >= 0 else "should be a count (0 or more)",
+    "reason": _optional(lambda v: isinstance(v, str), "a string"),
+    "log": _optional(lambda v: isinstance(v, str) and v and "\0" not in v, "a file path"),
+    "params": lambda v: None if isinstance(v, dict) else "should be an object",
+    "backend": lambda v: None if isinstance(v, str) else "should be a string",
+    "backend_id": _optional(lambda v: isinstance(v, str), "a string"),
+    "extra": lambda v: None if isinstance(v, dict) else "should be an object",
+}
 
 
 # --- directives -------------------------------------------------------------------------

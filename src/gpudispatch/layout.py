@@ -7,6 +7,7 @@ dispatcher bookkeeping that users never touch lives in the hidden ``.gpudispatch
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from gpudispatch.job import JobState
@@ -36,6 +37,60 @@ def is_job_name(name: str) -> bool:
         and not name.startswith((".", "#"))
         and not name.endswith(_EDITOR_SUFFIXES)
     )
+
+
+NAME_MAX_BYTES = 255  # the longest file name Linux filesystems take (ext4, xfs, tmpfs, NFS)
+# The longest suffix ever added to a job's name: ".json.bad-YYYYmmdd-HHMMSS-XXXX" (30 bytes,
+# a record set aside) is longer than ".metrics.json" and ".999.log"; kept with room to spare.
+DERIVED_SUFFIX_BYTES = 40
+JOB_NAME_MAX_BYTES = NAME_MAX_BYTES - DERIVED_SUFFIX_BYTES
+# Characters that end or break a line of a log (str.splitlines splits on all of these).
+_LINE_BREAKERS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def name_problem(name: str) -> str | None:
+    """Why a job named ``name`` cannot be handled, or None when it can (pure).
+
+    Names come from ``os.scandir`` (surrogate-escaped where not UTF-8) or from a user.
+    :func:`is_job_name` still decides what is a job; this says which of those must fail
+    at once, with this reason, instead of breaking something later: every file derived
+    from the name (``NAME.N.log``, ``NAME.json``, ``NAME.metrics.json``, a set-aside
+    record) must fit in one file name, and the name must be printable on one log line.
+    """
+    if not name:
+        return "has an empty name"
+    if "/" in name or "\0" in name:
+        return "has a name with '/' or a NUL byte"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"has a name that is not valid UTF-8 ({printable(name)})"
+    if size > JOB_NAME_MAX_BYTES:
+        return (f"has a name of {size} bytes; at most {JOB_NAME_MAX_BYTES} leave room for "
+                "its log and record files")
+    for ch in name:
+        if ch in _LINE_BREAKERS or unicodedata.category(ch) == "Cc":
+            return f"has a control character in its name ({printable(name)})"
+    return None
+
+
+def printable(name: str) -> str:
+    """``name`` with every character that is not printable escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``; a byte that is not UTF-8 as ``\\xff``), for logs and terminals: a newline
+    in a file name must not forge a log line, and a lone surrogate must not crash a
+    print. Printable names come back unchanged (the common case costs one check)."""
+    if name.isprintable():
+        return name
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of a byte >= 0x80
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ascii(ch)[1:-1])
+    return "".join(out)
 
 
 class Layout:

@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from gpudispatch import safeio
 from gpudispatch.gpus import GpuInfo
 from gpudispatch.layout import Layout
 from gpudispatch.store import write_atomic
+
+REPORT_MAX_BYTES = 4 << 20  # hundreds of GPUs with their processes fit many times over
 
 
 def gpu_report(
@@ -49,12 +52,16 @@ def write_gpu_report(layout: Layout, infos, own_pids, blocked, running) -> None:
 
 
 def read_gpu_report(layout: Layout, max_age: float = 60.0) -> list[dict[str, Any]] | None:
-    """The last report, or None when there is none or it is stale (no dispatcher)."""
+    """The last report, or None when there is none, it is stale (no dispatcher), or it is
+    not one (not a regular file, too large, another shape): ``status`` shows the jobs then.
+    """
     try:
-        with open(layout.gpu_report, "rb") as fh:
-            data = json.loads(fh.read())
-    except (OSError, ValueError):
+        data = json.loads(safeio.read_regular(layout.gpu_report, REPORT_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
-    if time.time() - data.get("at", 0) > max_age:
+    if not isinstance(data, dict) or not isinstance(data.get("at"), (int, float)):
         return None
-    return data.get("gpus")
+    gpus = data.get("gpus")
+    if time.time() - data["at"] > max_age or not isinstance(gpus, list):
+        return None
+    return gpus

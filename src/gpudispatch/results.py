@@ -13,17 +13,20 @@ import io
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpudispatch.job import JobRecord, parse_iso
+from gpudispatch import safeio
+from gpudispatch.job import JobRecord, safe_iso
 from gpudispatch.store import FolderQueue
 
 METRICS_ENV = "GPUDISPATCH_METRICS"
 BASE_COLUMNS = ("name", "state", "duration_s", "gpus")
 PARAM_PREFIX = "param."
 METRIC_PREFIX = "metric."
+METRICS_MAX_BYTES = 16 << 20  # a results table must not read a runaway file into memory
 
 
 def write_metrics(metrics: Mapping[str, Any], path: str | Path | None = None) -> Path | None:
@@ -36,29 +39,37 @@ def write_metrics(metrics: Mapping[str, Any], path: str | Path | None = None) ->
     if not target:
         return None
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(metrics), default=str))
-    os.replace(tmp, target)
+    # An unguessable temporary, created exclusively: a symlink planted at a predictable
+    # name in logs/ must not redirect the write.
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(dict(metrics), default=str))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return target
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
-    """The metrics a job wrote; empty when there are none yet or the file is not an object
-    (a results table must not fail because one job wrote garbage)."""
+    """The metrics a job wrote; empty when there are none yet, the file is not an object,
+    or it is not a regular file of at most METRICS_MAX_BYTES (a results table must not
+    fail, hang on a FIFO or fill memory because of what one job left in logs/)."""
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read())
-    except (OSError, ValueError):
+        data = json.loads(safeio.read_regular(path, METRICS_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def duration_s(record: JobRecord) -> float | None:
     """Seconds from start to end, or None while either is unknown."""
-    try:
-        start, end = parse_iso(record.started_at), parse_iso(record.ended_at)
-    except ValueError:
-        return None
+    start, end = safe_iso(record.started_at), safe_iso(record.ended_at)
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 3)

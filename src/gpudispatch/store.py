@@ -7,17 +7,21 @@ temporary name first, so a crash at any instant leaves each job in exactly one f
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpudispatch.job import JobRecord, JobState, now_iso
-from gpudispatch.layout import STATE_DIRS, Layout, is_job_name
+from gpudispatch import safeio
+from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
+from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
 
 HOST = socket.gethostname()
 _TMP_COUNTER = itertools.count()
+RECORD_MAX_BYTES = 1 << 20  # a record is a few hundred bytes; params of a sweep, a few KiB
+_log = logging.getLogger("gpudispatch.store")
 
 
 class QueueError(Exception):
@@ -25,14 +29,38 @@ class QueueError(Exception):
 
 
 def write_atomic(path: str | Path, data: bytes, tmp_dir: str | Path, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    tmp = f"{tmp_dir}/{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The temporary file gets an unguessable name and is created exclusively, without
+    following symlinks: a link planted at a predictable name in ``tmp_dir`` could otherwise
+    redirect the write to any file the writer may change. It is removed if the write
+    fails (a full disk must not fill up further with half-written temporaries). No fsync:
+    this is on every job's path; the rename gives readers all-or-nothing.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(8):
+        tmp = f"{tmp_dir}/{HOST}.{os.getpid()}.{os.urandom(8).hex()}.tmp"
+        try:
+            fd = os.open(tmp, flags, mode)
+            break
+        except FileExistsError:  # only if someone planted this exact random name
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name in {tmp_dir}")
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 @dataclass
@@ -78,11 +106,50 @@ class FolderQueue:
 
     # --- records -----------------------------------------------------------------------
     def read_record(self, name: str) -> JobRecord:
+        """The record of ``name``; a fresh one when there is none, it cannot be read, or it
+        is not a record. Never raises for what is in the file.
+
+        ``logs/`` is writable by people and their scripts: the record is opened without
+        following a symlink or blocking on a FIFO, must be a regular file of at most
+        RECORD_MAX_BYTES, and must have the right shape. A bad one is renamed aside
+        (``NAME.json.bad-...``, kept for a person to look at) with a warning on the
+        ``gpudispatch.store`` logger, and the job goes on with a fresh record.
+        """
+        path = self.layout.record(name)
+        st = None
         try:
-            with open(self.layout.record(name), "rb") as fh:
-                return JobRecord.from_json(fh.read())
-        except (FileNotFoundError, ValueError):
+            fd, st = safeio.open_regular_stat(path)
+        except FileNotFoundError:
             return JobRecord(name=name)
+        except safeio.FileRefused as exc:
+            problem = safeio.refusal(exc)
+        except (OSError, ValueError) as exc:  # EACCES, ENAMETOOLONG, a NUL: leave it be
+            _log.warning("record of %s %s; using a fresh one", printable(name),
+                         safeio.refusal(exc) if isinstance(exc, OSError) else exc)
+            return JobRecord(name=name)
+        else:
+            try:
+                data = safeio.read_limited(fd, st.st_size, RECORD_MAX_BYTES)
+            except OSError as exc:  # EIO and the like: nothing to set aside
+                _log.warning("record of %s %s; using a fresh one", printable(name),
+                             safeio.refusal(exc))
+                return JobRecord(name=name)
+            finally:
+                os.close(fd)
+            if data is None:
+                problem = f"is larger than {RECORD_MAX_BYTES} bytes"
+            else:
+                try:
+                    record = JobRecord.from_json(data)
+                except RecordError as exc:
+                    problem = str(exc)
+                else:
+                    record.name = name  # the file decides: a record naming another job
+                    return record       # must not make the next write land on that one
+        aside = safeio.set_aside(path, st)
+        where = f"set aside as {os.path.basename(aside)}" if aside else "left in place"
+        _log.warning("record of %s %s; %s, using a fresh one", printable(name), problem, where)
+        return JobRecord(name=name)
 
     def write_record(self, record: JobRecord) -> None:
         write_atomic(self.layout.record(record.name), record.to_json().encode(), self.layout.tmp)

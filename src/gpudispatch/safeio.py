@@ -1,0 +1,142 @@
+"""Reading files in a folder others may write to: no symlinks followed, no blocking on a
+FIFO, no reading a device or an endless file into memory.
+
+A queue root is shared with users and scripts. A FIFO planted at ``logs/NAME.json`` would
+hang a plain ``open()``, a symlink there would make us read (or print) a file outside the
+root, and ``logs/NAME.json -> /dev/zero`` would fill memory. Everything here opens with
+``O_NOFOLLOW | O_NONBLOCK`` and checks with ``fstat`` that it got a regular file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+class FileRefused(OSError):
+    """A path that exists but is not a regular file we may read (a symlink, a FIFO, a
+    device...) or is larger than the caller allows; the message says what it is."""
+
+
+def kind(mode: int) -> str:
+    """What a file of ``mode`` is, in words ("a FIFO"), for messages."""
+    for test, words in _KINDS:
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of the regular file at ``path``, opened without following a
+    symlink in its last component and without blocking; the caller closes it.
+
+    Raises FileNotFoundError (and other OSErrors such as PermissionError) as ``open`` does,
+    and :class:`FileRefused` for a symlink or anything that is not a regular file.
+    """
+    return open_regular_stat(path)[0]
+
+
+def open_regular_stat(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """:func:`open_regular`, with the ``fstat`` it checked (one syscall fewer for callers
+    that need the size or identity too)."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileRefused(errno.ELOOP, "is a symbolic link", os.fspath(path)) from None
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO with no writer on some systems
+            raise FileRefused(errno.ENXIO, "is not a regular file", os.fspath(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(errno.EINVAL, f"is {kind(st.st_mode)}, not a regular file",
+                              os.fspath(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The whole content of the regular file at ``path``, refused (:class:`FileRefused`)
+    when it is a symlink, not a regular file, or larger than ``limit`` bytes."""
+    fd, st = open_regular_stat(path)
+    try:
+        data = read_limited(fd, st.st_size, limit)
+    finally:
+        os.close(fd)
+    if data is None:
+        raise FileRefused(errno.EFBIG, f"is larger than {limit} bytes", os.fspath(path))
+    return data
+
+
+def read_limited(fd: int, size: int, limit: int) -> bytes | None:
+    """What ``fd`` holds from its position, or None when that is more than ``limit``
+    bytes. ``size`` is its ``fstat`` size: reading that much (plus one byte, to see growth)
+    allocates no more than the file needs, where one large read would allocate ``limit``."""
+    if size > limit:
+        return None
+    chunks = [os.read(fd, size + 1)]
+    total = len(chunks[0])
+    while total > size:  # it grew since fstat: read on, never past the limit
+        chunk = os.read(fd, min(65536, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def refusal(exc: OSError) -> str:
+    """Why a path was refused or could not be read, in a few words."""
+    if isinstance(exc, FileRefused):
+        return exc.strerror or "is not a regular file"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
+def set_aside(path: str, expected: os.stat_result | None = None) -> str | None:
+    """Rename ``path`` to ``PATH.bad-YYYYmmdd-HHMMSS-XXXX`` (kept for a person to look at)
+    and return the new path, or None when it could not be moved.
+
+    With ``expected`` (the ``fstat`` of what was read), nothing is moved unless ``path``
+    still is that file: a good file written meanwhile must not be set aside in its stead.
+    """
+    try:
+        if expected is not None:
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) != (expected.st_dev, expected.st_ino):
+                return None
+        aside = f"{path}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+        os.rename(path, aside)
+    except OSError:
+        return None
+    return aside
+
+
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (absolute) lies under ``root`` once symlinks in its folders are
+    resolved; its last component is not resolved (open it with :func:`open_regular`)."""
+    path = os.fspath(path)
+    if not os.path.isabs(path):
+        return False
+    real_root = os.path.realpath(root)
+    folder = os.path.realpath(os.path.dirname(path))
+    base = os.path.basename(path)
+    if base in ("", ".", ".."):
+        return False
+    return os.path.commonpath([real_root, folder]) == real_root
