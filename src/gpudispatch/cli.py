@@ -10,35 +10,80 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from gpudispatch import control
+from gpudispatch import argcheck, control, safeio
+from gpudispatch.argcheck import OptionError
 from gpudispatch.backends import BACKENDS
-from gpudispatch.job import DirectiveError, JobState, parse_directive_args, parse_iso
-from gpudispatch.layout import ROOT_ENV, default_root
+from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe_iso
+from gpudispatch.layout import ROOT_ENV, default_root, name_problem, printable
 from gpudispatch.store import FolderQueue, JobView, QueueError
 
 EXIT_USAGE = 2
+MAX_SLOTS = 4096  # CPU-only slots; more is a typo, and each one is a list entry
 
 
 class CliError(Exception):
     """A message for the user; the command exits non-zero."""
 
 
-def _queue(args, create: bool = False) -> FolderQueue:
+def _root(args) -> Path:
+    """ROOT from ``--dir`` or the default; a path that exists must be a folder."""
     root = Path(args.dir) if args.dir else default_root()
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise CliError(f"{root} is not a folder")
+    return root
+
+
+def _queue(args, create: bool = False) -> FolderQueue:
+    root = _root(args)
     try:
         return FolderQueue(root, create=create)
     except QueueError as exc:
         raise CliError(f"{exc}; start one with: gpudispatch run --dir {root}") from None
+    except OSError as exc:  # e.g. ROOT/completed is a file: its folder cannot be made
+        where = exc.filename or root
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            raise CliError(f"cannot use {root}: {where} is not a folder") from None
+        raise CliError(f"cannot use {root}: {where}: {exc.strerror or exc}") from None
+
+
+def check_run_options(args) -> None:
+    """Every numeric option of ``run`` in range, before anything starts (OptionError)."""
+    argcheck.seconds(args.wait, "--wait")
+    argcheck.seconds(args.kill_grace, "--kill-grace", zero_ok=True)
+    argcheck.seconds(args.reserve_after, "--reserve-after", zero_ok=True)
+    argcheck.seconds(args.gpu_poll, "--gpu-poll")
+    argcheck.seconds(args.heartbeat, "--heartbeat")
+    if args.slots is not None:
+        argcheck.count(args.slots, "--slots", maximum=MAX_SLOTS)
+
+
+def _check_gpus_exist(slots: list[int | None], probe) -> None:
+    """Refuse GPU indices the probe does not list (jobs would see a GPU that is not there);
+    without a probe, or when it cannot answer, the list is taken as given."""
+    from gpudispatch.gpus import GpuProbeError
+
+    wanted = [s for s in slots if s is not None]
+    if probe is None or not wanted:
+        return
+    try:
+        present = set(probe.indices())
+    except GpuProbeError:
+        return
+    missing = [g for g in wanted if g not in present]
+    if missing:
+        listed = ",".join(map(str, sorted(present))) or "none"
+        raise CliError(f"--gpus: no GPU {','.join(map(str, missing))} on this host "
+                       f"(GPUs here: {listed})")
 
 
 # ---------------------------------------------------------------------- run
 def cmd_run(args) -> int:
+    check_run_options(args)
+    root = _root(args)
     if args.backend == "slurm":
         from gpudispatch.backends.slurm import run_slurm
 
-        root = Path(args.dir) if args.dir else default_root()
         return run_slurm(root, args.partition, args.sbatch_arg, args.wait, args.drain)
-    from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
     from gpudispatch.gpus import NoGpusError, default_probe, resolve_gpus
     from gpudispatch.job import parse_size
 
@@ -59,6 +104,10 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         raise CliError(f"--foreign-threshold: {exc}") from None
     probe = default_probe() if any(s is not None for s in slots) else None
+    _check_gpus_exist(slots, probe)
+    queue = _queue(args, create=True)
+    from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+
     options = DispatcherOptions(
         probe=probe,
         respect_foreign=args.respect_foreign,
@@ -73,22 +122,30 @@ def cmd_run(args) -> int:
         on_finish=args.on_finish,
         console=not args.quiet,
     )
-    return Dispatcher(_queue(args, create=True), options).run()
+    return Dispatcher(queue, options).run()
 
 
 # ---------------------------------------------------------------------- status
 def _when(text: str | None) -> str:
-    moment = parse_iso(text)
+    moment = safe_iso(text)
     return moment.astimezone().strftime("%m-%d %H:%M:%S") if moment else ""
 
 
 def _duration(view: JobView) -> str:
-    start = parse_iso(view.record.started_at)
+    start = safe_iso(view.record.started_at)
     if start is None or view.state is JobState.QUEUED:
         return ""
-    end = parse_iso(view.record.ended_at) if view.state.is_final else None
+    end = safe_iso(view.record.ended_at) if view.state.is_final else None
     seconds = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
     return format_seconds(seconds)
+
+
+def _cell(text: object) -> str:
+    """A value from the folder as a table cell: non-printable characters escaped, and
+    rich markup (``[red]``, ``[/x]``) shown as typed, never interpreted."""
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
 
 
 def format_seconds(seconds: float) -> str:
@@ -102,10 +159,14 @@ def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
     """Finished jobs, newest first; only the newest ``limit`` records are read."""
     entries = []
     for state in (JobState.COMPLETED, JobState.FAILED):
-        for entry in os.scandir(queue.layout.state_dir(state)):
+        try:
+            found = list(os.scandir(queue.layout.state_dir(state)))
+        except OSError:  # gone, or not a folder: nothing finished there to show
+            continue
+        for entry in found:
             try:
                 entries.append((entry.stat(follow_symlinks=False).st_ctime, entry.name, state))
-            except FileNotFoundError:
+            except OSError:
                 continue
     entries.sort(reverse=True)
     if limit is not None:
@@ -122,13 +183,13 @@ def _reason(view: JobView) -> str:
     """The reason, and for Slurm jobs their id, node and pending reason."""
     rec = view.record
     if rec.backend != "slurm" or not rec.backend_id:
-        return rec.reason or ""
+        return _cell(rec.reason or "")
     slurm = f"slurm {rec.backend_id} {rec.extra.get('slurm_state', '')}".strip()
     if rec.extra.get("slurm_reason"):
         slurm += f" ({rec.extra['slurm_reason']})"
     elif rec.host and view.state is not JobState.QUEUED:
         slurm += f" on {rec.host}"
-    return f"{slurm}: {rec.reason}" if rec.reason else slurm
+    return _cell(f"{slurm}: {rec.reason}" if rec.reason else slurm)
 
 
 def status_table(queue: FolderQueue, views: list[JobView], title: str | None = None):
@@ -137,14 +198,14 @@ def status_table(queue: FolderQueue, views: list[JobView], title: str | None = N
     counts = {state: len(queue.names(state)) for state in JobState}
     summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
     paused = "  [bold yellow]PAUSED[/]" if queue.is_paused() else ""
-    table = Table(title=title or f"{queue.layout.root}", caption=summary + paused)
+    table = Table(title=title or _cell(queue.layout.root), caption=summary + paused)
     for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
         table.add_column(column, overflow="fold")
     styles = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
     for view in views:
         rec = view.record
         table.add_row(
-            view.name,
+            _cell(view.name),
             f"[{styles[view.state.value]}]{view.state.value}[/]" if styles[view.state.value]
             else view.state.value,
             ",".join(map(str, rec.gpus)) if rec.gpus else ("cpu" if rec.started_at else ""),
@@ -166,18 +227,19 @@ def gpu_table(gpus: list[dict]):
     for column in ("gpu", "memory", "util", "jobs (declared memory)", "others"):
         table.add_column(column, overflow="fold")
     for gpu in gpus:
-        jobs = ", ".join(
+        jobs = _cell(", ".join(
             f"{j['name']} ({format_bytes(j['gpu_mem'])})" if j["gpu_mem"] else j["name"]
             for j in gpu["jobs"]
-        )
-        others = "; ".join(
+        ))
+        others = _cell("; ".join(
             f"{p['user'] or '?'} pid {p['pid']} {p['command'] or ''} {format_bytes(p['used'])}"
             for p in gpu["processes"] if p["foreign"]
-        )
+        ))
         if gpu["blocked"]:
-            others = f"[bold red]busy[/]: {gpu['blocked']}" + (f" ({others})" if others else "")
+            others = (f"[bold red]busy[/]: {_cell(gpu['blocked'])}"
+                      + (f" ({others})" if others else ""))
         table.add_row(
-            f"{gpu['index']} {gpu['name']}",
+            _cell(f"{gpu['index']} {gpu['name']}"),
             f"{format_bytes(gpu['memory_used'])} / {format_bytes(gpu['memory_total'])}",
             "" if gpu["utilization"] is None else f"{gpu['utilization']}%",
             jobs,
@@ -196,7 +258,10 @@ def status_view(queue: FolderQueue, limit: int | None):
     jobs = status_table(queue, views)
     gpus = read_gpu_report(queue.layout)
     if gpus:
-        return Group(gpu_table(gpus), jobs)
+        try:
+            return Group(gpu_table(gpus), jobs)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            pass  # a report of another shape (edited, or another version): jobs only
     running = [v for v in views if v.state is JobState.RUNNING]
     return Group(running_table(running), jobs) if running else jobs
 
@@ -210,11 +275,13 @@ def running_table(running: list[JobView]):
         table.add_column(column)
     for view in sorted(running, key=lambda v: (v.record.gpus or [-1], v.name)):
         gpus = ",".join(map(str, view.record.gpus)) or "cpu"
-        table.add_row(gpus, view.name, _duration(view))
+        table.add_row(gpus, _cell(view.name), _duration(view))
     return table
 
 
 def cmd_status(args) -> int:
+    argcheck.seconds(args.interval, "--interval", minimum=0.1)
+    argcheck.count(args.recent, "--recent", minimum=0)
     queue = _queue(args)
     if args.json:
         views = list(queue.jobs())
@@ -263,13 +330,21 @@ def _directive_options(args) -> list[str]:
     return options
 
 
+def _check_name(name: str) -> str:
+    """A job name the queue can handle (see :func:`layout.name_problem`), else QueueError."""
+    problem = name_problem(name)
+    if problem:
+        raise QueueError(f"{printable(name)} cannot be queued: it {problem}")
+    return name
+
+
 def cmd_submit(args) -> int:
     queue = _queue(args, create=True)
     options = _directive_options(args)
     names = []
     if args.command:
         text = control.with_directives(control.command_script(args.command, os.getcwd()), options)
-        name = args.name or control.command_name(args.command)
+        name = _check_name(args.name or control.command_name(args.command))
         names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
     else:
         if not args.scripts:
@@ -277,18 +352,45 @@ def cmd_submit(args) -> int:
         for path in args.scripts:
             names.append(control.submit_file(queue, Path(path), options, rename=args.rename))
     for name in names:
-        print(name)
+        print(printable(name))
     return 0
+
+
+def _job_arg(queue: FolderQueue, name: str) -> JobState:
+    """Where the job a user named lies; CliError for a path or a job that is not there."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise CliError(f"{printable(name)!r} is not a job name")
+    state = queue.locate(name)
+    if state is None:
+        raise CliError(f"no job named {printable(name)!r} in {queue.layout.root}")
+    return state
+
+
+def _open_log(queue: FolderQueue, name: str, state: JobState) -> int:
+    """A descriptor of the job's log, refused (CliError, one line) unless it is a regular
+    file inside ROOT: the path comes from a record anyone who can write ``logs/`` may
+    have edited, and this command may run as a user who can read more than they can."""
+    record = queue.read_record(name)
+    log = record.log
+    shown = printable(name)
+    if not log or not os.path.lexists(log):
+        raise CliError(f"{shown} has no output yet (state: {state.value})")
+    if not safeio.inside(queue.layout.root, log):
+        raise CliError(f"{shown}: its log {printable(log)} is outside {queue.layout.root}; "
+                       "not read")
+    try:
+        return safeio.open_regular(log)
+    except FileNotFoundError:
+        raise CliError(f"{shown} has no output yet (state: {state.value})") from None
+    except OSError as exc:
+        raise CliError(f"{shown}: its log {printable(log)} {safeio.refusal(exc)}; "
+                       "not read") from None
 
 
 def cmd_logs(args) -> int:
     queue = _queue(args)
-    if queue.locate(args.name) is None:
-        raise CliError(f"no job named {args.name!r} in {queue.layout.root}")
-    record = queue.read_record(args.name)
-    if not record.log or not os.path.exists(record.log):
-        raise CliError(f"{args.name} has no output yet (state: {queue.locate(args.name).value})")
-    with open(record.log, "rb") as fh:
+    state = _job_arg(queue, args.name)
+    with os.fdopen(_open_log(queue, args.name, state), "rb") as fh:
         while True:
             chunk = fh.read(65536)
             if chunk:
@@ -303,13 +405,15 @@ def cmd_logs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
+    argcheck.seconds(args.grace, "--grace", zero_ok=True)
     queue = _queue(args)
     status = 0
     for name in args.names:
         try:
-            print(control.cancel(queue, name, grace=args.grace))
-        except QueueError as exc:
-            print(f"gpudispatch cancel: {exc}", file=sys.stderr)
+            _job_arg(queue, name)
+            print(printable(control.cancel(queue, name, grace=args.grace)))
+        except (QueueError, CliError) as exc:
+            print(f"gpudispatch cancel: {printable(str(exc))}", file=sys.stderr)
             status = 1
     return status
 
@@ -319,9 +423,10 @@ def cmd_retry(args) -> int:
     status = 0
     for name in args.names:
         try:
-            print(control.retry(queue, name))
-        except QueueError as exc:
-            print(f"gpudispatch retry: {exc}", file=sys.stderr)
+            _job_arg(queue, name)
+            print(printable(control.retry(queue, name)))
+        except (QueueError, CliError) as exc:
+            print(f"gpudispatch retry: {printable(str(exc))}", file=sys.stderr)
             status = 1
     return status
 
@@ -349,8 +454,11 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         sys.stdout.write(dry_run_text(sweep))
         return 0
-    names = queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name)
-    print("\n".join(summary_lines(sweep, names)))
+    try:
+        names = queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name)
+    except SweepError as exc:
+        raise CliError(str(exc)) from None
+    print("\n".join(printable(line) for line in summary_lines(sweep, names)))
     return 0
 
 
@@ -369,12 +477,12 @@ def cmd_results(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sweep {args.sweep}" if args.sweep else None)
+    table = Table(title=_cell(f"sweep {args.sweep}") if args.sweep else None)
     cols = columns(rows)
     for col in cols:
-        table.add_column(col, justify="left" if col in ("name", "state") else "right")
+        table.add_column(_cell(col), justify="left" if col in ("name", "state") else "right")
     for row in rows:
-        table.add_row(*(cell_text(row.get(c)) for c in cols))
+        table.add_row(*(_cell(cell_text(row.get(c))) for c in cols))
     Console().print(table)
     return 0
 
@@ -490,10 +598,20 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     args.command = command
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 must not crash a print
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
-    except (CliError, QueueError) as exc:
-        print(f"gpudispatch {args.verb}: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, CliError) else 1
+    except (CliError, QueueError, OptionError) as exc:
+        print(f"gpudispatch {args.verb}: {printable(str(exc))}", file=sys.stderr)
+        return 1 if isinstance(exc, QueueError) else EXIT_USAGE
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if args.verb == "run":  # the dispatcher's own failures keep their traceback
+            raise
+        where = f" ({printable(str(exc.filename))})" if exc.filename else ""
+        print(f"gpudispatch {args.verb}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gpudispatch import peers, runner
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
+from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
 
 
@@ -53,8 +54,11 @@ def command_name(argv: Sequence[str]) -> str:
 def submit_file(
     queue: FolderQueue, path: Path, options: Sequence[str] = (), rename: bool = False
 ) -> str:
+    problem = name_problem(path.name)
+    if problem:
+        raise QueueError(f"{printable(str(path))} cannot be queued: it {problem}")
     if not path.is_file():
-        raise QueueError(f"{path} is not a file")
+        raise QueueError(f"{printable(str(path))} is not a file")
     text = path.read_bytes()
     if options:
         text = with_directives(text.decode(errors="surrogateescape"), options).encode(

@@ -419,6 +419,9 @@ def default_probe() -> GpuProbe | None:
 
 
 _RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
+# No host has more GPUs; a larger index is a typo, and "0-100000000" must not build a list
+# of a hundred million slots before anything can say so.
+MAX_GPU_INDEX = 1023
 
 
 def resolve_gpus(spec: str, *, probe: GpuProbe | None = None) -> list[int]:
@@ -451,6 +454,9 @@ def resolve_gpus(spec: str, *, probe: GpuProbe | None = None) -> list[int]:
             raise ValueError(f"--gpus {spec!r}: {part!r} is not a GPU index or range "
                              "(expected e.g. 0,1,3 or 0-3 or all)")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi > MAX_GPU_INDEX:
+            raise ValueError(f"--gpus {spec!r}: GPU index {hi} is too large "
+                             f"(at most {MAX_GPU_INDEX})")
         if hi < lo:
             raise ValueError(f"--gpus {spec!r}: range {part!r} runs backwards")
         for i in range(lo, hi + 1):

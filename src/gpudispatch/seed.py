@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
+from gpudispatch import argcheck
+from gpudispatch.argcheck import OptionError
 from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+from gpudispatch.gpus import MAX_GPU_INDEX
 from gpudispatch.store import FolderQueue
 
 
@@ -39,7 +43,17 @@ def seed_root(directory: str, gpu: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    queue = FolderQueue(seed_root(args.dir, args.gpu))
+    root = seed_root(args.dir, args.gpu)
+    try:  # one line and exit 2 for a value that would hang, spin or crash later
+        argcheck.seconds(args.wait, "--wait")
+        argcheck.count(args.gpu, "--gpu", minimum=0, maximum=MAX_GPU_INDEX)
+        for folder in (Path(os.path.expanduser(args.dir)), root):
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise OptionError(f"--dir: {folder} is not a folder")
+    except OptionError as exc:
+        print(f"jobdispatcher: {exc}", file=sys.stderr)
+        return 2
+    queue = FolderQueue(root)
     options = DispatcherOptions(slots=[args.gpu], wait=args.wait, drain=args.drain)
     return Dispatcher(queue, options).run()
 

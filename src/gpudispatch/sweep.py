@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from gpudispatch.job import DIRECTIVE_PREFIX, DirectiveError, parse_directives
-from gpudispatch.layout import is_job_name
+from gpudispatch.layout import is_job_name, name_problem, printable
 from gpudispatch.params import (
     Distribution,
     choice,
@@ -425,6 +425,11 @@ def build_sweep(
 def queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str) -> list[str]:
     """Queue every job, or none when a name is taken (checked for all before the first)."""
     names = [job.name for job in jobs]
+    for name in names:  # all-or-nothing: refuse before the first is queued
+        problem = name_problem(name)
+        if problem:
+            raise SweepError(f"job {printable(name)} {problem}; nothing was queued "
+                             "(set a shorter 'prefix' in the spec)")
     repeated = sorted({n for n in names if names.count(n) > 1})
     taken = [n for n in names if queue.locate(n) is not None]
     if repeated or taken:
