@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpudispatch import dispatcher as dispatcher_module
 from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+from gpudispatch.dispatcher import intake as intake_module
 from gpudispatch.store import FolderQueue
 
 
@@ -49,7 +49,7 @@ def test_file_still_open_for_writing_is_not_taken_until_closed(paused):
 
 def test_without_leases_a_file_is_taken_once_size_and_mtime_stay_still(paused, monkeypatch):
     queue, make = paused
-    monkeypatch.setattr(dispatcher_module, "read_if_complete",
+    monkeypatch.setattr(intake_module, "read_if_complete",
                         lambda path, st: (None, Path(path).read_bytes()))
     d = make(wait=1.0)
     path = queue.layout.queue / "a.sh"

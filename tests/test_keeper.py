@@ -1,40 +1,51 @@
-"""The keeper on its own: start, report, keep codes until recorded, outlive its dispatcher."""
+"""The keeper and the per-job monitor on their own: starts, ends, exit files that outlive
+every gpudispatch process, hand-overs in run order, and the job lock."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import pid_alive, wait_until
 
+from gpudispatch import procs
 from gpudispatch.job import JobState
-from gpudispatch.keeper import Exited, Handover, Keeper, SpawnRequest
-from gpudispatch.runner import read_exit_file
+from gpudispatch.keeper import (
+    Exited,
+    Handover,
+    HandoverReturned,
+    Keeper,
+    SpawnRequest,
+    Started,
+)
+from gpudispatch.monitor import monitor_argv, read_exit_file
 from gpudispatch.store import FolderQueue
 
 
 @pytest.fixture
 def setup(tmp_path):
     queue = FolderQueue(tmp_path / "root")
-    keeper = Keeper(queue, dict(os.environ), "testhost.1", 15.0)
+    keeper = Keeper(str(queue.layout.root), dict(os.environ))
     keeper.start()
     yield queue, keeper
     keeper.close()
 
 
-def request(queue: FolderQueue, name: str, body: str) -> SpawnRequest:
-    script = tmp_script(queue, name, body)
-    return SpawnRequest(name, [script], {"X": "1"}, queue.layout.job_log(name, 1),
-                        queue.layout.exit_file(name))
-
-
-def tmp_script(queue: FolderQueue, name: str, body: str) -> str:
-    path = queue.layout.script(JobState.RUNNING, name)
+def write(queue: FolderQueue, state: JobState, name: str, body: str) -> str:
+    path = queue.layout.script(state, name)
     with open(path, "w") as fh:
         fh.write(f"#!/bin/sh\n{body}\n")
     os.chmod(path, 0o755)
-    return path
+    return queue.layout.script(JobState.RUNNING, name)
+
+
+def request(queue: FolderQueue, name: str, attempt: int = 1) -> SpawnRequest:
+    path = queue.layout.script(JobState.RUNNING, name)
+    log = queue.layout.job_log(name, attempt)
+    return SpawnRequest(name, monitor_argv(["/bin/sh", path], True),
+                        {**queue.layout.job_env(name, attempt, [], log), "X": "1"}, log)
 
 
 def messages_until(keeper: Keeper, predicate, timeout=10.0) -> list:
@@ -48,70 +59,153 @@ def messages_until(keeper: Keeper, predicate, timeout=10.0) -> list:
     return seen
 
 
-def test_reports_start_and_exit_and_keeps_codes_until_forgotten(setup):
+def started(seen: list, name: str) -> Started:
+    return next(m for m in seen if isinstance(m, Started) and m.name == name)
+
+
+def test_reports_start_and_exit_and_the_monitor_writes_the_status(setup):
     queue, keeper = setup
-    keeper.spawn(request(queue, "a.sh", 'echo "out $X"; exit 3'))
+    write(queue, JobState.RUNNING, "a.sh", 'echo "out $X $0"; exit 3')
+    keeper.spawn(request(queue, "a.sh"), None)
     seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
-    started = [m for m in seen if not isinstance(m, Exited)]
-    assert started[0][:2] == ("started", "a.sh")
+    first = started(seen, "a.sh")
     exited = next(m for m in seen if isinstance(m, Exited))
-    assert exited.pid == started[0][2] and exited.code == 3
-    assert Path(queue.layout.job_log("a.sh", 1)).read_text() == "out 1\n"
-    # Reported, not yet recorded: nothing on disk while the dispatcher lives.
-    assert read_exit_file(queue.layout.exit_file("a.sh")) is None
+    assert (exited.name, exited.pid, exited.code) == ("a.sh", first.pid, 3)
+    log = Path(queue.layout.job_log("a.sh", 1)).read_text()
+    assert log == f"out 1 {queue.layout.script(JobState.RUNNING, 'a.sh')}\n"
+    status = read_exit_file(queue.layout.exit_file("a.sh"))
+    assert (status.attempt, status.code) == (1, 3)
 
 
-def test_codes_reported_but_not_recorded_are_written_when_the_dispatcher_goes(setup):
-    queue, keeper = setup
-    keeper.spawn(request(queue, "a.sh", "exit 4"))
-    keeper.spawn(request(queue, "b.sh", "exit 5"))
-    messages_until(keeper, lambda m: sum(isinstance(x, Exited) for x in m) == 2)
-    keeper.forget(queue.layout.exit_file("a.sh"))  # a.sh was recorded; b.sh was not
-    keeper.close()  # the dispatcher dies
-    wait_until(lambda: read_exit_file(queue.layout.exit_file("b.sh")) == 5)
-    assert read_exit_file(queue.layout.exit_file("a.sh")) is None
-
-
-def test_a_job_still_running_when_the_dispatcher_goes_gets_its_code_on_disk(setup, tmp_path):
+def test_the_exit_status_survives_the_death_of_keeper_and_dispatcher(setup, tmp_path):
     queue, keeper = setup
     gate = tmp_path / "gate"
-    keeper.spawn(request(queue, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 7"))
-    messages_until(keeper, lambda m: any(x[0] == "started" for x in m
-                                          if not isinstance(x, Exited)))
-    keeper.close()
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 7")
+    keeper.spawn(request(queue, "a.sh", attempt=2), None)
+    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    os.kill(keeper.pid, signal.SIGKILL)  # every gpudispatch process of this job is gone
+    wait_until(lambda: os.waitpid(keeper.pid, os.WNOHANG)[0] or not pid_alive(keeper.pid))
+    assert procs.pid_alive(pid)
     gate.touch()
-    wait_until(lambda: read_exit_file(queue.layout.exit_file("a.sh")) == 7)
+    wait_until(lambda: read_exit_file(queue.layout.exit_file("a.sh")) is not None)
+    status = read_exit_file(queue.layout.exit_file("a.sh"))
+    assert (status.attempt, status.code) == (2, 7)
+
+
+def test_a_sigterm_to_the_monitor_alone_does_not_stop_the_job(setup, tmp_path):
+    queue, keeper = setup
+    gate = tmp_path / "gate"
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    keeper.spawn(request(queue, "a.sh"), None)
+    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(pid, sig)
+    gate.touch()
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    assert next(m for m in seen if isinstance(m, Exited)).code == 0
+
+
+def test_sigkill_ends_the_job_but_not_its_monitor(setup):
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", "trap '' TERM; sleep 30 & wait")
+    keeper.spawn(request(queue, "a.sh"), None)
+    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    procs.signal_job(pid, signal.SIGTERM)  # ignored by the job
+    procs.signal_job(pid, signal.SIGKILL)
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    assert next(m for m in seen if isinstance(m, Exited)).code == 128 + signal.SIGKILL
+    assert read_exit_file(queue.layout.exit_file("a.sh")).code == 128 + signal.SIGKILL
+
+
+def test_the_lock_is_held_while_the_monitor_lives_and_freed_when_it_ends(setup, tmp_path):
+    queue, keeper = setup
+    gate = tmp_path / "gate"
+    write(queue, JobState.QUEUED, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    fd = queue.lock_job("a.sh", JobState.QUEUED)
+    assert fd is not None and queue.lock_job("a.sh", JobState.QUEUED) is None
+    assert queue.claim("a.sh")
+    keeper.spawn(request(queue, "a.sh"), fd)
+    messages_until(keeper, lambda m: m)
+    os.close(fd)  # the dispatcher dies: the monitor still holds the job
+    assert queue.lock_job("a.sh", JobState.RUNNING) is None
+    gate.touch()
+    messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    again = queue.lock_job("a.sh", JobState.RUNNING)
+    assert again is not None  # no owner left: one process may conclude it
+    os.close(again)
 
 
 def test_handover_claims_and_starts_the_next_job_when_the_first_ends(setup, tmp_path):
     queue, keeper = setup
     gate = tmp_path / "gate"
-    keeper.spawn(request(queue, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done"))
-    seen = messages_until(keeper, lambda m: m and m[0][0] == "started")
-    first_pid = seen[0][2]
-    queue.enqueue_text("b.sh", "#!/bin/sh\necho b\n")
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    keeper.spawn(request(queue, "a.sh"), None)
+    first = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    write(queue, JobState.QUEUED, "b.sh", "echo b")
     st = os.lstat(queue.layout.script(JobState.QUEUED, "b.sh"))
-    follow = SpawnRequest("b.sh", [queue.layout.script(JobState.RUNNING, "b.sh")], {},
-                          queue.layout.job_log("b.sh", 1), queue.layout.exit_file("b.sh"))
-    keeper.hand_over(Handover(follow, first_pid, (st.st_ino, st.st_size, st.st_mtime_ns)))
+    keeper.hand_over(Handover("b.sh", {first: request(queue, "b.sh")},
+                              (st.st_ino, st.st_size, st.st_mtime_ns)))
     assert queue.locate("b.sh") is JobState.QUEUED  # not claimed while a.sh runs
+    probe = queue.lock_job("b.sh", JobState.QUEUED)
+    assert probe is not None  # nor locked: another dispatcher may still take it
+    os.close(probe)
     gate.touch()
-    seen = messages_until(keeper, lambda m: any(not isinstance(x, Exited) and x[1] == "b.sh"
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Started) and x.name == "b.sh"
                                                 for x in m))
-    kinds = [("exited", m.pid) if isinstance(m, Exited) else m[:2] for m in seen]
-    assert kinds.index(("exited", first_pid)) < kinds.index(("started", "b.sh"))
+    follow = started(seen, "b.sh")
+    assert follow.after == first and follow.lock_fd is not None  # the lock comes with it
+    os.close(follow.lock_fd)
     assert queue.locate("b.sh") is JobState.RUNNING
 
 
-def test_handover_of_a_job_taken_meanwhile_is_not_claimed(setup, tmp_path):
+def test_a_job_that_may_follow_either_of_two_starts_after_the_first_to_end(setup, tmp_path):
     queue, keeper = setup
-    keeper.spawn(request(queue, "a.sh", "true"))
+    gates = {n: tmp_path / f"gate-{n}" for n in ("a", "b")}
+    pids = {}
+    for n in ("a", "b"):
+        write(queue, JobState.RUNNING, f"{n}.sh",
+              f"while [ ! -e {gates[n]} ]; do sleep 0.02; done")
+        keeper.spawn(request(queue, f"{n}.sh"), None)
+        pids[n] = started(messages_until(keeper, lambda m: m), f"{n}.sh").pid
+    for n in ("c", "d"):
+        write(queue, JobState.QUEUED, f"{n}.sh", "true")
+    st = {n: os.lstat(queue.layout.script(JobState.QUEUED, f"{n}.sh")) for n in ("c", "d")}
+    # c may follow either; d was handed over after it, and may only follow a.sh.
+    keeper.hand_over(Handover("c.sh", {pids["a"]: request(queue, "c.sh"),
+                                       pids["b"]: request(queue, "c.sh")},
+                              (st["c"].st_ino, st["c"].st_size, st["c"].st_mtime_ns)))
+    keeper.hand_over(Handover("d.sh", {pids["a"]: request(queue, "d.sh")},
+                              (st["d"].st_ino, st["d"].st_size, st["d"].st_mtime_ns)))
+    gates["a"].touch()  # a.sh ends first: c.sh, the earlier, takes its place, not d.sh
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Started) for x in m))
+    assert [m.name for m in seen if isinstance(m, Started)] == ["c.sh"]
+    assert started(seen, "c.sh").after == pids["a"]
+    assert queue.locate("d.sh") is JobState.QUEUED
+    gates["b"].touch()
+
+
+def test_handover_of_a_job_taken_meanwhile_is_returned(setup):
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", "true")
+    keeper.spawn(request(queue, "a.sh"), None)
     seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
     pid = next(m for m in seen if isinstance(m, Exited)).pid
-    queue.enqueue_text("b.sh", "#!/bin/sh\n")
+    write(queue, JobState.QUEUED, "b.sh", "true")
     assert queue.claim("b.sh")  # someone else took it
-    follow = SpawnRequest("b.sh", ["/bin/true"], {}, queue.layout.job_log("b.sh", 1),
-                          queue.layout.exit_file("b.sh"))
-    keeper.hand_over(Handover(follow, pid, (0, 0, 0)))
-    seen = messages_until(keeper, lambda m: bool(m))
-    assert seen == [("not-claimed", "b.sh", None)]
+    keeper.hand_over(Handover("b.sh", {pid: request(queue, "b.sh")}, (0, 0, 0)))
+    assert messages_until(keeper, lambda m: bool(m)) == [HandoverReturned("b.sh", "taken")]
+
+
+def test_withdrawn_handover_stays_queued(setup, tmp_path):
+    queue, keeper = setup
+    gate = tmp_path / "gate"
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    keeper.spawn(request(queue, "a.sh"), None)
+    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    write(queue, JobState.QUEUED, "b.sh", "true")
+    keeper.hand_over(Handover("b.sh", {pid: request(queue, "b.sh")}, (0, 0, 0)))
+    keeper.withdraw("b.sh")
+    assert messages_until(keeper, lambda m: bool(m)) == [HandoverReturned("b.sh", "withdrawn")]
+    gate.touch()
+    messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    assert queue.locate("b.sh") is JobState.QUEUED

@@ -72,7 +72,7 @@ def test_cold_stop_kills_the_group_and_requeues_with_reason(tmp_path, root, laun
     again = record(root, "a.sh")
     assert "cold stop" in again["reason"]
     assert again["attempts"] == 1
-    assert again["exit_code"] == -signal.SIGTERM
+    assert again["exit_code"] == 128 + signal.SIGTERM  # as its monitor (a shell) saw it
     assert read_lines(runs) == ["a.sh"]
     assert not gate.exists()
     # The requeued job runs again on the next start, counted as a second attempt.

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpudispatch import peers, runner
+from gpudispatch import procs
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
@@ -79,9 +79,14 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
     state = _require(queue, name)
     layout = queue.layout
     if state is JobState.QUEUED:
-        if queue.claim(name):
-            _fail_cancelled(queue, name)
-            return f"{name}: removed from the queue (cancelled)"
+        lock_fd = queue.lock_job(name, JobState.QUEUED)
+        try:
+            if queue.claim(name):  # the rename decides, whoever else holds its lock
+                _fail_cancelled(queue, name)
+                return f"{name}: removed from the queue (cancelled)"
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
         state = _require(queue, name)  # a dispatcher took it meanwhile
     if state is not JobState.RUNNING:
         raise QueueError(f"{name} is {state.value}; only queued or running jobs can be cancelled")
@@ -92,26 +97,25 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         cancel_slurm(layout.root, name)
         return f"{name}: scancel sent for Slurm job {record.backend_id} (cancelled)"
     write_atomic(layout.cancel_request(name), now_iso().encode(), layout.tmp)
+    lock_fd = queue.lock_job(name, JobState.RUNNING)
+    if lock_fd is not None:  # no dispatcher and no monitor holds it: nothing runs it
+        try:
+            _fail_cancelled(queue, name)
+        finally:
+            os.close(lock_fd)
+        return f"{name}: was not running any more (cancelled)"
     if record.host not in (None, HOST):
         return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
-    pid = record.pid if runner.is_job_process(record.pid, layout.exit_file(name)) else None
-    if pid is None:
-        found = runner.find_jobs(str(layout.exits)).get(name)
-        pid = found.pid if found else None
-    if pid is None:
-        if peers.owner_alive(layout, record.dispatcher):  # claimed, not started yet
-            return f"{name}: cancel requested; its dispatcher will stop it as it starts"
-        _fail_cancelled(queue, name)  # nothing runs it: conclude it ourselves
-        return f"{name}: was not running any more (cancelled)"
-    runner.kill_group(pid, signal.SIGTERM)
+    monitor = procs.find_monitors(str(layout.exits)).get(name)
+    if monitor is None:
+        return f"{name}: cancel requested; its dispatcher will stop it as it starts"
+    # Stop it now; whoever owns it (its dispatcher, or the next one) records the end.
+    procs.signal_job(monitor.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while runner.group_alive(pid) and time.monotonic() < deadline:
+    while procs.same_process(monitor.pid, monitor.started) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if runner.group_alive(pid):
-        runner.kill_group(pid, signal.SIGKILL)
-    # The owning dispatcher records the end; if none is alive, we do.
-    if not peers.owner_alive(layout, record.dispatcher) and queue.locate(name) is JobState.RUNNING:
-        _fail_cancelled(queue, name)
+    if procs.same_process(monitor.pid, monitor.started):
+        procs.signal_job(monitor.pid, signal.SIGKILL)
     return f"{name}: stopped (cancelled)"
 
 
@@ -120,12 +124,8 @@ def _fail_cancelled(queue: FolderQueue, name: str) -> None:
     record.reason = "cancelled"
     record.ended_at = now_iso()
     record.extra.pop("requeued", None)
-    queue.write_record(record)
-    queue.move(name, JobState.RUNNING, JobState.FAILED)
-    try:
-        os.unlink(queue.layout.cancel_request(name))
-    except FileNotFoundError:
-        pass
+    queue.conclude(name, record, JobState.FAILED)
+    queue.drop_cancel_request(name)
 
 
 def retry(queue: FolderQueue, name: str) -> str:

@@ -1,50 +1,97 @@
-"""The keeper: a small process that starts jobs and outlives the dispatcher.
+"""The keeper: the process that starts jobs (through their monitors) and refills slots.
 
-The dispatcher forks one keeper when it starts. The keeper spawns each job (its own
-session, so its group can be killed), waits for it and tells the dispatcher, keeping
-the exit code until the dispatcher says it has recorded it (``forget``). When the
-dispatcher dies (even by ``kill -9``) the keeper writes every code not yet recorded
-to ``.gpudispatch/exit/NAME`` and goes on until its jobs end and their codes are on
-disk, so a restarted dispatcher concludes them instead of running them again.
+The dispatcher starts one keeper (``python -m gpudispatch.keeper``, exec'd, so it never
+inherits the dispatcher's threads). It spawns each job's monitor in a session of its
+own, reports starts and ends, and holds *hand-overs*: jobs to claim and start the moment
+a running one ends, without a round trip through the dispatcher.
 
-One keeper per dispatcher, rather than a shell per job, keeps a second ``exec`` and,
-while the dispatcher lives, any file creation off every job's path: creating a file
-costs 0.3 to 1 ms on the disks this runs on, more than starting ``/bin/sh``.
+It owns no outcome: each monitor writes its job's exit status under ROOT, so the keeper,
+like the dispatcher, may die at any moment. When the dispatcher goes, the keeper drops
+its hand-overs (they stay queued) and exits; the monitors carry on alone.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
-import time
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field, replace
 
-from gpudispatch import peers
+from gpudispatch import procs
 from gpudispatch.job import JobState
-from gpudispatch.store import FolderQueue, write_atomic
+from gpudispatch.layout import EXIT_FILE_ENV
+from gpudispatch.monitor import LOCK_FD
+from gpudispatch.store import FolderQueue
 from gpudispatch.watch import drain_pipe
 
-# Environment marker that lets a restarted dispatcher find a job by its exit file.
-EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"
 _MAX_MESSAGE = 1 << 20
+_SOCKET_FD = 3  # where the keeper finds its end of the socket pair
 
 
+# --- requests (dispatcher -> keeper) -------------------------------------------------------
 @dataclass(frozen=True)
 class SpawnRequest:
     name: str
-    argv: list[str]
-    env: dict[str, str]
+    argv: list[str]  # the monitor's
+    env: dict[str, str]  # added to the keeper's environment
     log_path: str
-    exit_path: str
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Start ``name`` the moment one of the processes in ``variants`` ends, in that one's
+    slots (each variant is the request for those slots), claiming it only then.
+
+    The job stays in ``queue/`` until the claim, so a cancel, another dispatcher or the
+    user may still take it. The keeper holds several in run order and, when a job ends,
+    starts the first that may follow it: a later job never overtakes an earlier one.
+    """
+
+    name: str
+    variants: dict[int, SpawnRequest]  # monitor pid followed -> request
+    identity: tuple[int, int, int]  # inode, size, mtime of the script the dispatcher checked
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    name: str
+
+
+# --- reports (keeper -> dispatcher) --------------------------------------------------------
+@dataclass(frozen=True)
+class Started:
+    name: str
+    pid: int  # the monitor's
+    started: int | None  # its start time (with the pid, its identity)
+    after: int | None = None  # for a hand-over: the pid it followed (which slots it took)
+    lock_fd: int | None = None  # for a hand-over: the job's lock the keeper took (received)
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    name: str
+    error: str
 
 
 @dataclass(frozen=True)
 class Exited:
+    name: str
     pid: int
-    code: int
+    code: int  # the monitor's status: the job's exit code, or < 0 if the monitor was killed
+
+
+@dataclass(frozen=True)
+class HandoverReturned:
+    """A hand-over did not start. ``why``: ``withdrawn`` (asked, or paused), ``taken``
+    (someone else claimed or removed it), ``changed`` (claimed, but the script changed
+    since it was checked: the dispatcher checks and starts it itself)."""
+
+    name: str
+    why: str
 
 
 # (Python itself ignores SIGPIPE and SIGXFSZ, as subprocess's restore_signals knows.)
@@ -52,48 +99,96 @@ _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, 
 
 
 class KeeperGone(Exception):
-    """The keeper process ended; jobs it started can no longer report."""
+    """The keeper process ended; the dispatcher watches its jobs' monitors directly."""
 
 
-def _spawn(request: SpawnRequest, base_env: dict[str, str]) -> int:
-    return os.posix_spawn(
-        request.argv[0],
-        request.argv,
-        {**base_env, **request.env, EXIT_FILE_ENV: request.exit_path},
-        setsid=True,
-        # The keeper ignores these; ignored dispositions survive exec, and a job that
-        # ignores SIGTERM cannot be stopped gently (nor a pipeline end on SIGPIPE).
-        setsigdef=_RESET_SIGNALS,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, request.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-             0o644),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-        ],
-    )
+def spawn_monitor(request: SpawnRequest, lock_fd: int | None) -> int:
+    """Start a job's monitor in a session of its own, its output to the job's log."""
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        # Never through a planted symlink; a FIFO there fails instead of blocking us.
+        (os.POSIX_SPAWN_OPEN, 1, request.log_path,
+         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    moved = os.dup(lock_fd) if lock_fd == LOCK_FD else None  # dup2 onto itself keeps CLOEXEC
+    if lock_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, moved if moved is not None else lock_fd, LOCK_FD))
+    try:
+        return os.posix_spawn(
+            request.argv[0], request.argv, {**os.environ, **request.env}, setsid=True,
+            # Ignored dispositions survive exec: a job that ignores SIGTERM cannot be
+            # stopped gently (nor a pipeline end on SIGPIPE).
+            setsigdef=_RESET_SIGNALS, file_actions=actions,
+        )
+    finally:
+        if moved is not None:
+            os.close(moved)
 
 
-@dataclass(frozen=True)
-class Handover:
-    """Start ``request`` the moment process ``after_pid`` ends, claiming it only then.
+@dataclass
+class _KeeperState:
+    queue: FolderQueue
+    sock: socket.socket
+    children: dict[int, str] = field(default_factory=dict)  # monitor pid -> job name
+    handovers: list[Handover] = field(default_factory=list)  # in run order
 
-    The next job of a busy slot waits here, so that a slot is refilled without a round
-    trip through the dispatcher; it stays in ``queue/`` until the claim, so a cancel,
-    another dispatcher or the user may still take it, and a dispatcher that dies leaves
-    nothing half started.
-    """
+    def send(self, message) -> None:
+        self.sock.send(pickle.dumps(message))
 
-    request: SpawnRequest
-    after_pid: int
-    identity: tuple[int, int, int]  # inode, size, mtime of the script the dispatcher checked
+    def send_started(self, message) -> None:
+        """Send a report; a hand-over's start carries the lock the keeper took for it."""
+        fd = getattr(message, "lock_fd", None)
+        if fd is None:
+            self.send(message)
+            return
+        try:
+            socket.send_fds(self.sock, [pickle.dumps(replace(message, lock_fd=None))], [fd])
+        finally:
+            os.close(fd)
+
+    def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None):
+        try:
+            os.unlink(request.env[EXIT_FILE_ENV])  # an earlier run's
+        except OSError:
+            pass
+        try:
+            pid = spawn_monitor(request, lock_fd)
+        except OSError as exc:
+            return SpawnFailed(request.name, str(exc))
+        finally:
+            if lock_fd is not None and after is None:
+                os.close(lock_fd)  # the monitor and the dispatcher hold it now
+        self.children[pid] = request.name
+        return Started(request.name, pid, procs.start_time(pid), after,
+                       lock_fd if after is not None else None)
+
+    def hand_over(self, handover: Handover, after: int):
+        """Lock, claim and start a handed-over job (the lock goes to the dispatcher with
+        the start; until this moment, other dispatchers could take the job)."""
+        if self.queue.is_paused():
+            return HandoverReturned(handover.name, "withdrawn")
+        lock_fd = self.queue.lock_job(handover.name, JobState.QUEUED)
+        if lock_fd is None or not self.queue.claim(handover.name):
+            if lock_fd is not None:
+                os.close(lock_fd)
+            return HandoverReturned(handover.name, "taken")
+        st = os.fstat(lock_fd)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
+            os.close(lock_fd)  # changed since checked: the dispatcher checks it again
+            return HandoverReturned(handover.name, "changed")
+        return self.start(handover.variants[after], lock_fd, after)
+
+    def follower(self, pid: int) -> Handover | None:
+        for i, handover in enumerate(self.handovers):
+            if pid in handover.variants:
+                del self.handovers[i]
+                return handover
+        return None
 
 
-def _keeper_loop(
-    sock: socket.socket, queue: FolderQueue, base_env: dict[str, str], owner: str,
-    every: float,
-) -> None:
-    """Run in the forked keeper until the dispatcher is gone and every job has ended."""
-    os.setsid()  # no terminal: a Ctrl-C meant for the dispatcher must not reach us
+def run_keeper(sock: socket.socket, queue: FolderQueue) -> None:
+    """Serve one dispatcher until it goes; then leave the monitors to themselves."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
@@ -104,207 +199,154 @@ def _keeper_loop(
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "sock")
     selector.register(wake_r, selectors.EVENT_READ, "child")
-    tmp_dir = str(queue.layout.tmp)
-    children: dict[int, str] = {}  # pid -> exit file
-    unrecorded: dict[str, int] = {}  # exit file -> code the dispatcher has not recorded
-    handovers: dict[int, Handover] = {}  # pid of the running job -> the job to follow it
-    connected = True
+    state = _KeeperState(queue, sock)
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "child":
+                    drain_pipe(wake_r)
+                elif not _serve(state):
+                    return
+            _reap(state)
+    except OSError:  # the dispatcher is gone (the socket broke)
+        return
 
-    def save(exit_path: str, code: int) -> None:
-        write_atomic(exit_path, f"{code}\n".encode(), tmp_dir)
 
-    def disconnect() -> None:
-        nonlocal connected
-        if connected:
-            connected = False
-            selector.unregister(sock)
-            handovers.clear()  # nobody would record them: leave them queued
-            for exit_path, code in unrecorded.items():
-                save(exit_path, code)
-            unrecorded.clear()
-
-    def send(message) -> None:
-        if connected:
-            try:
-                sock.send(pickle.dumps(message))
-            except OSError:
-                disconnect()
-
-    def start(request: SpawnRequest):
-        unrecorded.pop(request.exit_path, None)
-        try:
-            os.unlink(request.exit_path)  # a stale code must not outlive its run
-        except FileNotFoundError:
-            pass
-        try:
-            pid = _spawn(request, base_env)
-        except OSError as exc:
-            return ("error", request.name, str(exc))
-        children[pid] = request.exit_path
-        return ("started", request.name, pid)
-
-    def hand_over(handover: Handover):
-        name = handover.request.name
-        if queue.is_paused():  # paused since it was handed over: give it back
-            return ("withdrawn", name, None)
-        if not queue.claim(name):
-            return ("not-claimed", name, None)
-        try:
-            st = os.lstat(queue.layout.script(JobState.RUNNING, name))
-        except FileNotFoundError:
-            return ("not-claimed", name, None)
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
-            return ("claimed", name, None)  # changed since checked: the dispatcher decides
-        return start(handover.request)
-
-    next_beat = 0.0
-    while connected or children:
-        if not connected and time.monotonic() >= next_beat:
-            # The dispatcher is gone but its jobs run on: peers on other hosts must not
-            # take them over, so keep its heartbeat going until they end.
-            next_beat = time.monotonic() + every
-            peers.heartbeat(queue.layout, owner)
-        timeout = min(1.0, every) if children else None
-        for key, _ in selector.select(timeout):
-            if key.data == "child":
-                drain_pipe(wake_r)
-                continue
-            try:
-                data = sock.recv(_MAX_MESSAGE)
-            except OSError:
-                data = b""
-            if not data:
-                disconnect()
-                continue
-            message = pickle.loads(data)
-            if isinstance(message, SpawnRequest):
-                send(start(message))
-            elif isinstance(message, Handover):
-                if message.after_pid in children:
-                    handovers[message.after_pid] = message
-                else:  # it ended already
-                    send(hand_over(message))
-            elif message[0] == "withdraw":
-                for pid, handover in list(handovers.items()):
-                    if handover.request.name == message[1]:
-                        del handovers[pid]
-                        send(("withdrawn", message[1], None))
-            elif message[0] == "forget":
-                unrecorded.pop(message[1], None)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                children.clear()
+def _serve(state: _KeeperState) -> bool:
+    """Act on one request; False once the dispatcher has gone."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(state.sock, _MAX_MESSAGE, 1)
+    except OSError:
+        return False
+    if not data:
+        return False
+    message = pickle.loads(data)
+    if isinstance(message, SpawnRequest):
+        state.send(state.start(message, fds[0] if fds else None))
+    elif isinstance(message, Handover):
+        ended = next((pid for pid in message.variants if pid not in state.children), None)
+        if ended is None:
+            state.handovers.append(message)
+        else:  # what it follows has ended already
+            state.send_started(state.hand_over(message, ended))
+    elif isinstance(message, Withdraw):
+        for i, handover in enumerate(state.handovers):
+            if handover.name == message.name:
+                del state.handovers[i]
+                state.send(HandoverReturned(message.name, "withdrawn"))
                 break
-            if pid == 0:
-                break
-            exit_path = children.pop(pid, None)
-            if exit_path is None:
-                continue
-            handover = handovers.pop(pid, None)
-            follow = hand_over(handover) if handover else None  # refill the slot first
-            code = os.waitstatus_to_exitcode(status)
-            if connected:
-                unrecorded[exit_path] = code
-                send(Exited(pid, code))
-                if follow:
-                    send(follow)
-            if not connected:
-                save(exit_path, code)
-    if not connected:
-        peers.unregister(queue.layout, owner)  # its last jobs' codes are on disk
+    return True
+
+
+def _reap(state: _KeeperState) -> None:
+    while state.children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        name = state.children.pop(pid, None)
+        if name is None:
+            continue
+        follow = state.follower(pid)
+        started = state.hand_over(follow, pid) if follow else None  # refill the slot first
+        state.send(Exited(name, pid, os.waitstatus_to_exitcode(status)))
+        if started is not None:
+            state.send_started(started)
 
 
 class Keeper:
-    """The dispatcher's handle on its keeper process."""
+    """The dispatcher's handle on its keeper process (the real launcher)."""
 
-    def __init__(self, queue: FolderQueue, base_env: dict[str, str], owner: str,
-                 heartbeat: float) -> None:
-        self._queue = queue
-        self._owner, self._heartbeat = owner, heartbeat
-        self._base_env = base_env  # requests carry only what each job adds to it
+    def __init__(self, root: str, base_env: dict[str, str]) -> None:
+        self._root = root
+        self._base_env = base_env
         self.pid: int | None = None
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
-        """Fork the keeper; call before any thread starts (fork copies only this one)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # the keeper
-            code = 0
-            try:
-                ours.close()
-                _keeper_loop(theirs, self._queue, self._base_env, self._owner,
-                             self._heartbeat)
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid, self._sock = pid, ours
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable, [sys.executable, "-m", "gpudispatch.keeper", self._root],
+                self._base_env, setsid=True,  # a Ctrl-C meant for the dispatcher is not ours
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), _SOCKET_FD)],
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)  # recv_fds ignores MSG_DONTWAIT on a blocking socket
+        self._sock = ours
 
     def fileno(self) -> int:
         assert self._sock is not None
         return self._sock.fileno()
 
-    def spawn(self, request: SpawnRequest) -> None:
-        """Ask for a job to start; its pid (or error) arrives later from :meth:`messages`.
-
-        Not waiting lets the dispatcher record the last job while this one starts.
-        """
-        self._send(request)
+    def spawn(self, request: SpawnRequest, lock_fd: int | None) -> None:
+        """Ask for a job to start; :class:`Started` or :class:`SpawnFailed` comes later."""
+        self._send(request, lock_fd)
 
     def hand_over(self, handover: Handover) -> None:
-        """Queue a job to claim and start as soon as ``handover.after_pid`` ends."""
         self._send(handover)
 
     def withdraw(self, name: str) -> None:
-        """Take back a hand-over; ``("withdrawn", name, None)`` comes if it was in time."""
-        self._send(("withdraw", name))
+        """Take back a hand-over; :class:`HandoverReturned` comes if it was in time."""
+        self._send(Withdraw(name))
 
-    def forget(self, exit_path: str) -> None:
-        """The dispatcher has recorded this outcome: the keeper may drop the code."""
-        self._send(("forget", exit_path))
+    def signal(self, monitor_pid: int, sig: int) -> None:
+        procs.signal_job(monitor_pid, sig)
 
     def messages(self) -> list:
-        """Messages since the last call, in order (never blocks): :class:`Exited`, and
-        ``(kind, name, detail)`` with kind ``started`` (detail: pid), ``error`` (text),
-        and for hand-overs ``not-claimed``, ``claimed`` (changed since checked: start it
-        yourself) and ``withdrawn``."""
+        """Reports since the last call, in order (never blocks)."""
         out = []
         while True:
-            message = self._receive()
-            if message is None:
+            if self._sock is None:
+                raise KeeperGone("keeper is closed")
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self._sock, _MAX_MESSAGE, 1)
+            except (BlockingIOError, InterruptedError):
                 return out
-            out.append(message)
+            except OSError as exc:
+                raise KeeperGone(f"keeper is gone: {exc}") from None
+            if not data:
+                raise KeeperGone("keeper exited")
+            message = pickle.loads(data)
+            out.append(replace(message, lock_fd=fds[0]) if fds else message)
 
     def close(self) -> None:
-        """Let the keeper exit once its jobs have ended."""
+        """Let the keeper go (running jobs carry on under their monitors)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self.pid is not None:
+            try:
+                os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
-    def _send(self, message) -> None:
+    def _send(self, message, fd: int | None = None) -> None:
         if self._sock is None:
             raise KeeperGone("keeper is closed")
-        try:
-            self._sock.send(pickle.dumps(message))
-        except OSError as exc:
-            raise KeeperGone(f"keeper is gone: {exc}") from None
+        data = pickle.dumps(message)
+        while True:
+            try:
+                socket.send_fds(self._sock, [data], [fd] if fd is not None else [])
+                return
+            except BlockingIOError:  # the keeper is behind: wait until it reads
+                select.select([], [self._sock], [], 1.0)
+            except OSError as exc:
+                raise KeeperGone(f"keeper is gone: {exc}") from None
 
-    def _receive(self):
-        if self._sock is None:
-            raise KeeperGone("keeper is closed")
-        try:
-            data = self._sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as exc:  # the keeper died (connection reset)
-            raise KeeperGone(f"keeper is gone: {exc}") from None
-        if not data:
-            raise KeeperGone("keeper exited")
-        return pickle.loads(data)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sock = socket.socket(fileno=_SOCKET_FD)
+    run_keeper(sock, FolderQueue(argv[0], create=False))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, not __main__'s: the messages unpickle as its classes.
+    from gpudispatch.keeper import main as keeper_main
+
+    sys.exit(keeper_main())

@@ -13,6 +13,15 @@ from pathlib import Path
 from gpudispatch.job import JobState
 
 ROOT_ENV = "GPUDISPATCH_ROOT"
+# What a job finds in its environment (and the on-finish hook, in HOOK_*).
+JOB_ENV = "GPUDISPATCH_JOB"
+ATTEMPT_ENV = "GPUDISPATCH_ATTEMPT"
+LOG_ENV = "GPUDISPATCH_LOG"
+METRICS_ENV = "GPUDISPATCH_METRICS"
+EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # where the monitor writes; also finds it after a crash
+HOOK_STATE_ENV = "GPUDISPATCH_STATE"
+HOOK_EXIT_CODE_ENV = "GPUDISPATCH_EXIT_CODE"
+HOOK_REASON_ENV = "GPUDISPATCH_REASON"
 DEFAULT_ROOT = "~/gpudispatch"
 
 STATE_DIRS: dict[JobState, str] = {
@@ -101,7 +110,9 @@ class Layout:
     """
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(os.path.abspath(os.path.expanduser(root)))
+        # Resolved: the same queue reached through a symlink must compare equal, or a
+        # restarted dispatcher would not recognise its own running jobs.
+        self.root = Path(os.path.realpath(os.path.expanduser(root)))
         self.queue = self.root / "queue"
         self.running = self.root / "running"
         self.completed = self.root / "completed"
@@ -109,7 +120,7 @@ class Layout:
         self.logs = self.root / "logs"
         self.logfile = self.root / "logfile.txt"
         self.state = self.root / ".gpudispatch"
-        self.exits = self.state / "exit"  # exit codes written by each job's supervisor
+        self.exits = self.state / "exit"  # exit statuses written by each job's monitor
         self.cancels = self.state / "cancel"
         self.dispatchers = self.state / "dispatchers"
         self.paused_flag = self.state / "paused"
@@ -142,6 +153,18 @@ class Layout:
 
     def metrics(self, name: str) -> str:
         return f"{self._logs}{name}.metrics.json"
+
+    def job_env(self, name: str, attempt: int, gpus: list[int], log: str) -> dict[str, str]:
+        """What a job's environment adds to the dispatcher's."""
+        return {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            JOB_ENV: name,
+            ROOT_ENV: str(self.root),
+            ATTEMPT_ENV: str(attempt),
+            LOG_ENV: log,
+            METRICS_ENV: self.metrics(name),
+            EXIT_FILE_ENV: self.exit_file(name),
+        }
 
     def exit_file(self, name: str) -> str:
         return f"{self.exits}/{name}"

@@ -1,9 +1,9 @@
 """Which dispatchers serve a queue: registration, heartbeats, and who is still alive.
 
-Each dispatcher keeps a file ``.gpudispatch/dispatchers/HOST.PID`` fresh (and, once it
-is gone, its keeper does, while jobs it started still run). A dispatcher on this host is
-alive while its pid is; one on another host (a shared filesystem) while its file was
-touched within three heartbeats: only then do its jobs become another's to settle.
+Each dispatcher keeps a file ``.gpudispatch/dispatchers/HOST.PID`` fresh. A dispatcher on
+this host is alive while its pid is; one on another host (a shared filesystem) while its
+file was touched within three heartbeats. Whether a *job* still has an owner is not read
+from heartbeats but from its lock (``store.lock_job``), which a frozen or slow peer keeps.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from gpudispatch import runner
+from gpudispatch import procs
 from gpudispatch.job import JobState, now_iso
 from gpudispatch.layout import Layout
 from gpudispatch.store import HOST, write_atomic
@@ -42,7 +42,7 @@ def owner_alive(layout: Layout, owner: str | None, every: float = HEARTBEAT_SECO
         return False
     host, _, pid = owner.rpartition(".")
     if host == HOST:
-        return pid.isdigit() and runner.pid_alive(int(pid))
+        return pid.isdigit() and procs.pid_alive(int(pid))
     try:
         beat = os.stat(layout.dispatcher_file(owner)).st_mtime
     except FileNotFoundError:

@@ -20,9 +20,10 @@ from typing import Any
 
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, safe_iso
+from gpudispatch.layout import METRICS_ENV
 from gpudispatch.store import FolderQueue
 
-METRICS_ENV = "GPUDISPATCH_METRICS"
+__all__ = ["METRICS_ENV"]  # re-exported: jobs import it from here
 BASE_COLUMNS = ("name", "state", "duration_s", "gpus")
 PARAM_PREFIX = "param."
 METRIC_PREFIX = "metric."

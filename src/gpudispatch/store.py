@@ -6,10 +6,12 @@ temporary name first, so a crash at any instant leaves each job in exactly one f
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import logging
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +239,81 @@ class FolderQueue:
             if self.locate(candidate) is None:
                 return candidate
         raise AssertionError("unreachable")
+
+    # --- owning and settling a job -----------------------------------------------------
+    def lock_job(self, name: str, state: JobState) -> int | None:
+        """A descriptor holding an exclusive ``flock`` on a job's script, or None when
+        another process holds it (or the script is gone, or is not a regular file).
+
+        The lock lives on the script's inode, so it follows the job from ``queue/`` to
+        ``running/``. The dispatcher takes it before the claim and hands it to the job's
+        monitor: it stays held while either lives, so a job in ``running/`` whose lock can
+        be taken has no owner left, and exactly one process can conclude it.
+        """
+        try:
+            fd = os.open(self.layout.script(state, name),
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BlockingIOError
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def unlockable(self, name: str, state: JobState) -> bool:
+        """A file that is there but cannot carry a lock (a symlink, FIFO, folder...): it
+        is claimed by the rename alone, and only ever to be failed with a reason."""
+        try:
+            return not stat.S_ISREG(os.lstat(self.layout.script(state, name)).st_mode)
+        except OSError:
+            return False
+
+    def holds(self, fd: int, name: str, state: JobState) -> bool:
+        """Whether the script locked through ``fd`` is still the one at ``state/name``."""
+        try:
+            return os.lstat(self.layout.script(state, name)).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            return False
+
+    def fresh_record(self, name: str) -> JobRecord:
+        """The record a new run continues: a requeued job keeps its attempts, and a name
+        dropped again after it ended starts over."""
+        record = self.read_record(name)
+        if record.ended_at and not record.extra.get("requeued"):
+            record = JobRecord(name=name)
+        record.extra.pop("requeued", None)
+        return record
+
+    def conclude(self, name: str, record: JobRecord, state: JobState,
+                 src: JobState = JobState.RUNNING) -> bool:
+        """Record a job's end and move it to ``state`` (the caller holds its lock)."""
+        self.write_record(record)
+        return self.move(name, src, state)
+
+    def requeue(self, name: str, record: JobRecord, src: JobState = JobState.RUNNING) -> bool:
+        """Put a job back in the queue; its record says why and keeps its attempts."""
+        record.extra["requeued"] = True
+        self.write_record(record)
+        return self.move(name, src, JobState.QUEUED)
+
+    def drop_exit_file(self, name: str) -> None:
+        try:
+            os.unlink(self.layout.exit_file(name))
+        except FileNotFoundError:
+            pass
+
+    def cancel_requested(self, name: str) -> bool:
+        return os.path.lexists(self.layout.cancel_request(name))
+
+    def drop_cancel_request(self, name: str) -> None:
+        try:
+            os.unlink(self.layout.cancel_request(name))
+        except FileNotFoundError:
+            pass
 
     # --- flags -------------------------------------------------------------------------
     def is_paused(self) -> bool:

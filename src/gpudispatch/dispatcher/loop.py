@@ -1,0 +1,892 @@
+"""The local dispatcher: ``tick(now)`` runs a list of named steps; ``run()`` waits and ticks.
+
+Everything that must survive a death is on disk: the job's place (its folder), its record,
+its lock (held by this process and by the job's monitor) and its exit status (written by
+the monitor). This object holds only what it is doing now, which any dispatcher rebuilds
+from the folder (``recovery``). Signal handlers only count requests (as huey's consumer);
+the steps act on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gpudispatch import peers, procs
+from gpudispatch.dispatcher.bookkeeping import Settlement, Writer, create_empty, remove_if_empty
+from gpudispatch.dispatcher.handover import choose_followers
+from gpudispatch.dispatcher.hooks import Hooks
+from gpudispatch.dispatcher.intake import Intake
+from gpudispatch.dispatcher.recovery import Orphan, find_orphans
+from gpudispatch.dispatcher.running import Phase, RunningJob
+from gpudispatch.gpus import DEFAULT_BUSY_THRESHOLD, GpuProbe, GpuProbeError
+from gpudispatch.gpuview import GpuView
+from gpudispatch.job import Directives, JobRecord, JobState, now_iso, parse_iso
+from gpudispatch.keeper import (
+    Exited,
+    Handover,
+    HandoverReturned,
+    Keeper,
+    KeeperGone,
+    SpawnFailed,
+    SpawnRequest,
+    Started,
+)
+from gpudispatch.layout import METRICS_ENV
+from gpudispatch.monitor import monitor_argv, read_exit_file
+from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, oom_in_tail
+from gpudispatch.scheduler import (
+    DEFAULT_RESERVE_AFTER,
+    QueuedJob,
+    SlotState,
+    impossible_reason,
+    plan,
+)
+from gpudispatch.scriptcheck import ScriptRejected, check_script, read_head
+from gpudispatch.store import HOST, FolderQueue
+from gpudispatch.watch import FolderWatcher, drain_pipe
+
+# A job's start record waits this long: most trivial jobs are over by then and need
+# one record write instead of two. A crash in between loses nothing (see recovery).
+RECORD_DELAY_SECONDS = 0.05
+CANCEL_CHECK_SECONDS = 0.5  # cancel requests from other hosts, when no file event says so
+WATCH_POLL_SECONDS = 0.2  # watched jobs without a pidfd, or waiting for their lock
+LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+
+
+class Launcher(Protocol):
+    """What starts jobs: the keeper process, or a fake in tests (see ``tests/fakes``)."""
+
+    def start(self) -> None: ...
+    def fileno(self) -> int: ...
+    def spawn(self, request: SpawnRequest, lock_fd: int | None) -> None: ...
+    def hand_over(self, handover: Handover) -> None: ...
+    def withdraw(self, name: str) -> None: ...
+    def signal(self, monitor_pid: int, sig: int) -> None: ...
+    def messages(self) -> list: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class DispatcherOptions:
+    slots: list[int | None]
+    wait: float = 1.0
+    drain: bool = False
+    kill_grace: float = 10.0
+    reserve_after: float = DEFAULT_RESERVE_AFTER
+    on_finish: str | None = None
+    console: bool = True
+    probe: GpuProbe | None = None  # GPU facts for packing and foreign processes
+    respect_foreign: bool = True
+    foreign_threshold: int = DEFAULT_BUSY_THRESHOLD
+    gpu_poll: float = 5.0
+    heartbeat: float = peers.HEARTBEAT_SECONDS
+
+
+def queue_logger(logfile: Path, console: bool) -> logging.Logger:
+    """The seed's log format, to ``logfile.txt`` (and stderr), one logger per queue."""
+    logger = logging.getLogger(f"gpudispatch.queue.{logfile}")
+    if not logger.handlers:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        formatter = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
+        handlers: list[logging.Handler] = [logging.FileHandler(logfile)]
+        if console:
+            handlers.append(logging.StreamHandler(sys.stderr))
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+    return logger
+
+
+class _DepStates:
+    """Lazy ``name -> state`` lookups for the scheduler, one folder check per name."""
+
+    def __init__(self, queue: FolderQueue) -> None:
+        self._queue = queue
+        self._cache: dict[str, JobState | None] = {}
+
+    def get(self, name: str, default=None):
+        if name not in self._cache:
+            self._cache[name] = self._queue.locate(name)
+        return self._cache[name]
+
+
+class Dispatcher:
+    STEPS = (
+        "collect_writes",  # settled records: hooks, --drain's count, retries back in view
+        "read_launcher",  # starts and ends the keeper reports
+        "watch_monitors",  # ends of jobs we watch ourselves (adopted, or the keeper died)
+        "write_start_records",
+        "act_on_stop",  # what the signal handlers asked
+        "enforce_deadlines",
+        "act_on_cancels",  # cancel requests, written by `cancel` on any host
+        "heartbeat",  # say we live; settle what dead dispatchers left
+        "read_gpus",
+        "discover",
+        "schedule",
+        "settle",  # hand ended jobs to the writer, after the next ones started
+        "plan_handovers",
+        "note_idle",
+    )
+
+    def __init__(self, queue: FolderQueue, options: DispatcherOptions,
+                 launcher: Launcher | None = None) -> None:
+        self.queue = queue
+        self.layout = queue.layout
+        self.options = options
+        self.slots = options.slots
+        self.owner = peers.owner_id()
+        self.log = queue_logger(self.layout.logfile, options.console)
+        self.running: dict[str, RunningJob] = {}
+        self._by_pid: dict[int, str] = {}
+        self.gpus = GpuView(options.probe, options.respect_foreign,
+                            options.foreign_threshold, options.gpu_poll)
+        self.intake = Intake(queue, options.wait, self._impossible)
+        self._base_env = {k: v for k, v in os.environ.items()
+                          if not k.startswith("GPUDISPATCH_") or k == "GPUDISPATCH_ROOT"}
+        self._base_env.pop(METRICS_ENV, None)
+        self._fake_launcher = launcher is not None
+        self.launcher: Launcher | None = launcher
+        self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.writer = Writer(queue, self._wake_loop)
+        self.hooks = Hooks(options.on_finish, self._base_env, str(self.layout.root), self.log)
+        self._ending: list[Settlement] = []
+        self._settling: set[str] = set()  # ended jobs whose files the writer still moves
+        self._prepared_logs: set[str] = set()
+        self._plain_only: set[str] = set()  # not to be handed over (their check failed)
+        self.stop_requests = 0  # incremented by signal handlers, and nothing else there
+        self._stops_seen = 0
+        self.failures = 0  # jobs this dispatcher concluded as failed (--drain's exit status)
+        self._next_heartbeat = 0.0
+        self._next_cancel_check = 0.0
+        self._idle_logged = False
+        self.watcher: FolderWatcher | None = None
+
+    # ------------------------------------------------------------------ one step
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for step in self.STEPS:
+            getattr(self, "_" + step)(now)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stops_seen > 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``run()`` should return now (a stop, or ``--drain`` with nothing left)."""
+        if self.writer.busy or self._ending:
+            return False
+        if self.stopping:
+            return not self.running
+        if self.options.drain:
+            paused = self.queue.is_paused()
+            return not self.running and (paused or (not self.intake.pending
+                                                    and not self.intake.waiting))
+        return False
+
+    def request_stop(self) -> None:
+        """For signal handlers: only counts (the ``act_on_stop`` step does the work)."""
+        self.stop_requests += 1
+
+    # ------------------------------------------------------------------ steps
+    def _collect_writes(self, now: float) -> None:
+        try:
+            settled = self.writer.collect()
+        except OSError as exc:
+            self.log.error("Could not write a job's outcome (%s); stopping. Its exit status "
+                           "stays on disk and the next dispatcher records it.", exc)
+            self.stop_requests = max(self.stop_requests, 1)
+            return
+        for s in settled:
+            self._settling.discard(s.name)
+            if not s.moved:
+                continue
+            if s.state is JobState.QUEUED:
+                # Taken up now, not when its file event arrives: --drain must not see an
+                # empty schedule and exit with it still queued.
+                self.intake.events.add(s.name)
+            else:
+                if s.state is JobState.FAILED:
+                    self.failures += 1
+                self.hooks.fire(s.name, s.record, s.state)
+        self.hooks.reap()
+
+    def _read_launcher(self, now: float) -> None:
+        if self.launcher is None:
+            return
+        try:
+            messages = self.launcher.messages()
+        except KeeperGone:
+            self._keeper_lost(now)
+            return
+        for message in messages:
+            if isinstance(message, Exited):
+                self._on_exited(message, now)
+            elif isinstance(message, Started):
+                self._on_started(message, now)
+            elif isinstance(message, HandoverReturned):
+                self._on_returned(message)
+            elif isinstance(message, SpawnFailed):
+                job = self._untrack_named(message.name)
+                if job is not None:
+                    self._reject(job.name, f"could not start: {message.error}", job.record,
+                                 job.lock_fd)
+                    job.lock_fd = None
+
+    def _watch_monitors(self, now: float) -> None:
+        for job in [j for j in self.running.values() if j.watched]:
+            if job.started is not None and procs.same_process(job.pid, job.started):
+                continue
+            if job.lock_fd is None:  # adopted from a live monitor: its lock is free now
+                job.lock_fd = self.queue.lock_job(job.name, JobState.RUNNING)
+                if job.lock_fd is None:
+                    if self.queue.locate(job.name) is not JobState.RUNNING:
+                        self._untrack(job)  # another dispatcher concluded it
+                    continue
+            if not self.queue.holds(job.lock_fd, job.name, JobState.RUNNING):
+                self._untrack(job)
+                continue
+            status = read_exit_file(self.layout.exit_file(job.name))
+            if status is not None and status.attempt >= job.record.attempts:
+                job.record.attempts = status.attempt
+                self._ended(job, status.code)
+            elif job.pid and procs.job_alive(job.pid):
+                job.started = None  # its monitor is gone; wait for the rest of the job
+            else:
+                self._ended(job, None, "its monitor ended without an exit status")
+
+    def _write_start_records(self, now: float) -> None:
+        for job in self.running.values():
+            if job.record_due is not None and now >= job.record_due:
+                job.record_due = None
+                self.queue.write_record(job.record)
+
+    def _act_on_stop(self, now: float) -> None:
+        while self._stops_seen < self.stop_requests:
+            self._stops_seen += 1
+            if self._stops_seen == 1:
+                self.log.info("Warm stop: no new jobs; waiting for %d running. Signal again "
+                              "to kill them.", len(self.running))
+                self._withdraw_handovers()
+            elif self._stops_seen == 2:
+                self.log.warning("Cold stop: killing %d running jobs.", len(self.running))
+                for job in list(self.running.values()):
+                    self._stop_job(job, "cold stop", now)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for job in list(self.running.values()):
+            if not job.started_here:
+                continue
+            if job.kill_at is not None and now >= job.kill_at:
+                self._signal(job, signal.SIGKILL)
+                job.kill_at = None
+            elif job.deadline is not None and now >= job.deadline and not job.kill_reason:
+                self.log.warning("%s timed out; stopping it", job.name)
+                self._stop_job(job, "timeout", now)
+
+    def _act_on_cancels(self, now: float) -> None:
+        if not self.running or now < self._next_cancel_check:
+            return
+        self._next_cancel_check = now + CANCEL_CHECK_SECONDS
+        for job in list(self.running.values()):
+            if job.kill_reason is None and self.queue.cancel_requested(job.name):
+                self.log.info("%s: cancel requested; stopping it", job.name)
+                self._stop_job(job, "cancelled", now)
+
+    def _heartbeat(self, now: float) -> None:
+        if now < self._next_heartbeat:
+            return
+        first = self._next_heartbeat == 0.0
+        self._next_heartbeat = now + self.options.heartbeat
+        peers.heartbeat(self.layout, self.owner)
+        if not first:
+            self._settle_orphans(now)
+
+    def _read_gpus(self, now: float) -> None:
+        if self.stopping or not self.gpus.due(now):
+            return
+        try:
+            self.gpus.read(now, self.running.values())
+        except GpuProbeError as exc:
+            self.log.warning("GPU probe failed (%s); keeping the last reading", exc)
+            return
+        self.gpus.report(self.layout, self.running.values())
+
+    def _discover(self, now: float) -> None:
+        if self.stopping:
+            return
+        added, rejected = self.intake.discover(
+            now, lambda n: n in self.running or n in self._settling, self.watcher is not None)
+        for name, reason in rejected:
+            self._fail_queued(name, reason)
+        if added:
+            self._withdraw_handovers(before=min(self.intake.pending[n].sort_key for n in added))
+            shown = added if len(added) <= 20 else [*added[:20], f"... {len(added) - 20} more"]
+            self.log.info("%d new jobs added to queue %s", len(added), shown)
+
+    def _schedule(self, now: float) -> None:
+        if self.stopping or not self.intake.pending or self.queue.is_paused():
+            return
+        states = self._slot_states()
+        if not any(st.free or (st.capacity and not st.exclusive) for st in states):
+            return
+        order = self.intake.order()
+        handed = [j.queued.sort_key for j in self.running.values()
+                  if j.phase is Phase.HANDED_OVER and j.queued is not None]
+        if handed:  # nothing later than a handed-over job may start before it
+            first = min(handed)
+            order = [j for j in order if j.sort_key < first]
+            if any(st.free for st in states):
+                self._withdraw_handovers()  # a slot is free: start them here instead
+        result = plan(order, self.slots, states, _DepStates(self.queue), now,
+                      self.options.reserve_after)
+        for name, reason in result.failures:
+            self.intake.take(name)
+            self._fail_queued(name, reason)
+        for name, slot_ids in result.starts:
+            job = self.intake.take(name)
+            if job is not None:
+                self._start(job, now, slot_ids=slot_ids)
+        if result.starts:
+            self.gpus.report(self.layout, self.running.values())
+            self._prepare_next_logs()
+
+    def _settle(self, now: float) -> None:
+        ending, self._ending = self._ending, []
+        if ending:
+            self.writer.settle(ending)
+
+    def _plan_handovers(self, now: float) -> None:
+        if self.stopping or self.launcher is None or not self.intake.pending:
+            return
+        if self.queue.is_paused():
+            self._withdraw_handovers()
+            return
+        handed = {j.name: j for j in self.running.values() if j.phase is Phase.HANDED_OVER}
+        followed = {pid for j in handed.values() for pid in (j.variants or {})}
+        candidates = [(j.name, j.slot_ids) for j in self.running.values()
+                      if j.phase is Phase.RUNNING and not j.watched and j.pid not in followed]
+        if not candidates:
+            return
+        order = sorted([*self.intake.order(), *(j.queued for j in handed.values() if j.queued)],
+                       key=lambda j: j.sort_key)
+        deps = _DepStates(self.queue)
+
+        def plan_without(name: str):
+            return plan(order, self.slots, self._slot_states(without=name), deps, now,
+                        self.options.reserve_after)
+
+        followers = choose_followers(candidates, plan_without, set(handed) | self._plain_only)
+        for name, variants in followers.items():
+            queued = self.intake.take(name)
+            if queued is not None:
+                self._start(queued, now, follow={self.running[r].pid: ids
+                                                 for r, ids in variants.items()})
+
+    def _note_idle(self, now: float) -> None:
+        idle = not self.intake.pending and not self.running and not self.intake.waiting
+        if idle and not self._idle_logged:
+            self.log.info("Job queue empty. Waiting...")
+        self._idle_logged = idle
+
+    # ------------------------------------------------------------------ starting
+    def _impossible(self, directives: Directives) -> str | None:
+        return impossible_reason(directives, self.slots, self.gpus.totals(self.slots))
+
+    def _slot_states(self, without: str | None = None) -> list[SlotState]:
+        return self.gpus.slot_states(self.slots, self.running.values(), without)
+
+    def _start(self, job: QueuedJob, now: float, slot_ids: list[int] | None = None,
+               follow: dict[int, list[int]] | None = None) -> None:
+        """Lock and claim a job and have the launcher start it; or, with ``follow``, hand
+        it to the launcher to claim and start when one of those monitors ends."""
+        name = job.name
+        # A hand-over is locked and claimed by the keeper when it starts: until then,
+        # another dispatcher may take it.
+        lock_fd = self.queue.lock_job(name, JobState.QUEUED) if follow is None else None
+        lockless = follow is not None or (lock_fd is None
+                                          and self.queue.unlockable(name, JobState.QUEUED))
+        if (lock_fd is None and not lockless) or (follow is None
+                                                  and not self.queue.claim(name)):
+            if lock_fd is not None:
+                os.close(lock_fd)
+            self._drop_prepared_log(name)
+            self._wake_loop()  # its slots stay free: plan again at once
+            return  # another dispatcher took it, or the user removed it
+        self._plain_only.discard(name)
+        state = JobState.QUEUED if follow else JobState.RUNNING
+        size, mtime, head = self.intake.head(name)
+        running_path = self.layout.script(JobState.RUNNING, name)
+        try:
+            path = self.layout.script(state, name)
+            st = os.lstat(path)
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                head = read_head(path, st)
+            launch = check_script(running_path, st, head)
+        except (OSError, ScriptRejected) as exc:
+            if follow is None and isinstance(exc, ScriptRejected):
+                self._reject(name, f"{name} {exc}", None, lock_fd)
+            else:
+                if lock_fd is not None:
+                    os.close(lock_fd)
+                if isinstance(exc, ScriptRejected):  # claimed and failed once a slot frees
+                    self.intake.give_back(job)
+                    self._plain_only.add(name)
+                elif follow is None:  # removed after the claim: nothing to run
+                    self._drop_prepared_log(name)
+            self._wake_loop()
+            return
+        record = self.queue.fresh_record(name)
+        record.attempts += 1
+        record.host, record.dispatcher = HOST, self.owner
+        record.ended_at, record.exit_code, record.reason = None, None, None
+        record.backend, record.backend_id = "local", None
+        record.extra["directives"] = job.directives.to_dict()
+        record.log = self.layout.job_log(name, record.attempts)
+        if launch.note:
+            self.log.info("%s is %s", name, launch.note)
+        argv = monitor_argv(launch.argv, launch.plain_sh)
+
+        def request(ids: list[int]) -> SpawnRequest:
+            gpus = [g for g in (self.slots[i] for i in ids) if g is not None]
+            env = self.layout.job_env(name, record.attempts, gpus, record.log or "")
+            # NVML's (and nvidia-smi's) numbering; CUDA's default order may differ.
+            env["CUDA_DEVICE_ORDER"] = self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            return SpawnRequest(name, argv, env, record.log or "")
+
+        running = RunningJob(name, [], record, job.directives,
+                             Phase.HANDED_OVER if follow else Phase.SPAWNING,
+                             lock_fd=lock_fd, queued=job, alone=job.alone)
+        if follow is None:
+            assert slot_ids is not None
+            running.slot_ids = slot_ids
+            record.gpus = [g for g in (self.slots[i] for i in slot_ids) if g is not None]
+        else:
+            running.variants = follow
+        self._track(running)
+        try:
+            launcher = self._launcher(now)
+            if follow is None:
+                launcher.spawn(request(slot_ids or []), lock_fd)
+            else:
+                identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+                launcher.hand_over(Handover(name, {pid: request(ids)
+                                                   for pid, ids in follow.items()}, identity))
+        except KeeperGone:
+            self._keeper_lost(now)
+
+    def _on_started(self, message: Started, now: float) -> None:
+        job = self.running.get(message.name)
+        if job is None:
+            return
+        if job.phase is Phase.HANDED_OVER:
+            job.lock_fd = message.lock_fd
+            job.slot_ids = (job.variants or {}).get(message.after or -1, [])
+            job.variants = None
+            job.record.gpus = [g for g in (self.slots[i] for i in job.slot_ids) if g is not None]
+        job.to(Phase.RUNNING)
+        job.pid, job.started = message.pid, message.started
+        job.record.pid = message.pid
+        job.record.extra["monitor_started"] = message.started
+        self._by_pid[message.pid] = job.name
+        self._prepared_logs.discard(job.name)
+        job.record.started_at = now_iso()
+        timeout = job.directives.timeout
+        job.deadline = now + timeout if timeout else None
+        job.record_due = now + RECORD_DELAY_SECONDS
+        self._log_start(job)
+        if job.kill_reason or self.queue.cancel_requested(job.name):
+            self._stop_job(job, job.kill_reason or "cancelled", now)
+
+    def _log_start(self, job: RunningJob) -> None:
+        if len(self.slots) > 1:
+            gpus = job.record.gpus
+            where = ",".join(str(g) for g in gpus) if gpus else "CPU"
+            self.log.info("Running job %s on %s%s...", job.name, "GPU " if gpus else "", where)
+        else:
+            self.log.info("Running job %s...", job.name)
+
+    def _on_returned(self, message: HandoverReturned) -> None:
+        job = self.running.get(message.name)
+        if job is None or job.phase is not Phase.HANDED_OVER:
+            return
+        self._untrack(job)
+        if message.why == "changed":  # claimed by the keeper: back, to be checked again
+            self.queue.move(job.name, JobState.RUNNING, JobState.QUEUED)
+            self.intake.events.add(job.name)
+        elif message.why == "withdrawn" and job.queued is not None:
+            self.intake.give_back(job.queued)
+        else:
+            self._drop_prepared_log(job.name)
+        job.release()
+        self._wake_loop()
+
+    def _prepare_next_logs(self) -> None:
+        """Create the log files of the jobs likely to start next, in the writer thread
+        (a file creation costs 0.1 to 1 ms here; the monitor then only truncates it)."""
+        upcoming = [j.name for j in self.intake.order()[: len(self.slots)]
+                    if j.name not in self._prepared_logs]
+        if upcoming:
+            self._prepared_logs.update(upcoming)
+            self.writer.run(create_empty, [self.layout.job_log(n, 1) for n in upcoming])
+
+    def _drop_prepared_log(self, name: str) -> None:
+        """A job that will not run here leaves no empty log behind."""
+        if name in self._prepared_logs:  # through the writer: after it created the file
+            self._prepared_logs.discard(name)
+            self.writer.run(remove_if_empty, self.layout.job_log(name, 1))
+
+    def _withdraw_handovers(self, before: tuple | None = None) -> None:
+        """Take back hand-overs (all, or those that sort after ``before``)."""
+        for job in self.running.values():
+            if (job.phase is Phase.HANDED_OVER and not job.withdrawing
+                    and job.queued is not None
+                    and (before is None or before < job.queued.sort_key)):
+                job.withdrawing = True
+                try:
+                    self._launcher(time.monotonic()).withdraw(job.name)
+                except KeeperGone:
+                    pass
+
+    # ------------------------------------------------------------------ ending
+    def _on_exited(self, message: Exited, now: float) -> None:
+        job = self.running.get(message.name)
+        if job is None or job.pid != message.pid:
+            return
+        if message.code >= 0:
+            self._ended(job, message.code)
+            return
+        # The monitor itself was killed: its status may be on disk; if not, the job is
+        # interrupted, once every process of it has gone.
+        job.watched, job.started = True, None
+        self._watch_monitors(now)
+
+    def _ended(self, job: RunningJob, code: int | None,
+               interrupted_by: str = "its monitor was killed") -> None:
+        """Decide what the end means and queue the writes; the slots are free at once."""
+        self._untrack(job)
+        record = job.record
+        record.ended_at = now_iso()
+        record.exit_code = code
+        extra = record.extra
+        interruptions = extra.get("interruptions", 0)
+        verdict = decide(
+            Ending(code, job.kill_reason, self.queue.cancel_requested(job.name),
+                   bool(code) and self._oom_in_log(record.log), interrupted_by),
+            job.directives, record.attempts, interruptions,
+            extra.get("oom_retries_used", 0),
+        )
+        record.reason = verdict.reason
+        if verdict.interrupted:
+            extra["interruptions"] = min(interruptions + 1, record.attempts)
+        if verdict.oom_retry:
+            extra["oom_retries_used"] = extra.get("oom_retries_used", 0) + 1
+        if verdict.run_alone:
+            extra["run_alone"] = True
+            self.intake.run_alone.add(job.name)
+        elif verdict.state.is_final:
+            self.intake.run_alone.discard(job.name)  # the record keeps that it ran alone
+        if verdict.reason is None:
+            self.log.info("%s returned %s", job.name, code)
+        else:
+            self.log.warning("%s returned %s", job.name, code if code is not None
+                             else verdict.reason)
+        if verdict.state is JobState.QUEUED and not verdict.interrupted:
+            self.log.info("%s: retry %d of %d", job.name,
+                          record.attempts - extra.get("interruptions", 0),
+                          job.directives.retries)
+            record.reason = f"{verdict.reason}; retrying"
+        self._ending.append(Settlement(job.name, record, verdict.state, job.lock_fd))
+        job.lock_fd = None
+        self._settling.add(job.name)
+
+    def _oom_in_log(self, log_path: str | None) -> bool:
+        if not log_path:
+            return False
+        try:
+            fd = os.open(log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            return oom_in_tail(os.pread(fd, OOM_TAIL_BYTES, max(0, size - OOM_TAIL_BYTES)))
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _fail_queued(self, name: str, reason: str) -> None:
+        """Fail a queued job that can never run (bad directives, impossible, dependency)."""
+        lock_fd = self.queue.lock_job(name, JobState.QUEUED)
+        if lock_fd is None and not self.queue.unlockable(name, JobState.QUEUED):
+            return
+        if not self.queue.claim(name):
+            if lock_fd is not None:
+                os.close(lock_fd)
+            return
+        self._reject(name, reason, None, lock_fd, started=False)
+
+    def _reject(self, name: str, reason: str, record: JobRecord | None, lock_fd: int | None,
+                started: bool = True) -> None:
+        """Fail a claimed job that cannot run, now (the caller passes its lock)."""
+        record = record or self.queue.fresh_record(name)
+        record.reason = reason
+        record.ended_at = now_iso()
+        if started:
+            record.started_at = record.ended_at
+        try:
+            if self.queue.conclude(name, record, JobState.FAILED):
+                self.failures += 1
+                self.hooks.fire(name, record, JobState.FAILED)
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+        self.log.warning("%s failed: %s", name, reason)
+
+    def _stop_job(self, job: RunningJob, why: str, now: float) -> None:
+        """SIGTERM the job's processes now and SIGKILL them after the grace period."""
+        if job.phase is Phase.HANDED_OVER:
+            self._withdraw_handovers()
+            return
+        job.kill_reason = why
+        job.kill_at = now + self.options.kill_grace
+        if job.phase is Phase.RUNNING:
+            job.to(Phase.STOPPING)
+        if job.started_here:
+            self._signal(job, signal.SIGTERM)
+
+    def _signal(self, job: RunningJob, sig: int) -> None:
+        if job.pid is None:
+            return
+        if self._fake_launcher and self.launcher is not None:
+            self.launcher.signal(job.pid, sig)  # its pids are made up
+        else:
+            procs.signal_job(job.pid, sig)
+
+    # ------------------------------------------------------------------ tracking
+    def _track(self, job: RunningJob) -> None:
+        self.running[job.name] = job
+        if job.pid is not None:
+            self._by_pid[job.pid] = job.name
+
+    def _untrack(self, job: RunningJob) -> None:
+        self.running.pop(job.name, None)
+        self._by_pid.pop(job.pid or -1, None)
+        if job.pidfd is not None:
+            os.close(job.pidfd)
+            job.pidfd = None
+
+    def _untrack_named(self, name: str) -> RunningJob | None:
+        job = self.running.get(name)
+        if job is not None:
+            self._untrack(job)
+        return job
+
+    # ------------------------------------------------------------------ launcher
+    def _launcher(self, now: float) -> Launcher:
+        if self.launcher is None:
+            keeper = Keeper(str(self.layout.root), self._base_env)
+            keeper.start()
+            self.launcher = keeper
+        return self.launcher
+
+    def _keeper_lost(self, now: float) -> None:
+        """The keeper died: the monitors carry on; watch them ourselves, start a new one."""
+        self.log.error("The keeper process died; watching its jobs' monitors directly.")
+        if self.launcher is not None:
+            self.launcher.close()
+        self.launcher = None
+        for job in list(self.running.values()):
+            if job.started_here:
+                job.watched = True
+                job.pidfd = procs.pidfd(job.pid) if job.pid else None
+            else:  # it may or may not have started: let recovery find out
+                self._untrack(job)
+                job.release()
+                if (job.phase is Phase.HANDED_OVER and job.queued is not None
+                        and self.queue.locate(job.name) is JobState.QUEUED):
+                    self.intake.give_back(job.queued)
+        self._settle_orphans(now)
+
+    # ------------------------------------------------------------------ recovery
+    def reconcile(self) -> None:
+        """At start: settle every job that dispatchers which are gone left in ``running/``."""
+        for name in self.queue.names(JobState.QUEUED):
+            if self.queue.read_record(name).extra.get("run_alone"):
+                self.intake.run_alone.add(name)
+        self._settle_orphans(time.monotonic())
+
+    def _settle_orphans(self, now: float) -> None:
+        orphans = find_orphans(self.queue, self.owner, self.options.heartbeat,
+                               lambda n: n in self.running or n in self._settling)
+        for orphan in orphans:
+            if orphan.monitor is not None or orphan.group_alive:
+                self._adopt(orphan, now)
+            else:
+                job = RunningJob(orphan.name, [], orphan.record, orphan.directives,
+                                 Phase.RUNNING, lock_fd=orphan.lock_fd, pid=orphan.record.pid)
+                if orphan.exit is not None:
+                    orphan.record.attempts = orphan.exit.attempt
+                    self.log.info("%s ended while no dispatcher was running", orphan.name)
+                    self._ended(job, orphan.exit.code)
+                else:
+                    self.log.warning("%s was interrupted (no monitor and no exit status "
+                                     "left); requeued", orphan.name)
+                    self._ended(job, None, "its monitor ended without an exit status, "
+                                "while no dispatcher watched it")
+        self._settle(now)
+
+    def _adopt(self, orphan: Orphan, now: float) -> None:
+        record, monitor = orphan.record, orphan.monitor
+        gpus = monitor.gpus if monitor is not None else record.gpus
+        slot_ids = [i for i, g in enumerate(self.slots) if g is not None and g in gpus]
+        if not gpus:
+            states = self._slot_states()
+            slot_ids = [i for i, g in enumerate(self.slots) if g is None and states[i].free][:1]
+        pid = monitor.pid if monitor is not None else record.pid
+        job = RunningJob(orphan.name, slot_ids, record, orphan.directives, Phase.RUNNING,
+                         lock_fd=orphan.lock_fd, pid=pid,
+                         started=monitor.started if monitor is not None else None,
+                         watched=True)
+        record.pid = pid
+        if orphan.directives.timeout:  # its limit still counts from when it started
+            started = _parse_time(record.started_at)
+            elapsed = time.time() - started if started else 0.0
+            job.deadline = now + max(0.0, orphan.directives.timeout - elapsed)
+        job.pidfd = procs.pidfd(pid) if monitor is not None and pid else None
+        self._track(job)
+        self.log.info("%s is still running (pid %d); waiting for it", orphan.name, pid or 0)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        """Dispatch until stopped (or drained); the exit status: with ``--drain``, 1 when
+        a job failed (as the Slurm backend does), else 0."""
+        self.log.info("------------ Job Dispatcher Started ------------")
+        self._heartbeat(time.monotonic())
+        self._launcher(time.monotonic())
+        self.watcher = FolderWatcher([self.layout.queue, self.layout.cancels])
+        if not self.watcher.start():
+            self.watcher.stop()
+            self.watcher = None
+        selector = selectors.DefaultSelector()
+        previous = _install_signals(self, self._wake_w)
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.watcher is not None:
+            selector.register(self.watcher.fileno(), selectors.EVENT_READ, "files")
+        try:
+            self.reconcile()
+            while True:
+                self.tick()
+                if self.finished:
+                    break
+                self._wait(selector)
+        finally:
+            _restore_signals(previous)
+            selector.close()
+            if self.watcher is not None:
+                self.watcher.stop()
+            self.close()
+            peers.unregister(self.layout, self.owner)
+        self.log.info("Job Dispatcher stopped.")
+        return 1 if self.options.drain and self.failures else 0
+
+    def close(self) -> None:
+        """Finish pending writes; let the keeper go (running jobs carry on)."""
+        for settled in self.writer.close():
+            if settled.moved and settled.state.is_final:
+                self.hooks.fire(settled.name, settled.record, settled.state)
+        for job in self.running.values():
+            job.release()
+        if self.launcher is not None:
+            self.launcher.close()
+            self.launcher = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wake_loop(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:
+            pass  # the pipe is full (the loop is awake anyway), or closed at shutdown
+
+    def _wait(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        wake_at = [self.intake.next_scan, self._next_heartbeat]
+        if self.gpus.probe is not None:
+            wake_at.append(self.gpus.next_read)
+        for job in self.running.values():
+            wake_at += [t for t in (job.deadline, job.kill_at, job.record_due) if t is not None]
+            if job.watched and (job.pidfd is None or job.started is None
+                                or job.lock_fd is None):
+                wake_at.append(now + WATCH_POLL_SECONDS)
+        if self.running:
+            wake_at.append(self._next_cancel_check)
+        if self.intake.waiting:
+            wake_at.append(now + 0.25)
+        if self.intake.pending and self.queue.is_paused():
+            wake_at.append(now + 0.25)  # `resume` is an unlink, which no file event reports
+        wanted: dict[int, str] = {j.pidfd: "pidfd" for j in self.running.values()
+                                  if j.pidfd is not None}
+        if self.launcher is not None:
+            wanted[self.launcher.fileno()] = "launcher"
+        registered = {key.fd: key for key in selector.get_map().values()}
+        for fd, kind in wanted.items():
+            if fd not in registered:
+                selector.register(fd, selectors.EVENT_READ, kind)
+        for fd, key in registered.items():
+            if key.data in ("pidfd", "launcher") and fd not in wanted:
+                selector.unregister(fd)
+        timeout = max(0.0, min(wake_at) - now)
+        for key, _ in selector.select(timeout):
+            if key.data == "wake":
+                drain_pipe(self._wake_r)
+            elif key.data == "files" and self.watcher is not None:
+                names = self.watcher.drain()
+                self.intake.events |= names
+                if names & self.running.keys():
+                    self._next_cancel_check = 0.0  # a cancel request for a running job
+
+
+def _parse_time(text: str | None) -> float | None:
+    try:
+        parsed = parse_iso(text)
+    except (TypeError, ValueError):
+        return None
+    return parsed.timestamp() if parsed else None
+
+
+def _install_signals(dispatcher: Dispatcher, wake_w: int):
+    """Handlers only count requests; the wake-up fd wakes the loop, which acts on them."""
+
+    def on_stop(signum, frame) -> None:
+        dispatcher.request_stop()
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGCHLD: signal.signal(signal.SIGCHLD, lambda s, f: None),
+    }
+    previous["wakeup"] = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    return previous
+
+
+def _restore_signals(previous) -> None:
+    signal.set_wakeup_fd(previous.pop("wakeup"))
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+

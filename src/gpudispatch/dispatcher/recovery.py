@@ -1,0 +1,78 @@
+"""Finding jobs in ``running/`` that no live dispatcher follows, after any death.
+
+The rules, from the folder protocol and the job lock (``store.lock_job``):
+
+- A job whose lock is held has an owner alive: a dispatcher, or the job's monitor. On
+  this host, if its dispatcher is gone, its monitor is found in ``/proc`` and *watched*
+  (never re-run). On another host it is left alone, however stale that host's heartbeat.
+- A job whose lock can be taken has no owner left: its exit status, if its monitor wrote
+  one for this attempt, concludes it; otherwise it was interrupted (its processes are
+  waited for first if some still run).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpudispatch import peers, procs
+from gpudispatch.job import Directives, JobRecord, JobState
+from gpudispatch.monitor import ExitStatus, read_exit_file
+from gpudispatch.store import HOST, FolderQueue
+
+
+@dataclass
+class Orphan:
+    name: str
+    record: JobRecord
+    directives: Directives
+    lock_fd: int | None  # None: its monitor holds the lock (watch it, then take the lock)
+    monitor: procs.FoundMonitor | None  # alive: watch it
+    exit: ExitStatus | None  # this attempt's status, when its monitor wrote one
+    group_alive: bool = False  # no monitor, but processes of the job still run
+
+
+def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
+                 skip: Callable[[str], bool]) -> list[Orphan]:
+    layout = queue.layout
+    monitors: dict[str, procs.FoundMonitor] | None = None
+    found = []
+    for name in queue.names(JobState.RUNNING):
+        if skip(name):
+            continue
+        record = queue.read_record(name)
+        if record.backend != "local":
+            continue  # Slurm runs it; the Slurm backend reconciles it
+        local = record.host in (None, HOST)
+        fd = queue.lock_job(name, JobState.RUNNING)
+        if fd is None and (not local or (
+                record.dispatcher != me and peers.owner_alive(layout, record.dispatcher,
+                                                              heartbeat))):
+            continue  # its owner lives
+        if fd is not None and not queue.holds(fd, name, JobState.RUNNING):
+            os.close(fd)
+            continue
+        if local and monitors is None:
+            monitors = procs.find_monitors(str(layout.exits))
+        monitor = monitors.get(name) if monitors else None
+        if fd is None and monitor is None:
+            continue  # being started or concluded by a dispatcher right now
+        directives = Directives(**directive_fields(record))
+        if monitor is not None:
+            record.attempts = max(record.attempts, monitor.attempt)
+            found.append(Orphan(name, record, directives, fd, monitor, None))
+            continue
+        status = read_exit_file(layout.exit_file(name))
+        if status is not None and status.attempt < record.attempts:
+            status = None  # an earlier run's
+        alive = status is None and local and bool(record.pid) and procs.job_alive(record.pid)
+        found.append(Orphan(name, record, directives, fd, None, status, alive))
+    return found
+
+
+def directive_fields(record: JobRecord) -> dict:
+    saved = dict(record.extra.get("directives") or {})
+    if "after" in saved:
+        saved["after"] = tuple(saved["after"])
+    return saved

@@ -1,0 +1,141 @@
+"""Facts about processes: liveness, identity (pid and start time), finding a queue's
+monitors after a crash, and ending every process of a job."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from dataclasses import dataclass
+
+from gpudispatch.layout import ATTEMPT_ENV, EXIT_FILE_ENV
+from gpudispatch.monitor import MARKER
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """``/proc/PID/stat`` after the command name: state is [0], ppid [1], pgrp [2],
+    session [3], start time [19]."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """A live, non-zombie process (zombies of a dead parent linger in containers)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, its identity."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def same_process(pid: int | None, started: int | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` and is alive."""
+    return bool(pid) and started is not None and pid_alive(pid) and start_time(pid) == started
+
+
+@dataclass(frozen=True)
+class FoundMonitor:
+    pid: int
+    started: int
+    attempt: int
+    gpus: list[int]
+
+
+def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
+    """Live monitors of one queue, by job name: session leaders running the monitor script
+    with an exit file under ``exit_dir``. A daemon the job started has the same environment
+    but not the monitor's command line, so it is never taken for the job."""
+    marker = f"{EXIT_FILE_ENV}={exit_dir}/".encode()
+    found: dict[str, FoundMonitor] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if MARKER not in fh.read(4096):
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                items = fh.read().split(b"\0")
+        except OSError:
+            continue
+        fields = _stat_fields(pid)
+        exit_item = next((i for i in items if i.startswith(marker)), None)
+        if exit_item is None or fields is None or int(fields[3]) != pid or fields[0] == b"Z":
+            continue
+        name = exit_item[len(marker):].decode(errors="surrogateescape")
+        env = dict(i.split(b"=", 1) for i in items if b"=" in i)
+        attempt = env.get(ATTEMPT_ENV.encode(), b"0")
+        cuda = env.get(b"CUDA_VISIBLE_DEVICES", b"")
+        found[name] = FoundMonitor(
+            pid, int(fields[19]), int(attempt) if attempt.isdigit() else 0,
+            [int(g) for g in cuda.split(b",") if g.strip().isdigit()],
+        )
+    return found
+
+
+def _members(session: int) -> list[int]:
+    """Processes of a job: its monitor's session or process group (both are the
+    monitor's pid; a child that called ``setpgid`` stays in the session)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields and session in (int(fields[2]), int(fields[3])):
+                out.append(int(entry.name))
+    return out
+
+
+def signal_job(monitor: int, sig: int) -> bool:
+    """Signal every process of a job, never its monitor with SIGKILL; False when gone.
+
+    SIGTERM goes to the group (the monitor traps it and goes on to record the end).
+    SIGKILL freezes the group first (SIGSTOP: nothing forks meanwhile), kills each member
+    but the monitor, and lets the monitor go on, as Slurm's proctrack does with a cgroup.
+    """
+    try:
+        if sig != signal.SIGKILL:
+            os.killpg(monitor, sig)
+            return True
+        os.killpg(monitor, signal.SIGSTOP)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for pid in _members(monitor):
+        if pid != monitor:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    try:
+        os.killpg(monitor, signal.SIGCONT)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return True
+
+
+def job_alive(monitor: int) -> bool:
+    """Whether any process of the job's group is still there."""
+    try:
+        os.killpg(monitor, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ESRCH, errno.ENOSYS, errno.EPERM):
+            raise
+        return None

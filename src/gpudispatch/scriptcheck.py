@@ -1,0 +1,89 @@
+"""Whether a dropped file can run, and how: the checks made before a job is started."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from gpudispatch.job import HEADER_MAX_BYTES
+
+
+class ScriptRejected(Exception):
+    """A script that cannot run correctly; the message is the reason recorded."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to run a checked script: the argv, and a note for the log when it is unusual."""
+
+    argv: list[str]
+    note: str | None = None
+
+    @property
+    def plain_sh(self) -> bool:
+        """Run by ``/bin/sh`` with no options: the monitor may source it in a subshell."""
+        return len(self.argv) == 2 and self.argv[0] == "/bin/sh"
+
+
+def shebang_argv(head: bytes) -> list[str] | None:
+    """The interpreter a ``#!`` line names, split as Linux does (one optional argument)."""
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode(errors="surrogateescape").strip()
+    if not line:
+        return None
+    interp, _, arg = line.partition(" ")
+    arg = arg.strip()
+    return [interp, arg] if arg else [interp]
+
+
+def read_head(path: str, st: os.stat_result) -> bytes:
+    """The header of a regular file (nothing else is opened: a FIFO would block)."""
+    if not stat.S_ISREG(st.st_mode):
+        return b""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        return os.read(fd, HEADER_MAX_BYTES)
+    finally:
+        os.close(fd)
+
+
+def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> Launch:
+    """Decide how to run ``path``, or raise :class:`ScriptRejected` with the reason.
+
+    ``st`` is its ``lstat``; ``head`` its first bytes when already read. Never opens
+    anything but a regular file, so a FIFO named ``x.sh`` cannot block us.
+    """
+    if stat.S_ISLNK(st.st_mode):
+        raise ScriptRejected("is a symlink; copy the script into the queue instead of linking it")
+    if not stat.S_ISREG(st.st_mode):
+        kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+                 stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+        kind = kinds.get(stat.S_IFMT(st.st_mode), "a special file")
+        raise ScriptRejected(f"is {kind}, not a regular file with a script")
+    if st.st_size == 0:
+        raise ScriptRejected("is empty")
+    if head is None:
+        head = read_head(path, st)
+    if b"\0" in head:
+        raise ScriptRejected("is a binary file, not a shell script")
+    if b"\r\n" in head:
+        raise ScriptRejected(
+            "has CRLF (Windows) line endings, which break /bin/sh; convert it with dos2unix"
+        )
+    interp = shebang_argv(head)
+    if interp is not None and not os.access(interp[0], os.X_OK):
+        raise ScriptRejected(
+            f"names {interp[0]} in its #! line, which is not an executable file here"
+        )
+    if st.st_mode & stat.S_IXUSR:
+        if interp is None:  # exec() would refuse it; a shell runs it with /bin/sh
+            return Launch(
+                ["/bin/sh", path], note="executable without a #! line; running it with /bin/sh"
+            )
+        if interp == ["/bin/sh"]:
+            return Launch(["/bin/sh", path])  # what exec() would do, one exec shorter
+        return Launch([path])
+    argv = interp or ["/bin/sh"]
+    return Launch([*argv, path], note=f"not executable; running it with {' '.join(argv)}")
