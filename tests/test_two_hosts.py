@@ -127,31 +127,40 @@ def test_a_dead_hosts_job_is_run_again_by_the_live_host(hosts, launch, tmp_path)
 
 
 @needs_uts
-def test_a_live_hosts_job_is_left_alone_while_its_keeper_runs_it(hosts, launch, tmp_path):
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_a_live_job_on_another_host_is_left_alone_whatever_its_dispatcher(hosts, launch,
+                                                                         tmp_path, how):
+    """Its dispatcher and keeper killed (or frozen): the heartbeat goes stale, but the
+    job's monitor still holds its lock, so this host never takes it over."""
     root, other = hosts
     gate = tmp_path / "gate"
     b = other()
     write_script(root / "queue" / "x.sh", job_text(gate=gate, body="exit 0"))
-    rec = wait_record(root, "x.sh", lambda r: r.get("host") == "hostb" and r.get("pid"))
+    wait_record(root, "x.sh", lambda r: r.get("host") == "hostb" and r.get("pid"))
     here = launch.run(root, "--slots", "1", "--heartbeat", BEAT)
-    os.kill(b.proc.pid, signal.SIGKILL)  # only B's dispatcher dies; its keeper goes on
-    b.proc.wait(10)
-    beat_file = root / ".gpudispatch" / "dispatchers" / rec["dispatcher"]
+    keepers = [int(p) for p in subprocess.run(["pgrep", "-P", str(b.proc.pid)],
+                                              capture_output=True, text=True).stdout.split()]
+    for pid in [b.proc.pid, *keepers]:
+        os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+    own_beat = root / ".gpudispatch" / "dispatchers" / f"{os.uname().nodename}.{here.pid}"
     beats = []
 
-    def keeper_beat_seen_many_times():
+    def many_beats_here():
         try:
-            mtime = beat_file.stat().st_mtime
+            mtime = own_beat.stat().st_mtime
         except FileNotFoundError:
             return False
         if not beats or beats[-1] != mtime:
             beats.append(mtime)
-        return len(beats) >= 6  # well past 3 missed beats of a dead dispatcher
+        return len(beats) >= 8  # well past 3 missed beats of the other host
 
-    wait_until(keeper_beat_seen_many_times, 20, message=lambda: f"beats: {beats}")
+    wait_until(many_beats_here, 20, message=lambda: f"beats: {beats}")
     assert where(root, "x.sh") == "running"
     assert record(root, "x.sh")["attempts"] == 1  # not taken over, not run again
     open_gate(gate)
-    # Its keeper writes the code and stops beating; the live host concludes the job.
+    if how == "frozen":
+        for pid in [b.proc.pid, *keepers]:
+            os.kill(pid, signal.SIGCONT)
+    # Its monitor writes the status and lets go of the lock: one host concludes it.
     wait_state(root, "x.sh", "completed", timeout=20, proc=here)
     assert record(root, "x.sh")["attempts"] == 1 and record(root, "x.sh")["exit_code"] == 0

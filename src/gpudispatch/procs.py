@@ -121,14 +121,14 @@ def signal_job(monitor: int, sig: int) -> bool:
 
 
 def job_alive(monitor: int) -> bool:
-    """Whether any process of the job's group is still there."""
+    """Whether any live (not zombie) process of the job's group or session is left."""
     try:
         os.killpg(monitor, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return any(pid_alive(pid) for pid in _members(monitor))  # zombies answer killpg too
 
 
 def pidfd(pid: int) -> int | None:

@@ -38,6 +38,7 @@ class Intake:
         self._unready: dict[str, _Unready] = {}
         self._heads: dict[str, tuple[int, int, bytes]] = {}  # name -> size, mtime, head
         self.events: set[str] = set()
+        self.gone: list[str] = []  # pending jobs whose file went away (taken by the loop)
         self.next_scan = 0.0
 
     @property
@@ -76,6 +77,7 @@ class Intake:
         gone = [name for name in self.pending if name not in present]
         for name in gone:
             del self.pending[name]
+        self.gone.extend(gone)
         if gone:
             self._dirty = True
         return names

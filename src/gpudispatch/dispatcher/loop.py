@@ -331,6 +331,9 @@ class Dispatcher:
             now, lambda n: n in self.running or n in self._settling, self.watcher is not None)
         for name, reason in rejected:
             self._fail_queued(name, reason)
+        gone, self.intake.gone = self.intake.gone, []
+        for name in gone:
+            self._drop_prepared_log(name)
         if added:
             self._withdraw_handovers(before=min(self.intake.pending[n].sort_key for n in added))
             shown = added if len(added) <= 20 else [*added[:20], f"... {len(added) - 20} more"]
@@ -444,7 +447,7 @@ class Dispatcher:
                 if isinstance(exc, ScriptRejected):  # claimed and failed once a slot frees
                     self.intake.give_back(job)
                     self._plain_only.add(name)
-                elif follow is None:  # removed after the claim: nothing to run
+                else:  # removed meanwhile: nothing to run
                     self._drop_prepared_log(name)
             self._wake_loop()
             return
@@ -600,6 +603,8 @@ class Dispatcher:
             self.intake.run_alone.discard(job.name)  # the record keeps that it ran alone
         if verdict.reason is None:
             self.log.info("%s returned %s", job.name, code)
+        elif verdict.interrupted or code is None:
+            self.log.warning("%s was %s", job.name, verdict.reason)
         else:
             self.log.warning("%s returned %s", job.name, code if code is not None
                              else verdict.reason)
@@ -742,10 +747,8 @@ class Dispatcher:
                     self.log.info("%s ended while no dispatcher was running", orphan.name)
                     self._ended(job, orphan.exit.code)
                 else:
-                    self.log.warning("%s was interrupted (no monitor and no exit status "
-                                     "left); requeued", orphan.name)
-                    self._ended(job, None, "its monitor ended without an exit status, "
-                                "while no dispatcher watched it")
+                    self._ended(job, None, "no monitor and no exit status left, after its "
+                                "dispatcher stopped")
         self._settle(now)
 
     def _adopt(self, orphan: Orphan, now: float) -> None:

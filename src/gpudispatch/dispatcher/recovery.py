@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpudispatch import peers, procs
-from gpudispatch.job import Directives, JobRecord, JobState
+from gpudispatch.job import DirectiveError, Directives, JobRecord, JobState, parse_directives
 from gpudispatch.monitor import ExitStatus, read_exit_file
+from gpudispatch.scriptcheck import read_head
 from gpudispatch.store import HOST, FolderQueue
 
 
@@ -58,7 +59,7 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
         monitor = monitors.get(name) if monitors else None
         if fd is None and monitor is None:
             continue  # being started or concluded by a dispatcher right now
-        directives = Directives(**directive_fields(record))
+        directives = _directives(queue, name, record)
         if monitor is not None:
             record.attempts = max(record.attempts, monitor.attempt)
             found.append(Orphan(name, record, directives, fd, monitor, None))
@@ -69,6 +70,15 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
         alive = status is None and local and bool(record.pid) and procs.job_alive(record.pid)
         found.append(Orphan(name, record, directives, fd, None, status, alive))
     return found
+
+
+def _directives(queue: FolderQueue, name: str, record: JobRecord) -> Directives:
+    """From the script's own header (the record may predate this run's start)."""
+    path = queue.layout.script(JobState.RUNNING, name)
+    try:
+        return parse_directives(read_head(path, os.lstat(path)).decode(errors="replace"))
+    except (OSError, DirectiveError):
+        return Directives(**directive_fields(record))
 
 
 def directive_fields(record: JobRecord) -> dict:
