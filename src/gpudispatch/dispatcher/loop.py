@@ -239,11 +239,12 @@ class Dispatcher:
             elif isinstance(message, HandoverReturned):
                 self._on_returned(message)
             elif isinstance(message, SpawnFailed):
-                job = self._untrack_named(message.name)
+                job = self.running.get(message.name)
                 if job is not None:
+                    lock_fd, job.lock_fd = job.lock_fd, None
+                    self._untrack(job)
                     self._reject(job.name, f"could not start: {message.error}", job.record,
-                                 job.lock_fd)
-                    job.lock_fd = None
+                                 lock_fd)
 
     def _watch_monitors(self, now: float) -> None:
         for job in [j for j in self.running.values() if j.watched]:
@@ -492,7 +493,9 @@ class Dispatcher:
 
     def _on_started(self, message: Started, now: float) -> None:
         job = self.running.get(message.name)
-        if job is None:
+        if job is None or (message.lock_fd is not None and job.phase is not Phase.HANDED_OVER):
+            if message.lock_fd is not None:
+                os.close(message.lock_fd)
             return
         if job.phase is Phase.HANDED_OVER:
             job.lock_fd = message.lock_fd
@@ -533,7 +536,6 @@ class Dispatcher:
             self.intake.give_back(job.queued)
         else:
             self._drop_prepared_log(job.name)
-        job.release()
         self._wake_loop()
 
     def _prepare_next_logs(self) -> None:
@@ -565,6 +567,12 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ ending
     def _on_exited(self, message: Exited, now: float) -> None:
+        for follower in self.running.values():
+            if follower.phase is Phase.HANDED_OVER and message.pid in (follower.variants or {}):
+                # The keeper is starting it in these slots this very moment (its Started
+                # or HandoverReturned follows): they are not free meanwhile.
+                follower.slot_ids = (follower.variants or {})[message.pid]
+                follower.variants = {message.pid: follower.slot_ids}
         job = self.running.get(message.name)
         if job is None or job.pid != message.pid:
             return
@@ -579,6 +587,7 @@ class Dispatcher:
     def _ended(self, job: RunningJob, code: int | None,
                interrupted_by: str = "its monitor was killed") -> None:
         """Decide what the end means and queue the writes; the slots are free at once."""
+        lock_fd, job.lock_fd = job.lock_fd, None  # the writer lets it go after the move
         self._untrack(job)
         record = job.record
         record.ended_at = now_iso()
@@ -613,8 +622,7 @@ class Dispatcher:
                           record.attempts - extra.get("interruptions", 0),
                           job.directives.retries)
             record.reason = f"{verdict.reason}; retrying"
-        self._ending.append(Settlement(job.name, record, verdict.state, job.lock_fd))
-        job.lock_fd = None
+        self._ending.append(Settlement(job.name, record, verdict.state, lock_fd))
         self._settling.add(job.name)
 
     def _oom_in_log(self, log_path: str | None) -> bool:
@@ -687,17 +695,11 @@ class Dispatcher:
             self._by_pid[job.pid] = job.name
 
     def _untrack(self, job: RunningJob) -> None:
+        """Forget a job, closing what it holds (a lock it still holds is let go here:
+        a lock kept by mistake would keep its job from ever running again)."""
         self.running.pop(job.name, None)
         self._by_pid.pop(job.pid or -1, None)
-        if job.pidfd is not None:
-            os.close(job.pidfd)
-            job.pidfd = None
-
-    def _untrack_named(self, name: str) -> RunningJob | None:
-        job = self.running.get(name)
-        if job is not None:
-            self._untrack(job)
-        return job
+        job.release()
 
     # ------------------------------------------------------------------ launcher
     def _launcher(self, now: float) -> Launcher:
@@ -719,7 +721,6 @@ class Dispatcher:
                 job.pidfd = procs.pidfd(job.pid) if job.pid else None
             else:  # it may or may not have started: let recovery find out
                 self._untrack(job)
-                job.release()
                 if (job.phase is Phase.HANDED_OVER and job.queued is not None
                         and self.queue.locate(job.name) is JobState.QUEUED):
                     self.intake.give_back(job.queued)
