@@ -209,3 +209,16 @@ def test_withdrawn_handover_stays_queued(setup, tmp_path):
     gate.touch()
     messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
     assert queue.locate("b.sh") is JobState.QUEUED
+
+
+def test_the_job_does_not_hold_its_own_lock(setup):
+    """Else a monitor killed under a live job would leave it owned, and never settled."""
+    queue, keeper = setup
+    write(queue, JobState.QUEUED, "a.sh", "ls -l /proc/self/fd")
+    fd = queue.lock_job("a.sh", JobState.QUEUED)
+    assert queue.claim("a.sh")
+    keeper.spawn(request(queue, "a.sh"), fd)
+    os.close(fd)
+    messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    listing = Path(queue.layout.job_log("a.sh", 1)).read_text()
+    assert "/proc/" in listing and "a.sh" not in listing, listing

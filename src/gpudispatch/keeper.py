@@ -32,6 +32,18 @@ _MAX_MESSAGE = 1 << 20
 _SOCKET_FD = 3  # where the keeper finds its end of the socket pair
 
 
+def _recv(sock: socket.socket) -> tuple[bytes, int | None]:
+    """One message and the descriptor sent with it, if any. Received descriptors are
+    inheritable unless asked otherwise (``socket.recv_fds`` drops its flags): a lock
+    leaked into every later job would keep its job owned while any of them runs."""
+    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_LEN(4),
+                                                socket.MSG_CMSG_CLOEXEC)
+    fds = [int.from_bytes(d[i:i + 4], sys.byteorder) for level, kind, d in ancdata
+           if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+           for i in range(0, len(d) - len(d) % 4, 4)]
+    return data, fds[0] if fds else None
+
+
 # --- requests (dispatcher -> keeper) -------------------------------------------------------
 @dataclass(frozen=True)
 class SpawnRequest:
@@ -215,14 +227,14 @@ def run_keeper(sock: socket.socket, queue: FolderQueue) -> None:
 def _serve(state: _KeeperState) -> bool:
     """Act on one request; False once the dispatcher has gone."""
     try:
-        data, fds, _flags, _addr = socket.recv_fds(state.sock, _MAX_MESSAGE, 1)
+        data, fd = _recv(state.sock)
     except OSError:
         return False
     if not data:
         return False
     message = pickle.loads(data)
     if isinstance(message, SpawnRequest):
-        state.send(state.start(message, fds[0] if fds else None))
+        state.send(state.start(message, fd))
     elif isinstance(message, Handover):
         ended = next((pid for pid in message.variants if pid not in state.children), None)
         if ended is None:
@@ -275,7 +287,7 @@ class Keeper:
             )
         finally:
             theirs.close()
-        ours.setblocking(False)  # recv_fds ignores MSG_DONTWAIT on a blocking socket
+        ours.setblocking(False)  # reads never wait; a full buffer is waited on in _send
         self._sock = ours
 
     def fileno(self) -> int:
@@ -303,7 +315,7 @@ class Keeper:
             if self._sock is None:
                 raise KeeperGone("keeper is closed")
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self._sock, _MAX_MESSAGE, 1)
+                data, fd = _recv(self._sock)
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError as exc:
@@ -311,7 +323,7 @@ class Keeper:
             if not data:
                 raise KeeperGone("keeper exited")
             message = pickle.loads(data)
-            out.append(replace(message, lock_fd=fds[0]) if fds else message)
+            out.append(replace(message, lock_fd=fd) if fd is not None else message)
 
     def close(self) -> None:
         """Let the keeper go (running jobs carry on under their monitors)."""
