@@ -211,8 +211,9 @@ def test_withdrawn_handover_stays_queued(setup, tmp_path):
     assert queue.locate("b.sh") is JobState.QUEUED
 
 
-def test_the_job_does_not_hold_its_own_lock(setup):
-    """Else a monitor killed under a live job would leave it owned, and never settled."""
+def test_the_job_inherits_no_descriptor_but_its_output(setup):
+    """Not its lock (else a monitor killed under a live job would leave the job owned,
+    and never settled), nor the keeper's socket or what the dispatcher's caller had open."""
     queue, keeper = setup
     write(queue, JobState.QUEUED, "a.sh", "ls -l /proc/self/fd")
     fd = queue.lock_job("a.sh", JobState.QUEUED)
@@ -221,4 +222,5 @@ def test_the_job_does_not_hold_its_own_lock(setup):
     os.close(fd)
     messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
     listing = Path(queue.layout.job_log("a.sh", 1)).read_text()
-    assert "/proc/" in listing and "a.sh" not in listing, listing
+    fds = {line.split()[-3] for line in listing.splitlines()[1:]}
+    assert fds == {"0", "1", "2", "3"}, listing  # 3: ls's own look at /proc/self/fd

@@ -352,6 +352,9 @@ class Keeper:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Jobs inherit what the keeper has open: nothing but stdin, stdout and stderr.
+    os.set_inheritable(_SOCKET_FD, False)
+    os.closerange(_SOCKET_FD + 1, os.sysconf("SC_OPEN_MAX"))
     sock = socket.socket(fileno=_SOCKET_FD)
     run_keeper(sock, FolderQueue(argv[0], create=False))
     return 0
