@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -25,6 +26,8 @@ from conftest import (
     where,
     write_script,
 )
+
+from gpudispatch.store import FolderQueue
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +99,9 @@ def test_job_that_ended_while_no_dispatcher_ran_keeps_its_exit_code(tmp_path, ro
     first.kill9()
     open_gate(gate)  # the job ends while no dispatcher runs
     wait_until(lambda: not pid_alive(rec["pid"]))
-    exit_file = root / ".gpudispatch" / "exit" / "ends.sh"
-    wait_until(exit_file.exists, message="the keeper to write the exit code")
+    journal = Path(FolderQueue(root).layout.exit_journal())
+    wait_until(lambda: journal.exists() and b" 3 ends.sh\n" in journal.read_bytes(),
+               message="the monitor to write the exit status")
     second = launch.run(root, "--slots", "1", "--drain")
     assert second.wait() == 1  # --drain: a job failed
     assert where(root, "ends.sh") == "failed"
@@ -106,7 +110,6 @@ def test_job_that_ended_while_no_dispatcher_ran_keeps_its_exit_code(tmp_path, ro
     assert done["attempts"] == 1
     assert read_lines(runs) == ["ends.sh"]  # not run again
     assert "ends.sh ended while no dispatcher was running" in logfile_text(root)
-    assert not exit_file.exists()  # recorded: the code on disk is no longer needed
 
 
 def test_job_cut_off_with_its_dispatcher_runs_again(tmp_path, root, launch):
@@ -123,7 +126,7 @@ def test_job_cut_off_with_its_dispatcher_runs_again(tmp_path, root, launch):
     wait_until(lambda: not pid_alive(keeper))
     os.killpg(rec["pid"], signal.SIGKILL)
     wait_until(lambda: not pid_alive(rec["pid"]))
-    assert not (root / ".gpudispatch" / "exit" / "cut.sh").exists()
+    assert FolderQueue(root).exit_status("cut.sh") is None
     assert where(root, "cut.sh") == "running"
     open_gate(gate)
     second = launch.run(root, "--slots", "1", "--drain")

@@ -127,7 +127,9 @@ def test_start_exit_record(world):
     assert [r.name for r in fake.spawned] == ["a.sh"]
     env = fake.spawned[0].env
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["GPUDISPATCH_ATTEMPT"] == "1"
-    assert env["GPUDISPATCH_EXIT_FILE"] == queue.layout.exit_file("a.sh")
+    assert env["GPUDISPATCH_EXIT_FILE"] == queue.layout.exit_journal()
+    inode = os.lstat(queue.layout.script(JobState.RUNNING, "a.sh")).st_ino
+    assert env["GPUDISPATCH_RUN"] == f"{inode}.1"  # its line in the journal
     assert fake.spawned[0].argv[:2] == ["/bin/sh", "-c"]  # through its monitor
     assert queue.locate("a.sh") is JobState.RUNNING
     d.tick(100.1)

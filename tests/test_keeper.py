@@ -20,7 +20,7 @@ from gpudispatch.keeper import (
     SpawnRequest,
     Started,
 )
-from gpudispatch.monitor import monitor_argv, read_exit_file
+from gpudispatch.monitor import monitor_argv
 from gpudispatch.store import FolderQueue
 
 
@@ -44,8 +44,14 @@ def write(queue: FolderQueue, state: JobState, name: str, body: str) -> str:
 def request(queue: FolderQueue, name: str, attempt: int = 1) -> SpawnRequest:
     path = queue.layout.script(JobState.RUNNING, name)
     log = queue.layout.job_log(name, attempt)
+    inode = os.lstat(queue.layout.script(queue.locate(name), name)).st_ino
     return SpawnRequest(name, monitor_argv(["/bin/sh", path], True),
-                        {**queue.layout.job_env(name, attempt, [], log), "X": "1"}, log)
+                        {**queue.layout.job_env(name, attempt, [], log, inode), "X": "1"}, log)
+
+
+def status(queue: FolderQueue, name: str):
+    """What the monitor wrote for the job's current script (None until it has)."""
+    return queue.exit_status(name)
 
 
 def messages_until(keeper: Keeper, predicate, timeout=10.0) -> list:
@@ -73,8 +79,13 @@ def test_reports_start_and_exit_and_the_monitor_writes_the_status(setup):
     assert (exited.name, exited.pid, exited.code) == ("a.sh", first.pid, 3)
     log = Path(queue.layout.job_log("a.sh", 1)).read_text()
     assert log == f"out 1 {queue.layout.script(JobState.RUNNING, 'a.sh')}\n"
-    status = read_exit_file(queue.layout.exit_file("a.sh"))
-    assert (status.attempt, status.code) == (1, 3)
+    written = status(queue, "a.sh")
+    assert (written.attempt, written.code) == (1, 3)
+    # Another job under the same name (another script) does not see that line as its own.
+    os.rename(queue.layout.script(JobState.RUNNING, "a.sh"),
+              queue.layout.script(JobState.COMPLETED, "a.sh"))
+    write(queue, JobState.RUNNING, "a.sh", "true")
+    assert status(queue, "a.sh") is None
 
 
 def test_the_exit_status_survives_the_death_of_keeper_and_dispatcher(setup, tmp_path):
@@ -87,9 +98,8 @@ def test_the_exit_status_survives_the_death_of_keeper_and_dispatcher(setup, tmp_
     wait_until(lambda: os.waitpid(keeper.pid, os.WNOHANG)[0] or not pid_alive(keeper.pid))
     assert procs.pid_alive(pid)
     gate.touch()
-    wait_until(lambda: read_exit_file(queue.layout.exit_file("a.sh")) is not None)
-    status = read_exit_file(queue.layout.exit_file("a.sh"))
-    assert (status.attempt, status.code) == (2, 7)
+    written = wait_until(lambda: status(queue, "a.sh"))
+    assert (written.attempt, written.code) == (2, 7)
 
 
 def test_a_sigterm_to_the_monitor_alone_does_not_stop_the_job(setup, tmp_path):
@@ -114,7 +124,7 @@ def test_sigkill_ends_the_job_but_not_its_monitor(setup):
     procs.signal_job(pid, signal.SIGKILL)
     seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
     assert next(m for m in seen if isinstance(m, Exited)).code == 128 + signal.SIGKILL
-    assert read_exit_file(queue.layout.exit_file("a.sh")).code == 128 + signal.SIGKILL
+    assert status(queue, "a.sh").code == 128 + signal.SIGKILL
 
 
 def test_the_lock_is_held_while_the_monitor_lives_and_freed_when_it_ends(setup, tmp_path):

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 
 from gpudispatch import procs
 from gpudispatch.job import JobState
-from gpudispatch.layout import EXIT_FILE_ENV
 from gpudispatch.monitor import LOCK_FD
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import drain_pipe
@@ -160,10 +159,6 @@ class _KeeperState:
             os.close(fd)
 
     def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None):
-        try:
-            os.unlink(request.env[EXIT_FILE_ENV])  # an earlier run's
-        except OSError:
-            pass
         try:
             pid = spawn_monitor(request, lock_fd)
         except OSError as exc:

@@ -7,6 +7,7 @@ dispatcher bookkeeping that users never touch lives in the hidden ``.gpudispatch
 from __future__ import annotations
 
 import os
+import socket
 import unicodedata
 from pathlib import Path
 
@@ -18,7 +19,8 @@ JOB_ENV = "GPUDISPATCH_JOB"
 ATTEMPT_ENV = "GPUDISPATCH_ATTEMPT"
 LOG_ENV = "GPUDISPATCH_LOG"
 METRICS_ENV = "GPUDISPATCH_METRICS"
-EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # where the monitor writes; also finds it after a crash
+EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # the journal the monitor appends to; finds it too
+RUN_ENV = "GPUDISPATCH_RUN"  # this run's identity in the journal: script inode and attempt
 HOOK_STATE_ENV = "GPUDISPATCH_STATE"
 HOOK_EXIT_CODE_ENV = "GPUDISPATCH_EXIT_CODE"
 HOOK_REASON_ENV = "GPUDISPATCH_REASON"
@@ -154,8 +156,9 @@ class Layout:
     def metrics(self, name: str) -> str:
         return f"{self._logs}{name}.metrics.json"
 
-    def job_env(self, name: str, attempt: int, gpus: list[int], log: str) -> dict[str, str]:
-        """What a job's environment adds to the dispatcher's."""
+    def job_env(self, name: str, attempt: int, gpus: list[int], log: str,
+                inode: int = 0) -> dict[str, str]:
+        """What a job's environment adds to the dispatcher's (``inode``: its script's)."""
         return {
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
             JOB_ENV: name,
@@ -163,11 +166,14 @@ class Layout:
             ATTEMPT_ENV: str(attempt),
             LOG_ENV: log,
             METRICS_ENV: self.metrics(name),
-            EXIT_FILE_ENV: self.exit_file(name),
+            EXIT_FILE_ENV: self.exit_journal(),
+            RUN_ENV: f"{inode}.{attempt}",
         }
 
-    def exit_file(self, name: str) -> str:
-        return f"{self.exits}/{name}"
+    def exit_journal(self, host: str | None = None) -> str:
+        """Where this host's monitors append exit statuses (one line per run, no file
+        created per job: a file creation costs more than a trivial job here)."""
+        return f"{self.exits}/{host or socket.gethostname()}.log"
 
     def cancel_request(self, name: str) -> str:
         return f"{self.cancels}/{name}"

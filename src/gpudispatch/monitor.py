@@ -1,8 +1,8 @@
 """The per-job monitor: a ``/bin/sh`` that is the job's parent and owns its exit status.
 
 As Podman's conmon or Slurm's slurmstepd, it lives exactly as long as the job and does
-one thing: wait for it, then write ``ATTEMPT CODE`` to the job's exit file under ROOT.
-The dispatcher and its keeper may die at any moment; the status survives them.
+one thing: wait for it, then append ``RUN CODE NAME`` to its host's exit journal under
+ROOT. The dispatcher and its keeper may die at any moment; the status survives them.
 
 - It ignores SIGTERM/SIGINT/SIGHUP with a *caught* no-op (not ``SIG_IGN``, which would be
   inherited across ``exec``), so a signal to the job's group stops the job, and the monitor
@@ -13,8 +13,10 @@ The dispatcher and its keeper may die at any moment; the status survives them.
   ``running/`` still has an owner.
 - A plain ``/bin/sh`` script is sourced in a subshell, one ``exec`` shorter; ``$0`` is the
   script's path in both ways.
-- The line ends with a newline: a reader that finds no newline (a write cut by a crash)
-  treats the file as absent.
+- One journal per host, appended with ``O_APPEND`` (a short line is one atomic write),
+  rather than a file per job: creating a file costs more than a trivial job on the disks
+  this runs on. ``RUN`` is the script's inode and the attempt, so a line is never taken
+  for another run's. A line without its newline (a write cut by a crash) is ignored.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gpudispatch.layout import ATTEMPT_ENV, EXIT_FILE_ENV
+from gpudispatch.layout import EXIT_FILE_ENV, JOB_ENV, RUN_ENV
 
 LOCK_FD = 9
 MONITOR_SCRIPT = (
     ": gpudispatch-monitor; trap : TERM INT HUP; "
     'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; '
-    f'c=$?; echo "${ATTEMPT_ENV} $c" >"${EXIT_FILE_ENV}"; exit $c'
+    f'c=$?; printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; exit $c'
 )
+JOURNAL_ROTATE_BYTES = 4 << 20
 MARKER = b": gpudispatch-monitor;"
 
 
@@ -46,21 +49,49 @@ class ExitStatus:
     code: int
 
 
-def read_exit_file(path: str) -> ExitStatus | None:
-    """What a monitor wrote, or None (not written, cut short, or not a monitor's line)."""
+def read_exit_journals(exit_dir: str) -> dict[tuple[str, int], ExitStatus]:
+    """Every status in a queue's exit journals (all hosts, older first), by job name and
+    script inode; a later line for the same run wins."""
+    found: dict[tuple[str, int], ExitStatus] = {}
+    try:
+        names = sorted(e.name for e in os.scandir(exit_dir) if e.name.endswith((".log",
+                                                                              ".log.old")))
+    except OSError:
+        return found
+    for journal in sorted(names, key=lambda n: not n.endswith(".old")):
+        for line in _read(f"{exit_dir}/{journal}").split(b"\n")[:-1]:
+            parts = line.split(b" ", 2)
+            if len(parts) != 3:
+                continue
+            run, code, name = parts
+            inode, _, attempt = run.partition(b".")
+            if not (inode.isdigit() and attempt.isdigit() and code.lstrip(b"-").isdigit()):
+                continue
+            key = (name.decode(errors="surrogateescape"), int(inode))
+            found[key] = ExitStatus(int(attempt), int(code))
+    return found
+
+
+def _read(path: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return None
+        return b""
     try:
-        data = os.read(fd, 64)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
     except OSError:
-        return None
+        return b""
     finally:
         os.close(fd)
-    if not data.endswith(b"\n"):
-        return None
-    parts = data.split()
-    if len(parts) != 2 or not all(p.lstrip(b"-").isdigit() for p in parts):
-        return None
-    return ExitStatus(int(parts[0]), int(parts[1]))
+
+
+def rotate_journal(path: str) -> None:
+    """Start a new journal once this one is large (the previous one is still read)."""
+    try:
+        if os.lstat(path).st_size >= JOURNAL_ROTATE_BYTES:
+            os.replace(path, f"{path}.old")
+    except OSError:
+        pass

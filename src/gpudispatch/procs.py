@@ -8,7 +8,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from gpudispatch.layout import ATTEMPT_ENV, EXIT_FILE_ENV
+from gpudispatch.layout import ATTEMPT_ENV, EXIT_FILE_ENV, JOB_ENV
 from gpudispatch.monitor import MARKER
 
 
@@ -50,7 +50,7 @@ class FoundMonitor:
 
 def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
     """Live monitors of one queue, by job name: session leaders running the monitor script
-    with an exit file under ``exit_dir``. A daemon the job started has the same environment
+    with an exit journal under ``exit_dir``. A daemon the job started has the same environment
     but not the monitor's command line, so it is never taken for the job."""
     marker = f"{EXIT_FILE_ENV}={exit_dir}/".encode()
     found: dict[str, FoundMonitor] = {}
@@ -70,8 +70,8 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
         exit_item = next((i for i in items if i.startswith(marker)), None)
         if exit_item is None or fields is None or int(fields[3]) != pid or fields[0] == b"Z":
             continue
-        name = exit_item[len(marker):].decode(errors="surrogateescape")
         env = dict(i.split(b"=", 1) for i in items if b"=" in i)
+        name = env.get(JOB_ENV.encode(), b"").decode(errors="surrogateescape")
         attempt = env.get(ATTEMPT_ENV.encode(), b"0")
         cuda = env.get(b"CUDA_VISIBLE_DEVICES", b"")
         found[name] = FoundMonitor(

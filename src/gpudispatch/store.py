@@ -19,6 +19,7 @@ from pathlib import Path
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
 from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
+from gpudispatch.monitor import ExitStatus, read_exit_journals
 
 HOST = socket.gethostname()
 _TMP_COUNTER = itertools.count()
@@ -300,11 +301,18 @@ class FolderQueue:
         self.write_record(record)
         return self.move(name, src, JobState.QUEUED)
 
-    def drop_exit_file(self, name: str) -> None:
+    def exit_status(self, name: str,
+                    journal: dict[tuple[str, int], ExitStatus] | None = None
+                    ) -> ExitStatus | None:
+        """The status a monitor wrote for this job's script (the caller compares its
+        attempt with the record's); ``journal``: read once for many jobs."""
         try:
-            os.unlink(self.layout.exit_file(name))
-        except FileNotFoundError:
-            pass
+            inode = os.lstat(self.layout.script(JobState.RUNNING, name)).st_ino
+        except OSError:
+            return None
+        if journal is None:
+            journal = read_exit_journals(str(self.layout.exits))
+        return journal.get((name, inode))
 
     def cancel_requested(self, name: str) -> bool:
         return os.path.lexists(self.layout.cancel_request(name))

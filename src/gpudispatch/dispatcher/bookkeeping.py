@@ -79,7 +79,6 @@ def _settle(queue: FolderQueue, settlements: list[Settlement]) -> list[Settled]:
             else:
                 moved = queue.conclude(s.name, s.record, s.state)
             if moved:
-                queue.drop_exit_file(s.name)
                 queue.drop_cancel_request(s.name)
         finally:
             if s.lock_fd is not None:

@@ -9,6 +9,7 @@ the steps act on them.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import selectors
@@ -40,7 +41,7 @@ from gpudispatch.keeper import (
     Started,
 )
 from gpudispatch.layout import METRICS_ENV
-from gpudispatch.monitor import monitor_argv, read_exit_file
+from gpudispatch.monitor import monitor_argv, rotate_journal
 from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, oom_in_tail
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
@@ -259,7 +260,7 @@ class Dispatcher:
             if not self.queue.holds(job.lock_fd, job.name, JobState.RUNNING):
                 self._untrack(job)
                 continue
-            status = read_exit_file(self.layout.exit_file(job.name))
+            status = self.queue.exit_status(job.name)
             if status is not None and status.attempt >= job.record.attempts:
                 job.record.attempts = status.attempt
                 self._ended(job, status.code)
@@ -384,8 +385,10 @@ class Dispatcher:
                       if j.phase is Phase.RUNNING and not j.watched and j.pid not in followed]
         if not candidates:
             return
-        order = sorted([*self.intake.order(), *(j.queued for j in handed.values() if j.queued)],
-                       key=lambda j: j.sort_key)
+        order = list(self.intake.order())  # with the handed-over jobs in their places
+        for job in handed.values():
+            if job.queued is not None:
+                bisect.insort(order, job.queued, key=_sort_key)
         deps = _DepStates(self.queue)
 
         def plan_without(name: str):
@@ -398,6 +401,8 @@ class Dispatcher:
             if queued is not None:
                 self._start(queued, now, follow={self.running[r].pid: ids
                                                  for r, ids in variants.items()})
+        if followers:
+            self._prepare_next_logs()
 
     def _note_idle(self, now: float) -> None:
         idle = not self.intake.pending and not self.running and not self.intake.waiting
@@ -465,7 +470,7 @@ class Dispatcher:
 
         def request(ids: list[int]) -> SpawnRequest:
             gpus = [g for g in (self.slots[i] for i in ids) if g is not None]
-            env = self.layout.job_env(name, record.attempts, gpus, record.log or "")
+            env = self.layout.job_env(name, record.attempts, gpus, record.log or "", st.st_ino)
             # NVML's (and nvidia-smi's) numbering; CUDA's default order may differ.
             env["CUDA_DEVICE_ORDER"] = self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             return SpawnRequest(name, argv, env, record.log or "")
@@ -539,17 +544,17 @@ class Dispatcher:
         self._wake_loop()
 
     def _prepare_next_logs(self) -> None:
-        """Create the log files of the jobs likely to start next, in the writer thread
-        (a file creation costs 0.1 to 1 ms here; the monitor then only truncates it)."""
-        upcoming = [j.name for j in self.intake.order()[: len(self.slots)]
+        """Create the log files of the jobs likely to start next, in the writer thread: a
+        file creation costs 0.1 to 1 ms here, on the path between two jobs otherwise."""
+        upcoming = [j.name for j in self.intake.order()[: len(self.slots) + 1]
                     if j.name not in self._prepared_logs]
         if upcoming:
             self._prepared_logs.update(upcoming)
             self.writer.run(create_empty, [self.layout.job_log(n, 1) for n in upcoming])
 
     def _drop_prepared_log(self, name: str) -> None:
-        """A job that will not run here leaves no empty log behind."""
-        if name in self._prepared_logs:  # through the writer: after it created the file
+        """A job that will not run here leaves no empty files behind."""
+        if name in self._prepared_logs:  # through the writer: after it created the files
             self._prepared_logs.discard(name)
             self.writer.run(remove_if_empty, self.layout.job_log(name, 1))
 
@@ -789,6 +794,7 @@ class Dispatcher:
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self.watcher is not None:
             selector.register(self.watcher.fileno(), selectors.EVENT_READ, "files")
+        self.writer.run(rotate_journal, self.layout.exit_journal())
         try:
             self.reconcile()
             while True:
@@ -864,6 +870,10 @@ class Dispatcher:
                 self.intake.events |= names
                 if names & self.running.keys():
                     self._next_cancel_check = 0.0  # a cancel request for a running job
+
+
+def _sort_key(job: QueuedJob) -> tuple[int, str]:
+    return job.sort_key
 
 
 def _parse_time(text: str | None) -> float | None:

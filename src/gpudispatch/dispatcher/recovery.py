@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from gpudispatch import peers, procs
 from gpudispatch.job import DirectiveError, Directives, JobRecord, JobState, parse_directives
-from gpudispatch.monitor import ExitStatus, read_exit_file
+from gpudispatch.monitor import ExitStatus, read_exit_journals
 from gpudispatch.scriptcheck import read_head
 from gpudispatch.store import HOST, FolderQueue
 
@@ -38,6 +38,7 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
                  skip: Callable[[str], bool]) -> list[Orphan]:
     layout = queue.layout
     monitors: dict[str, procs.FoundMonitor] | None = None
+    journal: dict | None = None
     found = []
     for name in queue.names(JobState.RUNNING):
         if skip(name):
@@ -64,7 +65,9 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             record.attempts = max(record.attempts, monitor.attempt)
             found.append(Orphan(name, record, directives, fd, monitor, None))
             continue
-        status = read_exit_file(layout.exit_file(name))
+        if journal is None:
+            journal = read_exit_journals(str(layout.exits))
+        status = queue.exit_status(name, journal)
         if status is not None and status.attempt < record.attempts:
             status = None  # an earlier run's
         alive = status is None and local and bool(record.pid) and procs.job_alive(record.pid)
