@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gpudispatch.job import DirectiveError, Directives, JobState, parse_directives
-from gpudispatch.layout import is_job_name
+from gpudispatch.layout import is_job_name, name_problem
 from gpudispatch.scheduler import QueuedJob
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import read_if_complete
@@ -26,7 +26,7 @@ class _Unready:
 
 class Intake:
     def __init__(self, queue: FolderQueue, wait: float,
-                 impossible: Callable[[Directives], str | None]) -> None:
+                 impossible: Callable[[Directives, str], str | None]) -> None:
         self.queue = queue
         self.layout = queue.layout
         self.wait = wait
@@ -85,6 +85,9 @@ class Intake:
     def _consider(self, name: str, now: float) -> bool | str:
         """True once a new file is completely written (and queued); a reason if it can
         never run; False to look again later."""
+        problem = name_problem(name)
+        if problem:
+            return problem
         path = self.layout.script(JobState.QUEUED, name)
         try:
             st = os.lstat(path)
@@ -110,7 +113,7 @@ class Intake:
         self._heads[name] = (st.st_size, st.st_mtime_ns, head)
         try:
             directives = parse_directives(head.decode(errors="replace"))
-            reason = self._impossible(directives)
+            reason = self._impossible(directives, name)
         except DirectiveError as exc:
             reason = str(exc)
         if reason:

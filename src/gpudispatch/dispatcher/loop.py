@@ -40,7 +40,7 @@ from gpudispatch.keeper import (
     SpawnRequest,
     Started,
 )
-from gpudispatch.layout import METRICS_ENV
+from gpudispatch.layout import METRICS_ENV, printable
 from gpudispatch.monitor import monitor_argv, rotate_journal
 from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, oom_in_tail
 from gpudispatch.scheduler import (
@@ -411,8 +411,8 @@ class Dispatcher:
         self._idle_logged = idle
 
     # ------------------------------------------------------------------ starting
-    def _impossible(self, directives: Directives) -> str | None:
-        return impossible_reason(directives, self.slots, self.gpus.totals(self.slots))
+    def _impossible(self, directives: Directives, name: str) -> str | None:
+        return impossible_reason(directives, self.slots, self.gpus.totals(self.slots), name)
 
     def _slot_states(self, without: str | None = None) -> list[SlotState]:
         return self.gpus.slot_states(self.slots, self.running.values(), without)
@@ -665,13 +665,17 @@ class Dispatcher:
         if started:
             record.started_at = record.ended_at
         try:
-            if self.queue.conclude(name, record, JobState.FAILED):
-                self.failures += 1
-                self.hooks.fire(name, record, JobState.FAILED)
+            moved = self.queue.conclude(name, record, JobState.FAILED)
+        except OSError as exc:  # no record can be written for it (a name too long...)
+            moved = self.queue.move(name, JobState.RUNNING, JobState.FAILED)
+            reason = f"{reason} (no record written: {exc.strerror})"
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
-        self.log.warning("%s failed: %s", name, reason)
+        if moved:
+            self.failures += 1
+            self.hooks.fire(name, record, JobState.FAILED)
+        self.log.warning("%s failed: %s", printable(name), reason)
 
     def _stop_job(self, job: RunningJob, why: str, now: float) -> None:
         """SIGTERM the job's processes now and SIGKILL them after the grace period."""
