@@ -12,13 +12,11 @@ import os
 import time
 
 from gpudispatch import procs
-from gpudispatch.job import JobState, now_iso
+from gpudispatch.job import now_iso
 from gpudispatch.layout import Layout
 from gpudispatch.store import HOST, write_atomic
 
 HEARTBEAT_SECONDS = 15.0
-# A peer that claimed a job this recently may not have written its record yet.
-CLAIM_GRACE_SECONDS = 10.0
 
 
 def owner_id() -> str:
@@ -48,29 +46,3 @@ def owner_alive(layout: Layout, owner: str | None, every: float = HEARTBEAT_SECO
     except FileNotFoundError:
         return False
     return time.time() - beat < 3 * every
-
-
-def live_peers(layout: Layout, me: str, every: float = HEARTBEAT_SECONDS) -> set[str]:
-    """The other live dispatchers of this queue (dead ones of this host are forgotten)."""
-    try:
-        owners = [entry.name for entry in os.scandir(layout.dispatchers)]
-    except FileNotFoundError:
-        return set()
-    peers = set()
-    for owner in owners:
-        if owner == me:
-            continue
-        if owner_alive(layout, owner, every):
-            peers.add(owner)
-        elif owner.rpartition(".")[0] == HOST:
-            unregister(layout, owner)
-    return peers
-
-
-def recently_claimed(layout: Layout, name: str, grace: float = CLAIM_GRACE_SECONDS) -> bool:
-    """Whether a job entered ``running/`` so recently that its claimer may be mid-start."""
-    try:
-        ctime = os.lstat(layout.script(JobState.RUNNING, name)).st_ctime
-    except FileNotFoundError:
-        return True
-    return time.time() - ctime < grace

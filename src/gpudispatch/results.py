@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, safe_iso
 from gpudispatch.layout import METRICS_ENV
-from gpudispatch.store import FolderQueue
+from gpudispatch.store import FolderQueue, write_atomic
 
 __all__ = ["METRICS_ENV"]  # re-exported: jobs import it from here
 BASE_COLUMNS = ("name", "state", "duration_s", "gpus")
@@ -40,20 +39,8 @@ def write_metrics(metrics: Mapping[str, Any], path: str | Path | None = None) ->
     if not target:
         return None
     target = Path(target)
-    # An unguessable temporary, created exclusively: a symlink planted at a predictable
-    # name in logs/ must not redirect the write.
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(dict(metrics), default=str))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # Beside the target (a job may not reach ROOT's tmp/), under an unguessable name.
+    write_atomic(target, json.dumps(dict(metrics), default=str).encode(), target.parent)
     return target
 
 
