@@ -225,9 +225,9 @@ def bench_latency(cfg: Config, dirs: RunDirs, rng: random.Random) -> list[Row]:
     metric = "start latency, idle queue"
     return [
         Row(f"{metric}, long gap ({LONG_GAP[0]:g}-{LONG_GAP[1]:g} s)", "ms",
-            res["gpudispatch long"], "task-spooler", res["tsp long"], max_ratio=1.5),
+            res["gpudispatch long"], "task-spooler", res["tsp long"], max_ratio=1.0),
         Row(f"{metric}, short gap ({SHORT_GAP[0]:g}-{SHORT_GAP[1]:g} s)", "ms",
-            res["gpudispatch short"], "task-spooler", res["tsp short"], max_ratio=1.5),
+            res["gpudispatch short"], "task-spooler", res["tsp short"], max_ratio=1.0),
         Row(f"{metric}, long gap", "ms", res["gpudispatch long"], "seed loop", res["seed"]),
         Row(f"{metric}, short gap", "ms", res["gpudispatch short"], "seed loop", res["seed"]),
         Row("  tsp: client call alone", "ms", res["tsp client"]),
