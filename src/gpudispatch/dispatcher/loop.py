@@ -27,6 +27,12 @@ from gpudispatch.dispatcher.hooks import Hooks
 from gpudispatch.dispatcher.intake import Intake
 from gpudispatch.dispatcher.recovery import Orphan, find_orphans
 from gpudispatch.dispatcher.running import Phase, RunningJob
+from gpudispatch.dispatcher.starting import (
+    check_claimed,
+    gpus_of,
+    new_run_record,
+    spawn_request,
+)
 from gpudispatch.gpus import DEFAULT_BUSY_THRESHOLD, GpuProbe, GpuProbeError
 from gpudispatch.gpuview import GpuView
 from gpudispatch.job import Directives, JobRecord, JobState, now_iso, parse_iso
@@ -41,7 +47,7 @@ from gpudispatch.keeper import (
     Started,
 )
 from gpudispatch.layout import METRICS_ENV, printable
-from gpudispatch.monitor import monitor_argv, rotate_journal
+from gpudispatch.monitor import rotate_journal
 from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, oom_in_tail
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
@@ -50,8 +56,8 @@ from gpudispatch.scheduler import (
     impossible_reason,
     plan,
 )
-from gpudispatch.scriptcheck import ScriptRejected, check_script, read_head
-from gpudispatch.store import HOST, FolderQueue
+from gpudispatch.scriptcheck import ScriptRejected
+from gpudispatch.store import FolderQueue
 from gpudispatch.watch import FolderWatcher, drain_pipe
 
 # A job's start record waits this long: most trivial jobs are over by then and need
@@ -435,15 +441,10 @@ class Dispatcher:
             self._wake_loop()  # its slots stay free: plan again at once
             return  # another dispatcher took it, or the user removed it
         self._plain_only.discard(name)
-        state = JobState.QUEUED if follow else JobState.RUNNING
-        size, mtime, head = self.intake.head(name)
-        running_path = self.layout.script(JobState.RUNNING, name)
         try:
-            path = self.layout.script(state, name)
-            st = os.lstat(path)
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                head = read_head(path, st)
-            launch = check_script(running_path, st, head)
+            st, launch = check_claimed(self.layout, name,
+                                       JobState.QUEUED if follow else JobState.RUNNING,
+                                       self.intake.head(name))
         except (OSError, ScriptRejected) as exc:
             if follow is None and isinstance(exc, ScriptRejected):
                 self._reject(name, f"{name} {exc}", None, lock_fd)
@@ -457,23 +458,14 @@ class Dispatcher:
                     self._drop_prepared_log(name)
             self._wake_loop()
             return
-        record = self.queue.fresh_record(name)
-        record.attempts += 1
-        record.host, record.dispatcher = HOST, self.owner
-        record.ended_at, record.exit_code, record.reason = None, None, None
-        record.backend, record.backend_id = "local", None
-        record.extra["directives"] = job.directives.to_dict()
-        record.log = self.layout.job_log(name, record.attempts)
+        record = new_run_record(self.queue, name, job.directives, self.owner)
         if launch.note:
             self.log.info("%s is %s", name, launch.note)
-        argv = monitor_argv(launch.argv, launch.plain_sh)
+        device_order = self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
         def request(ids: list[int]) -> SpawnRequest:
-            gpus = [g for g in (self.slots[i] for i in ids) if g is not None]
-            env = self.layout.job_env(name, record.attempts, gpus, record.log or "", st.st_ino)
-            # NVML's (and nvidia-smi's) numbering; CUDA's default order may differ.
-            env["CUDA_DEVICE_ORDER"] = self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-            return SpawnRequest(name, argv, env, record.log or "")
+            return spawn_request(self.layout, record, launch, gpus_of(self.slots, ids),
+                                 st.st_ino, device_order)
 
         running = RunningJob(name, [], record, job.directives,
                              Phase.HANDED_OVER if follow else Phase.SPAWNING,
@@ -481,7 +473,7 @@ class Dispatcher:
         if follow is None:
             assert slot_ids is not None
             running.slot_ids = slot_ids
-            record.gpus = [g for g in (self.slots[i] for i in slot_ids) if g is not None]
+            record.gpus = gpus_of(self.slots, slot_ids)
         else:
             running.variants = follow
         self._track(running)
@@ -506,7 +498,7 @@ class Dispatcher:
             job.lock_fd = message.lock_fd
             job.slot_ids = (job.variants or {}).get(message.after or -1, [])
             job.variants = None
-            job.record.gpus = [g for g in (self.slots[i] for i in job.slot_ids) if g is not None]
+            job.record.gpus = gpus_of(self.slots, job.slot_ids)
         job.to(Phase.RUNNING)
         job.pid, job.started = message.pid, message.started
         job.record.pid = message.pid
@@ -777,7 +769,8 @@ class Dispatcher:
         if orphan.directives.timeout:  # its limit still counts from when it started
             started = _parse_time(record.started_at)
             elapsed = time.time() - started if started else 0.0
-            job.deadline = now + max(0.0, orphan.directives.timeout - elapsed)
+            # (+10 ms: started_at is kept to the millisecond; never stop it early)
+            job.deadline = now + max(0.0, orphan.directives.timeout - elapsed) + 0.01
         job.pidfd = procs.pidfd(pid) if monitor is not None and pid else None
         self._track(job)
         self.log.info("%s is still running (pid %d); waiting for it", orphan.name, pid or 0)
