@@ -270,24 +270,15 @@ class SlurmBackend:
     def _fail_queued(self, name: str, reason: str) -> None:
         if not self.queue.claim(name):
             return
-        record = self._fresh_record(name)
+        record = self.queue.fresh_record(name)
         record.backend, record.reason, record.ended_at = "slurm", reason, now_iso()
         self._conclude(name, record, JobState.FAILED)
-
-    def _fresh_record(self, name: str) -> JobRecord:
-        """A requeued job keeps its attempts; a new drop of a finished name starts over."""
-        record = self.queue.read_record(name)
-        if record.ended_at and not record.extra.get("requeued"):
-            record = JobRecord(name=name, submitted_at=record.submitted_at,
-                               params=record.params)
-        record.extra.pop("requeued", None)
-        return record
 
     def _submit(self, name: str, directives: Directives, after_ids: list[str],
                 new_attempt: bool) -> None:
         """sbatch one claimed job; the record (with its token) is written first."""
         path = Path(self.layout.script(JobState.RUNNING, name))
-        record = self._fresh_record(name) if new_attempt else self.queue.read_record(name)
+        record = self.queue.fresh_record(name) if new_attempt else self.queue.read_record(name)
         try:
             text = path.read_text(errors="replace")
         except OSError as exc:
@@ -526,9 +517,7 @@ class SlurmBackend:
         if retryable and record.attempts <= retries:
             self.logger.info("%s: retry %d of %d", name, record.attempts, retries)
             record.reason = f"{record.reason}; retrying"
-            record.extra["requeued"] = True
-            self.queue.write_record(record)
-            self.queue.move(name, JobState.RUNNING, JobState.QUEUED)
+            self.queue.requeue(name, record)
             return
         self._finish_failed(name, record)
 
@@ -540,12 +529,8 @@ class SlurmBackend:
         """Record first, then move: a crash between leaves a job poll() concludes again."""
         self._tracked.pop(name, None)
         record.extra.pop("cancel_requested", None)
-        self.queue.write_record(record)
-        self.queue.move(name, JobState.RUNNING, state)
-        try:
-            os.unlink(self.layout.cancel_request(name))
-        except FileNotFoundError:
-            pass
+        self.queue.conclude(name, record, state)
+        self.queue.drop_cancel_request(name)
         if state is JobState.FAILED:
             self.failures += 1
 
@@ -557,7 +542,7 @@ class SlurmBackend:
         if where is JobState.QUEUED:
             if not self.queue.claim(name):
                 return False
-            record = self._fresh_record(name)
+            record = self.queue.fresh_record(name)
             record.reason = "cancelled"
             self._finish_failed(name, record)
             return True
