@@ -195,9 +195,23 @@ class Layout:
         )
 
     def create(self) -> Layout:
+        """Make the folders that are missing. Bookkeeping (``.gpudispatch/``: exit
+        statuses, temporaries, cancel requests) is for the owner alone, so that no one
+        else can plant or forge what the dispatcher reads there."""
         for path in self.all_dirs():
-            path.mkdir(parents=True, exist_ok=True)
+            if path.is_relative_to(self.state):
+                self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+                path.mkdir(mode=0o700, exist_ok=True)
+            else:
+                path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def writable_by_others(self) -> bool:
+        """Whether users other than its owner may drop scripts into ``queue/``."""
+        try:
+            return bool(os.stat(self.queue).st_mode & 0o022)
+        except OSError:
+            return False
 
     def exists(self) -> bool:
         return self.queue.is_dir()

@@ -780,6 +780,9 @@ class Dispatcher:
         """Dispatch until stopped (or drained); the exit status: with ``--drain``, 1 when
         a job failed (as the Slurm backend does), else 0."""
         self.log.info("------------ Job Dispatcher Started ------------")
+        if self.layout.writable_by_others():
+            self.log.warning("%s is writable by other users: scripts they drop there run "
+                             "as %s", self.layout.queue, _user())
         self._heartbeat(time.monotonic())
         self._launcher(time.monotonic())
         self.watcher = FolderWatcher([self.layout.queue, self.layout.cancels])
@@ -867,6 +870,15 @@ class Dispatcher:
                 self.intake.events |= names
                 if names & self.running.keys():
                     self._next_cancel_check = 0.0  # a cancel request for a running job
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.getuid()}"
 
 
 def _sort_key(job: QueuedJob) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""Names that cannot be handled fail at intake with a reason; the dispatcher goes on."""
+"""The folder defends itself at intake: bad names fail with a reason, bookkeeping is private."""
 
 from __future__ import annotations
 
@@ -22,3 +22,16 @@ def test_bad_names_fail_with_a_reason_and_the_queue_goes_on(root, launch):
     messages = "\n".join(log_messages(root))
     assert "line\\nbreak.sh failed" in messages  # escaped: no forged log line
     assert "depends on itself" in messages
+
+
+def test_bookkeeping_is_private_and_an_open_queue_is_warned_about(root, launch):
+    """Other users must not plant exit statuses or temporaries where the dispatcher reads;
+    scripts others can drop run as the dispatcher's user, which it says."""
+    os.chmod(root / "queue", 0o777)
+    write_script(root / "queue" / "a.sh", "#!/bin/sh\ntrue\n")
+    proc = launch.run(root, "--slots", "1", "--drain")
+    assert proc.wait() == 0
+    for sub in ("", "exit", "tmp", "cancel", "dispatchers"):
+        mode = os.stat(root / ".gpudispatch" / sub).st_mode & 0o777
+        assert mode == 0o700, (sub, oct(mode))
+    assert any("writable by other users" in m for m in log_messages(root))
