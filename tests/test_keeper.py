@@ -65,6 +65,14 @@ def messages_until(keeper: Keeper, predicate, timeout=10.0) -> list:
     return seen
 
 
+def monitor_ready(pid: int) -> bool:
+    """Its trap is set (a SIGTERM sooner kills the monitor itself: the job is then
+    interrupted, as the dispatcher's tests of cancel-at-start show)."""
+    with open(f"/proc/{pid}/status") as fh:
+        caught = next(line for line in fh if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def started(seen: list, name: str) -> Started:
     return next(m for m in seen if isinstance(m, Started) and m.name == name)
 
@@ -108,6 +116,7 @@ def test_a_sigterm_to_the_monitor_alone_does_not_stop_the_job(setup, tmp_path):
     write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
     keeper.spawn(request(queue, "a.sh"), None)
     pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    wait_until(lambda: monitor_ready(pid))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         os.kill(pid, sig)
     gate.touch()
@@ -120,6 +129,7 @@ def test_sigkill_ends_the_job_but_not_its_monitor(setup):
     write(queue, JobState.RUNNING, "a.sh", "trap '' TERM; sleep 30 & wait")
     keeper.spawn(request(queue, "a.sh"), None)
     pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    wait_until(lambda: monitor_ready(pid) and len(procs._members(pid)) >= 3)  # sleep too
     procs.signal_job(pid, signal.SIGTERM)  # ignored by the job
     procs.signal_job(pid, signal.SIGKILL)
     seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
