@@ -106,16 +106,22 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         return f"{name}: was not running any more (cancelled)"
     if record.host not in (None, HOST):
         return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
-    monitor = procs.find_monitors(str(layout.exits)).get(name)
-    if monitor is None:
-        return f"{name}: cancel requested; its dispatcher will stop it as it starts"
+    started = record.extra.get("monitor_started")
+    if procs.same_process(record.pid, started):
+        pid = record.pid
+    else:  # its start is not recorded yet
+        monitor = procs.find_monitors(str(layout.exits)).get(name)
+        pid, started = (monitor.pid, monitor.started) if monitor else (None, None)
+    if pid is None:
+        return (f"{name}: cancel requested; its dispatcher stops it within a second and "
+                "records it cancelled")
     # Stop it now; whoever owns it (its dispatcher, or the next one) records the end.
-    procs.signal_job(monitor.pid, signal.SIGTERM)
+    procs.signal_job(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while procs.same_process(monitor.pid, monitor.started) and time.monotonic() < deadline:
+    while procs.same_process(pid, started) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if procs.same_process(monitor.pid, monitor.started):
-        procs.signal_job(monitor.pid, signal.SIGKILL)
+    if procs.same_process(pid, started):
+        procs.signal_job(pid, signal.SIGKILL)
     return f"{name}: stopped (cancelled)"
 
 

@@ -46,7 +46,7 @@ from gpudispatch.keeper import (
     SpawnRequest,
     Started,
 )
-from gpudispatch.layout import METRICS_ENV, printable
+from gpudispatch.layout import printable
 from gpudispatch.monitor import rotate_journal
 from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, oom_in_tail
 from gpudispatch.scheduler import (
@@ -158,9 +158,9 @@ class Dispatcher:
         self.gpus = GpuView(options.probe, options.respect_foreign,
                             options.foreign_threshold, options.gpu_poll)
         self.intake = Intake(queue, options.wait, self._impossible)
+        # A dispatcher started from inside a job must not pass that job's identity on.
         self._base_env = {k: v for k, v in os.environ.items()
                           if not k.startswith("GPUDISPATCH_") or k == "GPUDISPATCH_ROOT"}
-        self._base_env.pop(METRICS_ENV, None)
         self._fake_launcher = launcher is not None
         self.launcher: Launcher | None = launcher
         self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
