@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 from gpudispatch.layout import EXIT_FILE_ENV, JOB_ENV, RUN_ENV
+from gpudispatch.safeio import read_regular
 
 LOCK_FD = 9
 MONITOR_SCRIPT = (
@@ -33,6 +34,7 @@ MONITOR_SCRIPT = (
     f'c=$?; printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; exit $c'
 )
 JOURNAL_ROTATE_BYTES = 4 << 20
+JOURNAL_READ_LIMIT = 64 << 20  # rotated at start only: a long-lived one may grow past 4 MB
 MARKER = b": gpudispatch-monitor;"
 
 
@@ -50,16 +52,20 @@ class ExitStatus:
 
 
 def read_exit_journals(exit_dir: str) -> dict[tuple[str, int], ExitStatus]:
-    """Every status in a queue's exit journals (all hosts, older first), by job name and
-    script inode; a later line for the same run wins."""
+    """Every status in a queue's exit journals (all hosts, rotated ones too), by job name
+    and script inode; the latest attempt of each wins."""
     found: dict[tuple[str, int], ExitStatus] = {}
     try:
-        names = sorted(e.name for e in os.scandir(exit_dir) if e.name.endswith((".log",
-                                                                              ".log.old")))
+        journals = [e.name for e in os.scandir(exit_dir) if e.name.endswith((".log",
+                                                                             ".log.old"))]
     except OSError:
         return found
-    for journal in sorted(names, key=lambda n: not n.endswith(".old")):
-        for line in _read(f"{exit_dir}/{journal}").split(b"\n")[:-1]:
+    for journal in journals:
+        try:
+            data = read_regular(f"{exit_dir}/{journal}", JOURNAL_READ_LIMIT)
+        except OSError:
+            continue
+        for line in data.split(b"\n")[:-1]:  # a line cut short by a crash has no newline
             parts = line.split(b" ", 2)
             if len(parts) != 3:
                 continue
@@ -68,24 +74,9 @@ def read_exit_journals(exit_dir: str) -> dict[tuple[str, int], ExitStatus]:
             if not (inode.isdigit() and attempt.isdigit() and code.lstrip(b"-").isdigit()):
                 continue
             key = (name.decode(errors="surrogateescape"), int(inode))
-            found[key] = ExitStatus(int(attempt), int(code))
+            if key not in found or int(attempt) >= found[key].attempt:
+                found[key] = ExitStatus(int(attempt), int(code))
     return found
-
-
-def _read(path: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return b""
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
 
 
 def rotate_journal(path: str) -> None:

@@ -65,6 +65,15 @@ def drain_pipe(fd: int) -> None:
         pass
 
 
+def close_fds(*fds: int) -> None:
+    """Close descriptors that may already be closed (at shutdown)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class _Inotify:
     """Inotify through watchdog's own bindings, read from our event loop (Linux).
 
@@ -190,8 +199,4 @@ class FolderWatcher:
             self._observer.stop()
             self._observer.join(timeout=2)
             self._observer = None
-        for fd in (self._read_fd, self._write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self._read_fd, self._write_fd)

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Protocol
 
 from gpudispatch import peers, procs
-from gpudispatch.dispatcher.bookkeeping import Settlement, Writer, create_empty, remove_if_empty
+from gpudispatch.dispatcher.bookkeeping import (
+    Settled,
+    Settlement,
+    Writer,
+    create_empty,
+    remove_if_empty,
+)
 from gpudispatch.dispatcher.handover import choose_followers
 from gpudispatch.dispatcher.hooks import Hooks
 from gpudispatch.dispatcher.intake import Intake
@@ -58,7 +64,7 @@ from gpudispatch.scheduler import (
 )
 from gpudispatch.scriptcheck import ScriptRejected
 from gpudispatch.store import FolderQueue
-from gpudispatch.watch import FolderWatcher, drain_pipe
+from gpudispatch.watch import FolderWatcher, close_fds, drain_pipe
 
 # A job's start record waits this long: most trivial jobs are over by then and need
 # one record write instead of two. A crash in between loses nothing (see recovery).
@@ -216,19 +222,23 @@ class Dispatcher:
                            "stays on disk and the next dispatcher records it.", exc)
             self.stop_requests = max(self.stop_requests, 1)
             return
-        for s in settled:
-            self._settling.discard(s.name)
-            if not s.moved:
-                continue
-            if s.state is JobState.QUEUED:
-                # Taken up now, not when its file event arrives: --drain must not see an
-                # empty schedule and exit with it still queued.
-                self.intake.events.add(s.name)
-            else:
-                if s.state is JobState.FAILED:
-                    self.failures += 1
-                self.hooks.fire(s.name, s.record, s.state)
+        for done in settled:
+            self._on_settled(done)
         self.hooks.reap()
+
+    def _on_settled(self, done: Settled) -> None:
+        """An ended job's files are written: its hook, --drain's count, a retry in view."""
+        self._settling.discard(done.name)
+        if not done.moved:
+            return
+        if done.state is JobState.QUEUED:
+            # Taken up now, not when its file event arrives: --drain must not see an
+            # empty schedule and exit with it still queued.
+            self.intake.events.add(done.name)
+            return
+        if done.state is JobState.FAILED:
+            self.failures += 1
+        self.hooks.fire(done.name, done.record, done.state)
 
     def _read_launcher(self, now: float) -> None:
         if self.launcher is None:
@@ -357,8 +367,7 @@ class Dispatcher:
         handed = [j.queued.sort_key for j in self.running.values()
                   if j.phase is Phase.HANDED_OVER and j.queued is not None]
         if handed:  # nothing later than a handed-over job may start before it
-            first = min(handed)
-            order = [j for j in order if j.sort_key < first]
+            order = order[:bisect.bisect_left(order, min(handed), key=_sort_key)]
             if any(st.free for st in states):
                 self._withdraw_handovers()  # a slot is free: start them here instead
         result = plan(order, self.slots, states, _DepStates(self.queue), now,
@@ -814,19 +823,14 @@ class Dispatcher:
 
     def close(self) -> None:
         """Finish pending writes; let the keeper go (running jobs carry on)."""
-        for settled in self.writer.close():
-            if settled.moved and settled.state.is_final:
-                self.hooks.fire(settled.name, settled.record, settled.state)
+        for done in self.writer.close():
+            self._on_settled(done)
         for job in self.running.values():
             job.release()
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self._wake_r, self._wake_w)
 
     def _wake_loop(self) -> None:
         try:
