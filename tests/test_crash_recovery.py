@@ -118,12 +118,10 @@ def test_job_cut_off_with_its_dispatcher_runs_again(tmp_path, root, launch):
                                                      runs=runs, gate=gate))
     first = launch.run(root, "--slots", "1")
     rec = _running_job(root, runs, "cut.sh")
-    keeper = parent_pid(rec["pid"])
-    assert keeper != first.pid and parent_pid(keeper) == first.pid
-    # Nothing is left to write an exit code: dispatcher, keeper, monitor and job all die.
+    assert parent_pid(rec["pid"]) == first.pid  # the dispatcher starts monitors itself
+    # Nothing is left to write an exit code: dispatcher, monitor and job all die.
     first.kill9()
-    os.kill(keeper, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(keeper))
+    wait_until(lambda: not pid_alive(first.pid))
     os.killpg(rec["pid"], signal.SIGKILL)
     wait_until(lambda: not pid_alive(rec["pid"]))
     assert FolderQueue(root).exit_status("cut.sh") is None

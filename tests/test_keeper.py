@@ -80,9 +80,9 @@ def started(seen: list, name: str) -> Started:
 def test_reports_start_and_exit_and_the_monitor_writes_the_status(setup):
     queue, keeper = setup
     write(queue, JobState.RUNNING, "a.sh", 'echo "out $X $0"; exit 3')
-    keeper.spawn(request(queue, "a.sh"), None)
+    first = keeper.spawn(request(queue, "a.sh"), None)
+    assert isinstance(first, Started) and first.name == "a.sh"
     seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
-    first = started(seen, "a.sh")
     exited = next(m for m in seen if isinstance(m, Exited))
     assert (exited.name, exited.pid, exited.code) == ("a.sh", first.pid, 3)
     log = Path(queue.layout.job_log("a.sh", 1)).read_text()
@@ -100,8 +100,7 @@ def test_the_exit_status_survives_the_death_of_keeper_and_dispatcher(setup, tmp_
     queue, keeper = setup
     gate = tmp_path / "gate"
     write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 7")
-    keeper.spawn(request(queue, "a.sh", attempt=2), None)
-    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    pid = keeper.spawn(request(queue, "a.sh", attempt=2), None).pid
     os.kill(keeper.pid, signal.SIGKILL)  # every gpudispatch process of this job is gone
     wait_until(lambda: os.waitpid(keeper.pid, os.WNOHANG)[0] or not pid_alive(keeper.pid))
     assert procs.pid_alive(pid)
@@ -114,8 +113,7 @@ def test_a_sigterm_to_the_monitor_alone_does_not_stop_the_job(setup, tmp_path):
     queue, keeper = setup
     gate = tmp_path / "gate"
     write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
-    keeper.spawn(request(queue, "a.sh"), None)
-    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    pid = keeper.spawn(request(queue, "a.sh"), None).pid
     wait_until(lambda: monitor_ready(pid))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         os.kill(pid, sig)
@@ -127,8 +125,7 @@ def test_a_sigterm_to_the_monitor_alone_does_not_stop_the_job(setup, tmp_path):
 def test_sigkill_ends_the_job_but_not_its_monitor(setup):
     queue, keeper = setup
     write(queue, JobState.RUNNING, "a.sh", "trap '' TERM; sleep 30 & wait")
-    keeper.spawn(request(queue, "a.sh"), None)
-    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    pid = keeper.spawn(request(queue, "a.sh"), None).pid
     wait_until(lambda: monitor_ready(pid) and len(procs._members(pid)) >= 3)  # sleep too
     procs.signal_job(pid, signal.SIGTERM)  # ignored by the job
     procs.signal_job(pid, signal.SIGKILL)
@@ -144,8 +141,7 @@ def test_the_lock_is_held_while_the_monitor_lives_and_freed_when_it_ends(setup, 
     fd = queue.lock_job("a.sh", JobState.QUEUED)
     assert fd is not None and queue.lock_job("a.sh", JobState.QUEUED) is None
     assert queue.claim("a.sh")
-    keeper.spawn(request(queue, "a.sh"), fd)
-    messages_until(keeper, lambda m: m)
+    assert isinstance(keeper.spawn(request(queue, "a.sh"), fd), Started)
     os.close(fd)  # the dispatcher dies: the monitor still holds the job
     assert queue.lock_job("a.sh", JobState.RUNNING) is None
     gate.touch()
@@ -159,8 +155,7 @@ def test_handover_claims_and_starts_the_next_job_when_the_first_ends(setup, tmp_
     queue, keeper = setup
     gate = tmp_path / "gate"
     write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
-    keeper.spawn(request(queue, "a.sh"), None)
-    first = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    first = keeper.spawn(request(queue, "a.sh"), None).pid
     write(queue, JobState.QUEUED, "b.sh", "echo b")
     st = os.lstat(queue.layout.script(JobState.QUEUED, "b.sh"))
     keeper.hand_over(Handover("b.sh", {first: request(queue, "b.sh")},
@@ -185,8 +180,7 @@ def test_a_job_that_may_follow_either_of_two_starts_after_the_first_to_end(setup
     for n in ("a", "b"):
         write(queue, JobState.RUNNING, f"{n}.sh",
               f"while [ ! -e {gates[n]} ]; do sleep 0.02; done")
-        keeper.spawn(request(queue, f"{n}.sh"), None)
-        pids[n] = started(messages_until(keeper, lambda m: m), f"{n}.sh").pid
+        pids[n] = keeper.spawn(request(queue, f"{n}.sh"), None).pid
     for n in ("c", "d"):
         write(queue, JobState.QUEUED, f"{n}.sh", "true")
     st = {n: os.lstat(queue.layout.script(JobState.QUEUED, f"{n}.sh")) for n in ("c", "d")}
@@ -220,8 +214,7 @@ def test_withdrawn_handover_stays_queued(setup, tmp_path):
     queue, keeper = setup
     gate = tmp_path / "gate"
     write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
-    keeper.spawn(request(queue, "a.sh"), None)
-    pid = started(messages_until(keeper, lambda m: m), "a.sh").pid
+    pid = keeper.spawn(request(queue, "a.sh"), None).pid
     write(queue, JobState.QUEUED, "b.sh", "true")
     keeper.hand_over(Handover("b.sh", {pid: request(queue, "b.sh")}, (0, 0, 0)))
     keeper.withdraw("b.sh")
@@ -231,10 +224,14 @@ def test_withdrawn_handover_stays_queued(setup, tmp_path):
     assert queue.locate("b.sh") is JobState.QUEUED
 
 
-def test_the_job_inherits_no_descriptor_but_its_output(setup):
+def test_the_job_inherits_no_descriptor_but_its_output(tmp_path):
     """Not its lock (else a monitor killed under a live job would leave the job owned,
     and never settled), nor the keeper's socket or what the dispatcher's caller had open."""
-    queue, keeper = setup
+    queue = FolderQueue(tmp_path / "root")
+    r, w = os.pipe()
+    os.set_inheritable(w, True)  # as a caller might leave one
+    keeper = Keeper(str(queue.layout.root), dict(os.environ))
+    keeper.start()
     write(queue, JobState.QUEUED, "a.sh", "ls -l /proc/self/fd")
     fd = queue.lock_job("a.sh", JobState.QUEUED)
     assert queue.claim("a.sh")
@@ -242,5 +239,8 @@ def test_the_job_inherits_no_descriptor_but_its_output(setup):
     os.close(fd)
     messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
     listing = Path(queue.layout.job_log("a.sh", 1)).read_text()
+    keeper.close()
+    os.close(r)
+    os.close(w)
     fds = {line.split()[-3] for line in listing.splitlines()[1:]}
     assert fds == {"0", "1", "2", "3"}, listing  # 3: ls's own look at /proc/self/fd

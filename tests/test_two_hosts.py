@@ -50,16 +50,18 @@ class OtherHost:
                                      start_new_session=True)
 
     def keeper_pid(self) -> int:
-        """The dispatcher's forked keeper (its only child that is a gpudispatch process)."""
+        """The dispatcher's keeper process (the monitors are its children too)."""
         def find():
             for entry in os.listdir("/proc"):
                 if entry.isdigit():
                     try:
                         with open(f"/proc/{entry}/stat") as fh:
                             ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                        with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                            keeper = b"gpudispatch.keeper" in fh.read()
                     except (OSError, ValueError):
                         continue
-                    if ppid == self.proc.pid:
+                    if ppid == self.proc.pid and keeper:
                         return int(entry)
             return None
         return wait_until(find, 10, message="the other host's keeper")
@@ -138,8 +140,7 @@ def test_a_live_job_on_another_host_is_left_alone_whatever_its_dispatcher(hosts,
     write_script(root / "queue" / "x.sh", job_text(gate=gate, body="exit 0"))
     wait_record(root, "x.sh", lambda r: r.get("host") == "hostb" and r.get("pid"))
     here = launch.run(root, "--slots", "1", "--heartbeat", BEAT)
-    keepers = [int(p) for p in subprocess.run(["pgrep", "-P", str(b.proc.pid)],
-                                              capture_output=True, text=True).stdout.split()]
+    keepers = [b.keeper_pid()]
     for pid in [b.proc.pid, *keepers]:
         os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
     own_beat = root / ".gpudispatch" / "dispatchers" / f"{os.uname().nodename}.{here.pid}"

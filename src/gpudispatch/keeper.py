@@ -29,18 +29,20 @@ from gpudispatch.watch import drain_pipe
 
 _MAX_MESSAGE = 1 << 20
 _SOCKET_FD = 3  # where the keeper finds its end of the socket pair
+_MAX_FDS = 64  # descriptors with one message (a hand-over's pidfds, one per slot)
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, int | None]:
-    """One message and the descriptor sent with it, if any. Received descriptors are
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors sent with it (never waits: ``BlockingIOError``
+    when there is none). Received descriptors are
     inheritable unless asked otherwise (``socket.recv_fds`` drops its flags): a lock
     leaked into every later job would keep its job owned while any of them runs."""
-    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_LEN(4),
-                                                socket.MSG_CMSG_CLOEXEC)
+    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(4 * _MAX_FDS),
+                                                socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
     fds = [int.from_bytes(d[i:i + 4], sys.byteorder) for level, kind, d in ancdata
            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
            for i in range(0, len(d) - len(d) % 4, 4)]
-    return data, fds[0] if fds else None
+    return data, fds
 
 
 # --- requests (dispatcher -> keeper) -------------------------------------------------------
@@ -65,6 +67,9 @@ class Handover:
     name: str
     variants: dict[int, SpawnRequest]  # monitor pid followed -> request
     identity: tuple[int, int, int]  # inode, size, mtime of the script the dispatcher checked
+    # Monitors the dispatcher started itself: their pidfds come with the message, in this
+    # order (the keeper cannot wait for another's child, and a pid alone may be reused).
+    pidfd_pids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,11 @@ class HandoverReturned:
     why: str
 
 
+@dataclass(frozen=True)
+class KeeperExited:
+    """The keeper process is gone (its hand-overs with it); the jobs it started go on."""
+
+
 # (Python itself ignores SIGPIPE and SIGXFSZ, as subprocess's restore_signals knows.)
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -113,8 +123,11 @@ class KeeperGone(Exception):
     """The keeper process ended; the dispatcher watches its jobs' monitors directly."""
 
 
-def spawn_monitor(request: SpawnRequest, lock_fd: int | None) -> int:
-    """Start a job's monitor in a session of its own, its output to the job's log."""
+def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
+                  base_env: dict[str, str] | None = None) -> int:
+    """Start a job's monitor in a session of its own, its output to the job's log.
+    ``posix_spawn`` (a vfork and an exec, no Python in the child) is safe from a process
+    with threads, so the dispatcher calls this itself."""
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         # Never through a planted symlink; a FIFO there fails instead of blocking us.
@@ -127,7 +140,8 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None) -> int:
         actions.append((os.POSIX_SPAWN_DUP2, moved if moved is not None else lock_fd, LOCK_FD))
     try:
         return os.posix_spawn(
-            request.argv[0], request.argv, {**os.environ, **request.env}, setsid=True,
+            request.argv[0], request.argv,
+            {**(os.environ if base_env is None else base_env), **request.env}, setsid=True,
             # Ignored dispositions survive exec: a job that ignores SIGTERM cannot be
             # stopped gently (nor a pipeline end on SIGPIPE).
             setsigdef=_RESET_SIGNALS, file_actions=actions,
@@ -141,8 +155,10 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None) -> int:
 class _KeeperState:
     queue: FolderQueue
     sock: socket.socket
+    selector: selectors.BaseSelector
     children: dict[int, str] = field(default_factory=dict)  # monitor pid -> job name
     handovers: list[Handover] = field(default_factory=list)  # in run order
+    pidfds: dict[int, int] = field(default_factory=dict)  # followed, not ours: pid -> pidfd
 
     def send(self, message) -> None:
         self.sock.send(pickle.dumps(message))
@@ -186,12 +202,55 @@ class _KeeperState:
             return HandoverReturned(handover.name, "changed")
         return self.start(handover.variants[after], lock_fd, after)
 
+    def follow(self, handover: Handover, fds: list[int]) -> None:
+        """Take a hand-over, with the pidfds of the dispatcher's monitors it follows. It
+        starts at once if one of them is unknown here (ended, and its end was not used
+        for another job); an end seen by a pidfd is acted on once every request sent
+        before it has been read, so the first in run order gets the slots."""
+        for pid, fd in zip(handover.pidfd_pids, fds, strict=False):
+            old = self.pidfds.pop(pid, None)
+            if old is not None:
+                self.selector.unregister(old)
+                os.close(old)
+            self.pidfds[pid] = fd
+            self.selector.register(fd, selectors.EVENT_READ, "pidfd")
+        ended = next((pid for pid in handover.variants
+                      if pid not in self.children and pid not in self.pidfds), None)
+        if ended is None:
+            self.handovers.append(handover)
+        else:
+            self.send_started(self.hand_over(handover, ended))
+            self.forget_pidfds()
+
+    def check_followed(self) -> None:
+        """Refill the slots of the followed monitors that ended (one job each: the others
+        that follow it stay until the dispatcher takes them back)."""
+        if not self.pidfds:
+            return
+        ready = set(select.select(list(self.pidfds.values()), [], [], 0)[0])
+        for pid in [p for p, fd in self.pidfds.items() if fd in ready]:
+            fd = self.pidfds.pop(pid)
+            self.selector.unregister(fd)
+            os.close(fd)
+            follow = self.follower(pid)
+            if follow is not None:
+                self.send_started(self.hand_over(follow, pid))
+        self.forget_pidfds()
+
     def follower(self, pid: int) -> Handover | None:
         for i, handover in enumerate(self.handovers):
             if pid in handover.variants:
                 del self.handovers[i]
                 return handover
         return None
+
+    def forget_pidfds(self) -> None:
+        """Close the pidfds no hand-over follows any more."""
+        followed = {pid for h in self.handovers for pid in h.variants}
+        for pid in [p for p in self.pidfds if p not in followed]:
+            fd = self.pidfds.pop(pid)
+            self.selector.unregister(fd)
+            os.close(fd)
 
 
 def run_keeper(sock: socket.socket, queue: FolderQueue) -> None:
@@ -206,43 +265,43 @@ def run_keeper(sock: socket.socket, queue: FolderQueue) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "sock")
     selector.register(wake_r, selectors.EVENT_READ, "child")
-    state = _KeeperState(queue, sock)
+    state = _KeeperState(queue, sock, selector)
     try:
         while True:
             for key, _ in selector.select():
                 if key.data == "child":
                     drain_pipe(wake_r)
-                elif not _serve(state):
+                elif key.data == "sock" and not _serve(state):
                     return
             _reap(state)
+            state.check_followed()
     except OSError:  # the dispatcher is gone (the socket broke)
         return
 
 
 def _serve(state: _KeeperState) -> bool:
-    """Act on one request; False once the dispatcher has gone."""
-    try:
-        data, fd = _recv(state.sock)
-    except OSError:
-        return False
-    if not data:
-        return False
-    message = pickle.loads(data)
-    if isinstance(message, SpawnRequest):
-        state.send(state.start(message, fd))
-    elif isinstance(message, Handover):
-        ended = next((pid for pid in message.variants if pid not in state.children), None)
-        if ended is None:
-            state.handovers.append(message)
-        else:  # what it follows has ended already
-            state.send_started(state.hand_over(message, ended))
-    elif isinstance(message, Withdraw):
-        for i, handover in enumerate(state.handovers):
-            if handover.name == message.name:
-                del state.handovers[i]
-                state.send(HandoverReturned(message.name, "withdrawn"))
-                break
-    return True
+    """Act on every request sent so far; False once the dispatcher has gone."""
+    while True:
+        try:
+            data, fds = _recv(state.sock)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        message = pickle.loads(data)
+        if isinstance(message, SpawnRequest):
+            state.send(state.start(message, fds[0] if fds else None))
+        elif isinstance(message, Handover):
+            state.follow(message, fds)
+        elif isinstance(message, Withdraw):
+            for i, handover in enumerate(state.handovers):
+                if handover.name == message.name:
+                    del state.handovers[i]
+                    state.send(HandoverReturned(message.name, "withdrawn"))
+                    state.forget_pidfds()
+                    break
 
 
 def _reap(state: _KeeperState) -> None:
@@ -261,18 +320,47 @@ def _reap(state: _KeeperState) -> None:
         state.send(Exited(name, pid, os.waitstatus_to_exitcode(status)))
         if started is not None:
             state.send_started(started)
+        state.forget_pidfds()
+
+
+def _seal_inherited() -> None:
+    """Mark what this process inherited (beyond stdin, stdout, stderr) close-on-exec:
+    the monitors it starts get only what ``spawn_monitor`` gives them."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
 
 
 class Keeper:
-    """The dispatcher's handle on its keeper process (the real launcher)."""
+    """The dispatcher's launcher: it starts jobs itself and keeps a keeper process for
+    hand-overs.
+
+    A start is a ``posix_spawn`` from the dispatcher, with no round trip to another
+    process on the way (that hop was a third of the start latency). The monitors it
+    starts are its children; it reaps them and reports their ends. The keeper process
+    only holds hand-overs (it follows our monitors through pidfds sent with each); if it
+    dies, its hand-overs and the monitors it started are reported lost
+    (:class:`KeeperExited`), and the next hand-over starts a new one.
+    """
 
     def __init__(self, root: str, base_env: dict[str, str]) -> None:
+        _seal_inherited()
         self._root = root
         self._base_env = base_env
         self.pid: int | None = None
         self._sock: socket.socket | None = None
+        self._children: dict[int, tuple[str, int]] = {}  # our monitors: pid -> name, pidfd
+        self._lost = False  # a send found the keeper gone
 
     def start(self) -> None:
+        """Start the keeper process (again, after it died)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.pid = os.posix_spawn(
@@ -286,15 +374,29 @@ class Keeper:
         self._sock = ours
 
     def fileno(self) -> int:
+        if self._sock is None:
+            self.start()
         assert self._sock is not None
         return self._sock.fileno()
 
-    def spawn(self, request: SpawnRequest, lock_fd: int | None) -> None:
-        """Ask for a job to start; :class:`Started` or :class:`SpawnFailed` comes later."""
-        self._send(request, lock_fd)
+    def owns(self, pid: int) -> bool:
+        """Whether the monitor ``pid`` is our child (its end is ours to report)."""
+        return pid in self._children
+
+    def spawn(self, request: SpawnRequest, lock_fd: int | None) -> Started | SpawnFailed:
+        """Start a job's monitor now (the caller keeps its hold on ``lock_fd``)."""
+        try:
+            pid = spawn_monitor(request, lock_fd, self._base_env)
+        except OSError as exc:
+            return SpawnFailed(request.name, str(exc))
+        # Our unreaped child: its pid cannot be reused while we hold it, so this pidfd
+        # is this process's for good.
+        self._children[pid] = (request.name, os.pidfd_open(pid))
+        return Started(request.name, pid, procs.start_time(pid))
 
     def hand_over(self, handover: Handover) -> None:
-        self._send(handover)
+        ours = tuple(pid for pid in handover.variants if pid in self._children)
+        self._send(replace(handover, pidfd_pids=ours), [self._children[p][1] for p in ours])
 
     def withdraw(self, name: str) -> None:
         """Take back a hand-over; :class:`HandoverReturned` comes if it was in time."""
@@ -304,24 +406,53 @@ class Keeper:
         procs.signal_job(monitor_pid, sig)
 
     def messages(self) -> list:
-        """Reports since the last call, in order (never blocks)."""
-        out = []
-        while True:
-            if self._sock is None:
-                raise KeeperGone("keeper is closed")
-            try:
-                data, fd = _recv(self._sock)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError as exc:
-                raise KeeperGone(f"keeper is gone: {exc}") from None
-            if not data:
-                raise KeeperGone("keeper exited")
-            message = pickle.loads(data)
-            out.append(replace(message, lock_fd=fd) if fd is not None else message)
+        """Reports since the last call, in order (never blocks): the keeper's, then the
+        ends of our own monitors, then :class:`KeeperExited` if the keeper died."""
+        out, lost = self._read_keeper()
+        out += self._reap()
+        if lost or self._lost:
+            self._drop_keeper()
+            out.append(KeeperExited())
+        return out
 
     def close(self) -> None:
         """Let the keeper go (running jobs carry on under their monitors)."""
+        self._drop_keeper()
+        for _name, fd in self._children.values():
+            os.close(fd)
+        self._children.clear()
+
+    def _read_keeper(self) -> tuple[list, bool]:
+        out: list = []
+        while self._sock is not None:
+            try:
+                data, fds = _recv(self._sock)
+            except (BlockingIOError, InterruptedError):
+                return out, False
+            except OSError:
+                return out, True
+            if not data:
+                return out, True
+            message = pickle.loads(data)
+            out.append(replace(message, lock_fd=fds[0]) if fds else message)
+        return out, False
+
+    def _reap(self) -> list[Exited]:
+        out = []
+        for pid, (name, fd) in list(self._children.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is in the journal
+                done, status = pid, None
+            if done:
+                del self._children[pid]
+                os.close(fd)
+                code = -1 if status is None else os.waitstatus_to_exitcode(status)
+                out.append(Exited(name, pid, code))
+        return out
+
+    def _drop_keeper(self) -> None:
+        self._lost = False
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -330,18 +461,21 @@ class Keeper:
                 os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+            self.pid = None
 
-    def _send(self, message, fd: int | None = None) -> None:
+    def _send(self, message, fds: list[int] | None = None) -> None:
         if self._sock is None:
-            raise KeeperGone("keeper is closed")
+            self.start()
+        assert self._sock is not None
         data = pickle.dumps(message)
         while True:
             try:
-                socket.send_fds(self._sock, [data], [fd] if fd is not None else [])
+                socket.send_fds(self._sock, [data], fds or [])
                 return
             except BlockingIOError:  # the keeper is behind: wait until it reads
                 select.select([], [self._sock], [], 1.0)
             except OSError as exc:
+                self._lost = True  # messages() reports it, in order with the rest
                 raise KeeperGone(f"keeper is gone: {exc}") from None
 
 

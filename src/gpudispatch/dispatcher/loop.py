@@ -47,6 +47,7 @@ from gpudispatch.keeper import (
     Handover,
     HandoverReturned,
     Keeper,
+    KeeperExited,
     KeeperGone,
     SpawnFailed,
     SpawnRequest,
@@ -80,11 +81,14 @@ class Launcher(Protocol):
 
     def start(self) -> None: ...
     def fileno(self) -> int: ...
-    def spawn(self, request: SpawnRequest, lock_fd: int | None) -> None: ...
+    def owns(self, pid: int) -> bool: ...  # a monitor whose end it reports, keeper or not
+    # The start's report now, or None when it comes with ``messages()``.
+    def spawn(self, request: SpawnRequest,
+              lock_fd: int | None) -> Started | SpawnFailed | None: ...
     def hand_over(self, handover: Handover) -> None: ...
     def withdraw(self, name: str) -> None: ...
     def signal(self, monitor_pid: int, sig: int) -> None: ...
-    def messages(self) -> list: ...
+    def messages(self) -> list: ...  # never raises: a dead keeper is a KeeperExited
     def close(self) -> None: ...
 
 
@@ -243,25 +247,25 @@ class Dispatcher:
     def _read_launcher(self, now: float) -> None:
         if self.launcher is None:
             return
-        try:
-            messages = self.launcher.messages()
-        except KeeperGone:
+        for message in self.launcher.messages():
+            self._on_report(message, now)
+
+    def _on_report(self, message, now: float) -> None:
+        if isinstance(message, Exited):
+            self._on_exited(message, now)
+        elif isinstance(message, Started):
+            self._on_started(message, now)
+        elif isinstance(message, HandoverReturned):
+            self._on_returned(message)
+        elif isinstance(message, SpawnFailed):
+            job = self.running.get(message.name)
+            if job is not None:
+                lock_fd, job.lock_fd = job.lock_fd, None
+                self._untrack(job)
+                self._reject(job.name, f"could not start: {message.error}", job.record,
+                             lock_fd)
+        elif isinstance(message, KeeperExited):
             self._keeper_lost(now)
-            return
-        for message in messages:
-            if isinstance(message, Exited):
-                self._on_exited(message, now)
-            elif isinstance(message, Started):
-                self._on_started(message, now)
-            elif isinstance(message, HandoverReturned):
-                self._on_returned(message)
-            elif isinstance(message, SpawnFailed):
-                job = self.running.get(message.name)
-                if job is not None:
-                    lock_fd, job.lock_fd = job.lock_fd, None
-                    self._untrack(job)
-                    self._reject(job.name, f"could not start: {message.error}", job.record,
-                                 lock_fd)
 
     def _watch_monitors(self, now: float) -> None:
         for job in [j for j in self.running.values() if j.watched]:
@@ -489,13 +493,15 @@ class Dispatcher:
         try:
             launcher = self._launcher(now)
             if follow is None:
-                launcher.spawn(request(slot_ids or []), lock_fd)
+                report = launcher.spawn(request(slot_ids or []), lock_fd)
+                if report is not None:  # started already: its clock starts now, not at the tick
+                    self._on_report(report, time.monotonic())
             else:
                 identity = (st.st_ino, st.st_size, st.st_mtime_ns)
                 launcher.hand_over(Handover(name, {pid: request(ids)
                                                    for pid, ids in follow.items()}, identity))
-        except KeeperGone:
-            self._keeper_lost(now)
+        except KeeperGone:  # reported by messages(), in order; look at once
+            self._wake_loop()
 
     def _on_started(self, message: Started, now: float) -> None:
         job = self.running.get(message.name)
@@ -568,8 +574,8 @@ class Dispatcher:
                 job.withdrawing = True
                 try:
                     self._launcher(time.monotonic()).withdraw(job.name)
-                except KeeperGone:
-                    pass
+                except KeeperGone:  # reported by messages(), in order; look at once
+                    self._wake_loop()
 
     # ------------------------------------------------------------------ ending
     def _on_exited(self, message: Exited, now: float) -> None:
@@ -720,15 +726,14 @@ class Dispatcher:
         return self.launcher
 
     def _keeper_lost(self, now: float) -> None:
-        """The keeper died: the monitors carry on; watch them ourselves, start a new one."""
-        self.log.error("The keeper process died; watching its jobs' monitors directly.")
-        if self.launcher is not None:
-            self.launcher.close()
-        self.launcher = None
+        """The keeper died: the monitors it started carry on; watch them ourselves."""
+        self.log.error("The keeper process died; watching the jobs it started directly.")
+        assert self.launcher is not None
         for job in list(self.running.values()):
             if job.started_here:
-                job.watched = True
-                job.pidfd = procs.pidfd(job.pid) if job.pid else None
+                if not self.launcher.owns(job.pid or 0):
+                    job.watched = True
+                    job.pidfd = procs.pidfd(job.pid) if job.pid else None
             else:  # it may or may not have started: let recovery find out
                 self._untrack(job)
                 if (job.phase is Phase.HANDED_OVER and job.queued is not None
