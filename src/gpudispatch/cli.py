@@ -83,7 +83,8 @@ def cmd_run(args) -> int:
     if args.backend == "slurm":
         from gpudispatch.backends.slurm import run_slurm
 
-        return run_slurm(root, args.partition, args.sbatch_arg, args.wait, args.drain)
+        return run_slurm(root, args.partition, args.sbatch_arg, args.wait, args.drain,
+                         args.allow_other_users)
     from gpudispatch.gpus import NoGpusError, default_probe, resolve_gpus
     from gpudispatch.job import parse_size
 
@@ -121,6 +122,7 @@ def cmd_run(args) -> int:
         reserve_after=args.reserve_after,
         on_finish=args.on_finish,
         console=not args.quiet,
+        allow_other_users=args.allow_other_users,
     )
     return Dispatcher(queue, options).run()
 
@@ -532,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often a dispatcher says it is alive; dispatchers on other hosts "
                    "sharing ROOT take over its jobs after 3 missed beats (default 15; use "
                    "the same value on every host)")
+    p.add_argument("--allow-other-users", action="store_true",
+                   help="run scripts in queue/ that other users own (they run as this "
+                   "dispatcher's user); without it they fail with a reason naming the owner")
     p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--partition", help="Slurm partition (--backend slurm)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",

@@ -126,10 +126,9 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
 
 
 def _fail_cancelled(queue: FolderQueue, name: str) -> None:
-    record = queue.read_record(name)
+    record = queue.fresh_record(name)  # a name dropped again keeps its earlier outcome
     record.reason = "cancelled"
     record.ended_at = now_iso()
-    record.extra.pop("requeued", None)
     queue.conclude(name, record, JobState.FAILED)
     queue.drop_cancel_request(name)
 

@@ -17,6 +17,7 @@ from typing import Any
 DIRECTIVE_PREFIX = "#GPUDISPATCH"
 # Directives are read from the header: the lines before the first command.
 HEADER_MAX_BYTES = 16384
+EARLIER_RUNS_KEPT = 20  # outcomes of a name's earlier submissions kept in its record
 
 
 class JobState(str, enum.Enum):
@@ -78,6 +79,28 @@ class JobRecord:
     def to_json(self) -> str:
         # vars() not asdict(): no deep copy, and every field is already plain JSON.
         return json.dumps(vars(self), default=str)
+
+    @property
+    def own_attempts(self) -> int:
+        """Attempts since its script was dropped in: what ``--retries`` counts. A name
+        dropped again after it ended keeps numbering its runs (``attempts``) but counts
+        its retries anew; ``retry`` by hand continues the count."""
+        earlier = self.extra.get("earlier_attempts", 0)
+        return self.attempts - (earlier if _is_int(earlier) and 0 <= earlier <= self.attempts
+                                else 0)
+
+    def dropped_again(self) -> JobRecord:
+        """The record of the next run of a name dropped again after it ended: its runs go
+        on from ``attempts`` (run N+1 writes ``NAME.N+1.log``; earlier logs stay), and how
+        the earlier runs ended is kept in ``extra["earlier_runs"]`` (the last few)."""
+        earlier = self.extra.get("earlier_runs")
+        runs = [r for r in earlier if isinstance(r, dict)] if isinstance(earlier, list) else []
+        runs.append({"attempts": self.attempts, "started_at": self.started_at,
+                     "ended_at": self.ended_at, "exit_code": self.exit_code,
+                     "reason": self.reason, "log": self.log})
+        return JobRecord(name=self.name, attempts=self.attempts, params=self.params,
+                         extra={"earlier_attempts": self.attempts,
+                                "earlier_runs": runs[-EARLIER_RUNS_KEPT:]})
 
     @classmethod
     def from_dict(cls, data: Any) -> JobRecord:

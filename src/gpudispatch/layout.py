@@ -197,13 +197,15 @@ class Layout:
     def create(self) -> Layout:
         """Make the folders that are missing. Bookkeeping (``.gpudispatch/``: exit
         statuses, temporaries, cancel requests) is for the owner alone, so that no one
-        else can plant or forge what the dispatcher reads there."""
+        else can plant or forge what the dispatcher reads there; ``logs/`` (records,
+        outputs) is writable by the owner only, whatever the umask allows."""
         for path in self.all_dirs():
             if path.is_relative_to(self.state):
                 self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
                 path.mkdir(mode=0o700, exist_ok=True)
             else:
-                path.mkdir(parents=True, exist_ok=True)
+                path.mkdir(mode=0o755 if path == self.logs else 0o777, parents=True,
+                           exist_ok=True)
         return self
 
     def writable_by_others(self) -> bool:

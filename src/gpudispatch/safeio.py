@@ -9,6 +9,7 @@ root, and ``logs/NAME.json -> /dev/zero`` would fill memory. Everything here ope
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -140,3 +141,33 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
     if base in ("", ".", ".."):
         return False
     return os.path.commonpath([real_root, folder]) == real_root
+
+
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint)
+except (AttributeError, OSError):  # not glibc >= 2.28 (or not Linux)
+    _renameat2 = None
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """``rename`` that raises FileExistsError instead of replacing ``dst``.
+
+    Two files may carry one job name at once (a name dropped again while it runs); a plain
+    rename of one onto the other would silently destroy a job. ``renameat2`` with
+    ``RENAME_NOREPLACE`` decides atomically; where the filesystem or libc lacks it (NFS,
+    old glibc) a check precedes the rename, leaving a race of a few microseconds.
+    """
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                      _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), src, None, dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), src, None, dst)
+    os.rename(src, dst)

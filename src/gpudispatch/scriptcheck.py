@@ -49,6 +49,35 @@ def read_head(path: str, st: os.stat_result) -> bytes:
         os.close(fd)
 
 
+ALLOW_OTHERS_FLAG = "--allow-other-users"
+
+
+def user_name(uid: int) -> str:
+    """``alice`` for a uid with a name, else ``uid 1001``."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def owner_problem(st: os.stat_result, allow_others: bool) -> str | None:
+    """Why a script may not run because of who owns it, or None.
+
+    A job runs as the dispatcher's user: a script another user dropped into a queue they
+    may write to would run with the dispatcher's rights (root's, often). Only the
+    dispatcher's user's and root's scripts run, unless ``run`` was told otherwise.
+    """
+    me = os.geteuid()
+    if allow_others or st.st_uid in (me, 0):
+        return None
+    owner = user_name(st.st_uid)
+    owner = owner if owner.startswith("uid ") else f"user {owner} (uid {st.st_uid})"
+    return (f"is owned by {owner}, not by the dispatcher's user {user_name(me)}; start run "
+            f"with {ALLOW_OTHERS_FLAG} to run others' scripts")
+
+
 def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> Launch:
     """Decide how to run ``path``, or raise :class:`ScriptRejected` with the reason.
 

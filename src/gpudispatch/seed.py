@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain", action="store_true",
         help="Exit once the queue is empty and nothing runs (status 1 if a job failed)."
     )
+    parser.add_argument(
+        "--allow-other-users", action="store_true",
+        help="Run scripts other users own in the queue (as this user); else they fail."
+    )
     return parser
 
 
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobdispatcher: {exc}", file=sys.stderr)
         return 2
     queue = FolderQueue(root)
-    options = DispatcherOptions(slots=[args.gpu], wait=args.wait, drain=args.drain)
+    options = DispatcherOptions(slots=[args.gpu], wait=args.wait, drain=args.drain,
+                                allow_other_users=args.allow_other_users)
     return Dispatcher(queue, options).run()
 
 

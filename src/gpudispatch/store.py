@@ -179,16 +179,39 @@ class FolderQueue:
 
     # --- moves -------------------------------------------------------------------------
     def move(self, name: str, src: JobState, dst: JobState) -> bool:
-        """Rename one job between state folders; False when it was not in ``src``."""
+        """Rename one job between state folders; False when it was not in ``src``, or
+        when ``queue/`` or ``running/`` already holds that name: a job there is never
+        replaced (a name dropped again while it runs waits for it). A job that ends
+        replaces its name's earlier script in ``completed/`` or ``failed/`` and removes it
+        from the other, so a name is in one place (its earlier logs and record stay)."""
+        old, new = self.layout.script(src, name), self.layout.script(dst, name)
         try:
-            os.rename(self.layout.script(src, name), self.layout.script(dst, name))
-        except FileNotFoundError:
+            if dst.is_final:
+                os.rename(old, new)
+            else:
+                safeio.rename_noreplace(old, new)
+        except (FileNotFoundError, FileExistsError):
             return False
+        if dst.is_final:
+            self._drop_finished(name, keep=dst)
         return True
 
     def claim(self, name: str) -> bool:
-        """Take a queued job; exactly one of several racing dispatchers gets True."""
-        return self.move(name, JobState.QUEUED, JobState.RUNNING)
+        """Take a queued job; exactly one of several racing dispatchers gets True, and
+        none while a job of that name is in ``running/``. A name that had ended leaves
+        ``completed/``/``failed/`` now: this run is its next attempt."""
+        if not self.move(name, JobState.QUEUED, JobState.RUNNING):
+            return False
+        self._drop_finished(name)
+        return True
+
+    def _drop_finished(self, name: str, keep: JobState | None = None) -> None:
+        for state in (JobState.COMPLETED, JobState.FAILED):
+            if state is not keep:
+                try:
+                    os.unlink(self.layout.script(state, name))
+                except OSError:  # none there (the common case), or not a file to remove
+                    pass
 
     def enqueue_text(
         self,
@@ -281,11 +304,12 @@ class FolderQueue:
             return False
 
     def fresh_record(self, name: str) -> JobRecord:
-        """The record a new run continues: a requeued job keeps its attempts, and a name
-        dropped again after it ended starts over."""
+        """The record a new run continues: a requeued job keeps its attempts; a name
+        dropped again after it ended continues too, as its next run (history is never
+        overwritten: its log is ``NAME.N.log``), with the earlier outcome kept."""
         record = self.read_record(name)
         if record.ended_at and not record.extra.get("requeued"):
-            record = JobRecord(name=name)
+            record = record.dropped_again()
         record.extra.pop("requeued", None)
         return record
 
@@ -295,11 +319,23 @@ class FolderQueue:
         self.write_record(record)
         return self.move(name, src, state)
 
-    def requeue(self, name: str, record: JobRecord, src: JobState = JobState.RUNNING) -> bool:
-        """Put a job back in the queue; its record says why and keeps its attempts."""
+    def requeue(self, name: str, record: JobRecord,
+                src: JobState = JobState.RUNNING) -> JobState | None:
+        """Put a job back in the queue; its record says why and keeps its attempts. Where
+        it went: QUEUED; FAILED when a new script of its name was dropped meanwhile (that
+        one is the next run; this one is not run again); None when it was not in ``src``."""
         record.extra["requeued"] = True
         self.write_record(record)
-        return self.move(name, src, JobState.QUEUED)
+        if self.move(name, src, JobState.QUEUED):
+            return JobState.QUEUED
+        if not os.path.lexists(self.layout.script(src, name)):
+            return None
+        del record.extra["requeued"]
+        why = (record.reason or "interrupted").removesuffix("; retrying").removesuffix(
+            "; requeued")
+        record.reason = f"{why}; not run again: {name} was dropped again and runs next"
+        record.ended_at = record.ended_at or now_iso()
+        return JobState.FAILED if self.conclude(name, record, JobState.FAILED, src) else None
 
     def exit_status(self, name: str,
                     journal: dict[tuple[str, int], ExitStatus] | None = None

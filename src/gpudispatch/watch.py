@@ -56,6 +56,54 @@ def read_if_complete(path: str, st: os.stat_result) -> tuple[bool | None, bytes]
         os.close(fd)
 
 
+def open_for_writing(path: str, st: os.stat_result) -> int | None:
+    """A process that has the file at ``path`` (``st``: its ``lstat``) open for writing
+    (its pid), or None.
+
+    For when no lease can say so (a file of another user without ``CAP_LEASE``, NFS):
+    ``/proc/PID/fd`` names every open file and ``/proc/PID/fdinfo`` its open flags. Root
+    sees every process; another user sees its own (others' are skipped). Only a link
+    that names a file of this name is followed (``stat`` of any other could hang on a
+    dead network mount), then compared by device and inode. It reads all of ``/proc``,
+    so callers ask only for a file they are otherwise about to take.
+    """
+    suffix = "/" + os.path.basename(path)
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        folder = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(folder)
+        except OSError:  # gone, or another user's
+            continue
+        for fd in fds:
+            link = f"{folder}/{fd}"
+            try:
+                if not os.readlink(link).endswith(suffix):
+                    continue
+                target = os.stat(link)
+            except OSError:
+                continue
+            if target.st_ino == st.st_ino and target.st_dev == st.st_dev and _writes(pid, fd):
+                return int(pid)
+    return None
+
+
+def _writes(pid: str, fd: str) -> bool:
+    """Whether ``/proc/PID/fdinfo/FD`` says the descriptor was opened for writing."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as fh:
+            info = fh.read(4096)
+    except OSError:
+        return False
+    for line in info.splitlines():
+        if line.startswith(b"flags:"):
+            return int(line.split()[1], 8) & 0o3 != os.O_RDONLY  # O_ACCMODE: WRONLY or RDWR
+    return False
+
+
 def drain_pipe(fd: int) -> None:
     """Empty a non-blocking wake-up pipe (its bytes only mean "look again")."""
     try:

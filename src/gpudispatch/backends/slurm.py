@@ -65,6 +65,7 @@ from gpudispatch.job import (
     parse_directives,
 )
 from gpudispatch.layout import Layout
+from gpudispatch.scriptcheck import owner_problem
 from gpudispatch.store import HOST, FolderQueue, write_atomic
 from gpudispatch.watch import read_if_complete
 
@@ -124,6 +125,7 @@ class SlurmBackend:
     poll_interval: float = 2.0
     runner: Runner = run_command
     logger: logging.Logger = log
+    allow_other_users: bool = False  # submit scripts other users own (as this user)
     _tracked: dict[str, _Tracked] = field(default_factory=dict, init=False)
     _reconciled: bool = field(default=False, init=False)
     _last_poll: float | None = field(default=None, init=False)
@@ -226,12 +228,14 @@ class SlurmBackend:
         for name in self.queue.names(JobState.QUEUED):
             path = self.layout.script(JobState.QUEUED, name)
             try:
-                complete, head = read_if_complete(path, os.lstat(path))
+                st = os.lstat(path)
+                complete, head = read_if_complete(path, st)
                 if complete is None:  # no leases here: wait until it has been still 1 s
-                    complete = time.time() - os.lstat(path).st_mtime >= 1.0
+                    complete = time.time() - st.st_mtime >= 1.0
                 if not complete:
                     continue
-                directives, problem = parse_directives(head.decode(errors="replace")), None
+                problem = owner_problem(st, self.allow_other_users)
+                directives = parse_directives(head.decode(errors="replace"))
             except DirectiveError as exc:
                 directives, problem = Directives(), str(exc)
             except OSError:
@@ -514,8 +518,8 @@ class SlurmBackend:
         retries = record.extra.get("directives", {}).get("retries", 0)
         retryable = status.state not in ("CANCELLED", "LOST") and not (
             record.extra.get("cancel_requested") or record.extra.get("dependency_failed"))
-        if retryable and record.attempts <= retries:
-            self.logger.info("%s: retry %d of %d", name, record.attempts, retries)
+        if retryable and record.own_attempts <= retries:
+            self.logger.info("%s: retry %d of %d", name, record.own_attempts, retries)
             record.reason = f"{record.reason}; retrying"
             self.queue.requeue(name, record)
             return
@@ -606,6 +610,7 @@ def run_slurm(
     sbatch_args: Sequence[str] = (),
     wait: float = 2.0,
     drain: bool = False,
+    allow_other_users: bool = False,
 ) -> int:
     """``gpudispatch run --backend slurm``: submit ROOT's queue to Slurm until stopped.
 
@@ -632,7 +637,7 @@ def run_slurm(
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         backend = SlurmBackend(queue, partition, tuple(sbatch_args), max(wait, 0.1),
-                               logger=logger)
+                               logger=logger, allow_other_users=allow_other_users)
         return backend.run(stop, drain)
     finally:
         for sig, handler in previous.items():

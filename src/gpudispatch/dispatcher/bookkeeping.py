@@ -74,16 +74,18 @@ def _settle(queue: FolderQueue, settlements: list[Settlement]) -> list[Settled]:
     done = []
     for s in settlements:
         try:
+            state: JobState | None = s.state
             if s.state is JobState.QUEUED:
-                moved = queue.requeue(s.name, s.record)
-            else:
-                moved = queue.conclude(s.name, s.record, s.state)
+                state = queue.requeue(s.name, s.record)  # FAILED: the name was dropped again
+            elif not queue.conclude(s.name, s.record, s.state):
+                state = None
+            moved = state is not None
             if moved:
                 queue.drop_cancel_request(s.name)
         finally:
             if s.lock_fd is not None:
                 os.close(s.lock_fd)
-        done.append(Settled(s.name, s.record, s.state, moved))
+        done.append(Settled(s.name, s.record, state or s.state, moved))
     return done
 
 

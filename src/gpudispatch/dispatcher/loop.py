@@ -63,7 +63,7 @@ from gpudispatch.scheduler import (
     impossible_reason,
     plan,
 )
-from gpudispatch.scriptcheck import ScriptRejected
+from gpudispatch.scriptcheck import ALLOW_OTHERS_FLAG, ScriptRejected, owner_problem, user_name
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import FolderWatcher, close_fds, drain_pipe
 
@@ -106,6 +106,7 @@ class DispatcherOptions:
     foreign_threshold: int = DEFAULT_BUSY_THRESHOLD
     gpu_poll: float = 5.0
     heartbeat: float = peers.HEARTBEAT_SECONDS
+    allow_other_users: bool = False  # run scripts other users own (as this user)
 
 
 def queue_logger(logfile: Path, console: bool) -> logging.Logger:
@@ -167,7 +168,8 @@ class Dispatcher:
         self._by_pid: dict[int, str] = {}
         self.gpus = GpuView(options.probe, options.respect_foreign,
                             options.foreign_threshold, options.gpu_poll)
-        self.intake = Intake(queue, options.wait, self._impossible)
+        self.intake = Intake(queue, options.wait, self._impossible,
+                             allow_others=options.allow_other_users, log=self.log)
         # A dispatcher started from inside a job must not pass that job's identity on.
         self._base_env = {k: v for k, v in os.environ.items()
                           if not k.startswith("GPUDISPATCH_") or k == "GPUDISPATCH_ROOT"}
@@ -452,12 +454,16 @@ class Dispatcher:
                 os.close(lock_fd)
             self._drop_prepared_log(name)
             self._wake_loop()  # its slots stay free: plan again at once
+            self._block_if_running(name)
             return  # another dispatcher took it, or the user removed it
         self._plain_only.discard(name)
         try:
             st, launch = check_claimed(self.layout, name,
                                        JobState.QUEUED if follow else JobState.RUNNING,
                                        self.intake.head(name))
+            problem = owner_problem(st, self.options.allow_other_users)  # replaced since?
+            if problem:
+                raise ScriptRejected(problem)
         except (OSError, ScriptRejected) as exc:
             if follow is None and isinstance(exc, ScriptRejected):
                 self._reject(name, f"{name} {exc}", None, lock_fd)
@@ -548,7 +554,14 @@ class Dispatcher:
             self.intake.give_back(job.queued)
         else:
             self._drop_prepared_log(job.name)
+            self._block_if_running(job.name)
         self._wake_loop()
+
+    def _block_if_running(self, name: str) -> None:
+        """A claim refused because a job of this name runs (another dispatcher's): the
+        queued one waits for its end, looked at again at each discovery."""
+        if os.path.lexists(self.layout.script(JobState.RUNNING, name)):
+            self.intake.block(name)
 
     def _prepare_next_logs(self) -> None:
         """Create the log files of the jobs likely to start next, in the writer thread: a
@@ -609,7 +622,7 @@ class Dispatcher:
         verdict = decide(
             Ending(code, job.kill_reason, self.queue.cancel_requested(job.name),
                    bool(code) and self._oom_in_log(record.log), interrupted_by),
-            job.directives, record.attempts, interruptions,
+            job.directives, record.own_attempts, interruptions,
             extra.get("oom_retries_used", 0),
         )
         record.reason = verdict.reason
@@ -631,7 +644,7 @@ class Dispatcher:
                              else verdict.reason)
         if verdict.state is JobState.QUEUED and not verdict.interrupted:
             self.log.info("%s: retry %d of %d", job.name,
-                          record.attempts - extra.get("interruptions", 0),
+                          record.own_attempts - extra.get("interruptions", 0),
                           job.directives.retries)
             record.reason = f"{verdict.reason}; retrying"
         self._ending.append(Settlement(job.name, record, verdict.state, lock_fd))
@@ -795,8 +808,13 @@ class Dispatcher:
         a job failed (as the Slurm backend does), else 0."""
         self.log.info("------------ Job Dispatcher Started ------------")
         if self.layout.writable_by_others():
-            self.log.warning("%s is writable by other users: scripts they drop there run "
-                             "as %s", self.layout.queue, _user())
+            if self.options.allow_other_users:
+                self.log.warning("%s is writable by other users: scripts they drop there run "
+                                 "as %s", self.layout.queue, user_name(os.geteuid()))
+            else:
+                self.log.warning("%s is writable by other users: scripts they own fail "
+                                 "unless run is started with %s", self.layout.queue,
+                                 ALLOW_OTHERS_FLAG)
         self._heartbeat(time.monotonic())
         self._launcher(time.monotonic())
         self.watcher = FolderWatcher([self.layout.queue, self.layout.cancels])
@@ -879,15 +897,6 @@ class Dispatcher:
                 self.intake.events |= names
                 if names & self.running.keys():
                     self._next_cancel_check = 0.0  # a cancel request for a running job
-
-
-def _user() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
-        return f"uid {os.getuid()}"
 
 
 def _sort_key(job: QueuedJob) -> tuple[int, str]:
