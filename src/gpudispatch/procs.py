@@ -120,6 +120,17 @@ def signal_job(monitor: int, sig: int) -> bool:
     return True
 
 
+def end_leftovers(monitor: int) -> None:
+    """SIGKILL what is left of a job's process group once its monitor has ended (children
+    it put in the background, or that ignored SIGTERM): its slot is then free for the
+    next job. The group's id stays taken while any member lives, so no other group has
+    it; daemons that left the group (``setsid``) are not reached this way."""
+    try:
+        os.killpg(monitor, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def job_alive(monitor: int) -> bool:
     """Whether any live (not zombie) process of the job's group or session is left."""
     try:

@@ -601,6 +601,8 @@ class Dispatcher:
         job = self.running.get(message.name)
         if job is None or job.pid != message.pid:
             return
+        if not self._fake_launcher:
+            procs.end_leftovers(message.pid)
         if message.code >= 0:
             self._ended(job, message.code)
             return
