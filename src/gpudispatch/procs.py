@@ -124,7 +124,10 @@ def end_leftovers(monitor: int) -> None:
     """SIGKILL what is left of a job's process group once its monitor has ended (children
     it put in the background, or that ignored SIGTERM): its slot is then free for the
     next job. The group's id stays taken while any member lives, so no other group has
-    it; daemons that left the group (``setsid``) are not reached this way."""
+    it; daemons that left the group (``setsid``) are not reached this way. A live
+    process with the monitor's pid is a new one (the pid was reused): left alone."""
+    if pid_alive(monitor):
+        return
     try:
         os.killpg(monitor, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
