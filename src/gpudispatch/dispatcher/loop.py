@@ -799,7 +799,9 @@ class Dispatcher:
             started = _parse_time(record.started_at)
             elapsed = time.time() - started if started else 0.0
             # (+10 ms: started_at is kept to the millisecond; never stop it early)
-            job.deadline = now + max(0.0, orphan.directives.timeout - elapsed) + 0.01
+            # (now, not the tick's start: finding the orphans may have taken a while)
+            job.deadline = (time.monotonic() + max(0.0, orphan.directives.timeout - elapsed)
+                            + 0.01)
         job.pidfd = procs.pidfd(pid) if monitor is not None and pid else None
         self._track(job)
         self.log.info("%s is still running (pid %d); waiting for it", orphan.name, pid or 0)
