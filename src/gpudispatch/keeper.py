@@ -91,6 +91,8 @@ class Started:
 class SpawnFailed:
     name: str
     error: str
+    errno: int | None = None  # ENOSPC, EROFS...: the disk refused its log; it waits
+    lock_fd: int | None = None  # for a hand-over: the job's lock the keeper took (received)
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,9 @@ class _KeeperState:
     def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None):
         try:
             pid = spawn_monitor(request, lock_fd)
-        except OSError as exc:
-            return SpawnFailed(request.name, str(exc))
+        except OSError as exc:  # (a hand-over's lock goes to the dispatcher with this)
+            return SpawnFailed(request.name, str(exc), exc.errno,
+                               lock_fd if after is not None else None)
         finally:
             if lock_fd is not None and after is None:
                 os.close(lock_fd)  # the monitor and the dispatcher hold it now
@@ -192,7 +195,13 @@ class _KeeperState:
         if self.queue.is_paused():
             return HandoverReturned(handover.name, "withdrawn")
         lock_fd = self.queue.lock_job(handover.name, JobState.QUEUED)
-        if lock_fd is None or not self.queue.claim(handover.name):
+        try:
+            claimed = lock_fd is not None and self.queue.claim(handover.name)
+        except OSError:  # the disk refuses the rename (read-only): it stays queued
+            if lock_fd is not None:
+                os.close(lock_fd)
+            return HandoverReturned(handover.name, "withdrawn")
+        if not claimed:
             if lock_fd is not None:
                 os.close(lock_fd)
             return HandoverReturned(handover.name, "taken")
@@ -388,7 +397,7 @@ class Keeper:
         try:
             pid = spawn_monitor(request, lock_fd, self._base_env)
         except OSError as exc:
-            return SpawnFailed(request.name, str(exc))
+            return SpawnFailed(request.name, str(exc), exc.errno)
         # Our unreaped child: its pid cannot be reused while we hold it, so this pidfd
         # is this process's for good.
         self._children[pid] = (request.name, os.pidfd_open(pid))

@@ -26,6 +26,16 @@ _KINDS = (
 )
 
 
+# A write refused by the filesystem as a whole (full, over quota, read-only), not because
+# of the one file: it passes once space returns, so the write waits rather than fails.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def disk_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk under ROOT takes no writes for now (see DISK_ERRNOS)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
 class FileRefused(OSError):
     """A path that exists but is not a regular file we may read (a symlink, a FIFO, a
     device...) or is larger than the caller allows; the message says what it is."""

@@ -20,13 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gpudispatch import peers, procs
+from gpudispatch import peers, procs, safeio
 from gpudispatch.dispatcher.bookkeeping import (
     Settled,
     Settlement,
     Writer,
     create_empty,
     remove_if_empty,
+)
+from gpudispatch.dispatcher.diskspace import (
+    RETRY_SECONDS,
+    DiskWatch,
+    RootLogHandler,
+    reserve_journal,
 )
 from gpudispatch.dispatcher.handover import choose_followers
 from gpudispatch.dispatcher.hooks import Hooks
@@ -116,7 +122,7 @@ def queue_logger(logfile: Path, console: bool) -> logging.Logger:
         logger.setLevel(logging.INFO)
         logger.propagate = False
         formatter = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
-        handlers: list[logging.Handler] = [logging.FileHandler(logfile)]
+        handlers: list[logging.Handler] = [RootLogHandler(logfile)]
         if console:
             handlers.append(logging.StreamHandler(sys.stderr))
         for handler in handlers:
@@ -141,6 +147,7 @@ class _DepStates:
 class Dispatcher:
     STEPS = (
         "collect_writes",  # settled records: hooks, --drain's count, retries back in view
+        "check_disk",  # while the disk refuses writes, whether it takes them again
         "read_launcher",  # starts and ends the keeper reports
         "watch_monitors",  # ends of jobs we watch ourselves (adopted, or the keeper died)
         "write_start_records",
@@ -178,7 +185,8 @@ class Dispatcher:
         self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.writer = Writer(queue, self._wake_loop)
+        self.disk = DiskWatch(self.layout, self.log, self.owner, self._wake_loop)
+        self.writer = Writer(queue, self._wake_loop, self.disk, self.log)
         self.hooks = Hooks(options.on_finish, self._base_env, str(self.layout.root), self.log)
         self._ending: list[Settlement] = []
         self._settling: set[str] = set()  # ended jobs whose files the writer still moves
@@ -196,7 +204,11 @@ class Dispatcher:
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         for step in self.STEPS:
-            getattr(self, "_" + step)(now)
+            try:
+                getattr(self, "_" + step)(now)
+            except OSError as exc:  # a write the disk refused: said once; tried next tick
+                if not self.disk.note(exc):
+                    raise
 
     @property
     def stopping(self) -> bool:
@@ -232,6 +244,9 @@ class Dispatcher:
             self._on_settled(done)
         self.hooks.reap()
 
+    def _check_disk(self, now: float) -> None:
+        self.disk.poll(now)
+
     def _on_settled(self, done: Settled) -> None:
         """An ended job's files are written: its hook, --drain's count, a retry in view."""
         self._settling.discard(done.name)
@@ -260,14 +275,33 @@ class Dispatcher:
         elif isinstance(message, HandoverReturned):
             self._on_returned(message)
         elif isinstance(message, SpawnFailed):
-            job = self.running.get(message.name)
-            if job is not None:
-                lock_fd, job.lock_fd = job.lock_fd, None
-                self._untrack(job)
-                self._reject(job.name, f"could not start: {message.error}", job.record,
-                             lock_fd)
+            self._on_spawn_failed(message)
         elif isinstance(message, KeeperExited):
             self._keeper_lost(now)
+
+    def _on_spawn_failed(self, message: SpawnFailed) -> None:
+        """A job that could not start fails with the reason; one whose log the disk
+        refused (full, read-only) goes back to the queue unchanged, to start once the
+        disk takes writes again: nothing of it ran, nothing is lost."""
+        job = self.running.get(message.name)
+        lock_fd = message.lock_fd  # a hand-over's: the keeper took it
+        if job is None:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            return
+        if job.lock_fd is not None:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            lock_fd, job.lock_fd = job.lock_fd, None
+        self._untrack(job)
+        if message.errno in safeio.DISK_ERRNOS:
+            self.disk.note(OSError(message.errno, os.strerror(message.errno)))
+            self.log.warning("%s: its log could not be created (%s); back in the queue",
+                             printable(job.name), os.strerror(message.errno))
+            self._ending.append(Settlement(job.name, None, JobState.QUEUED, lock_fd))
+            self._settling.add(job.name)
+            return
+        self._reject(job.name, f"could not start: {message.error}", job.record, lock_fd)
 
     def _watch_monitors(self, now: float) -> None:
         for job in [j for j in self.running.values() if j.watched]:
@@ -295,7 +329,12 @@ class Dispatcher:
         for job in self.running.values():
             if job.record_due is not None and now >= job.record_due:
                 job.record_due = None
-                self.queue.write_record(job.record)
+                try:
+                    self.queue.write_record(job.record)
+                except OSError as exc:
+                    if not self.disk.note(exc):
+                        raise
+                    job.record_due = now + RETRY_SECONDS
 
     def _act_on_stop(self, now: float) -> None:
         while self._stops_seen < self.stop_requests:
@@ -334,8 +373,13 @@ class Dispatcher:
             return
         first = self._next_heartbeat == 0.0
         self._next_heartbeat = now + self.options.heartbeat
-        peers.heartbeat(self.layout, self.owner)
+        try:
+            peers.heartbeat(self.layout, self.owner)
+        except OSError as exc:
+            if not self.disk.note(exc):
+                raise
         if not first:
+            self.writer.run(reserve_journal, self.layout.exit_journal())
             self._settle_orphans(now)
 
     def _read_gpus(self, now: float) -> None:
@@ -366,6 +410,8 @@ class Dispatcher:
     def _schedule(self, now: float) -> None:
         if self.stopping or not self.intake.pending or self.queue.is_paused():
             return
+        if self.disk.trouble:
+            return  # a job started now could not be recorded
         states = self._slot_states()
         if not any(st.free or (st.capacity and not st.exclusive) for st in states):
             return
@@ -395,6 +441,9 @@ class Dispatcher:
             self.writer.settle(ending)
 
     def _plan_handovers(self, now: float) -> None:
+        if self.disk.trouble:
+            self._withdraw_handovers()
+            return
         if self.stopping or self.launcher is None or not self.intake.pending:
             return
         if self.queue.is_paused():
@@ -448,10 +497,11 @@ class Dispatcher:
         lock_fd = self.queue.lock_job(name, JobState.QUEUED) if follow is None else None
         lockless = follow is not None or (lock_fd is None
                                           and self.queue.unlockable(name, JobState.QUEUED))
-        if (lock_fd is None and not lockless) or (follow is None
-                                                  and not self.queue.claim(name)):
+        if (lock_fd is None and not lockless) or (follow is None and not self._claim(name)):
             if lock_fd is not None:
                 os.close(lock_fd)
+            if self.disk.trouble:
+                self.intake.give_back(job)  # still queued: it starts when the disk allows
             self._drop_prepared_log(name)
             self._wake_loop()  # its slots stay free: plan again at once
             self._block_if_running(name)
@@ -672,11 +722,20 @@ class Dispatcher:
         lock_fd = self.queue.lock_job(name, JobState.QUEUED)
         if lock_fd is None and not self.queue.unlockable(name, JobState.QUEUED):
             return
-        if not self.queue.claim(name):
+        if not self._claim(name):  # (a disk that refused it: failed at a later scan)
             if lock_fd is not None:
                 os.close(lock_fd)
             return
         self._reject(name, reason, None, lock_fd, started=False)
+
+    def _claim(self, name: str) -> bool:
+        """The claim's rename; False also when the disk refuses it (noted)."""
+        try:
+            return self.queue.claim(name)
+        except OSError as exc:
+            if not self.disk.note(exc):
+                raise
+            return False
 
     def _reject(self, name: str, reason: str, record: JobRecord | None, lock_fd: int | None,
                 started: bool = True) -> None:
@@ -688,7 +747,14 @@ class Dispatcher:
             record.started_at = record.ended_at
         try:
             moved = self.queue.conclude(name, record, JobState.FAILED)
-        except OSError as exc:  # no record can be written for it (a name too long...)
+        except OSError as exc:
+            if self.disk.note(exc):  # the writer writes it once the disk takes it
+                self._ending.append(Settlement(name, record, JobState.FAILED, lock_fd))
+                self._settling.add(name)
+                lock_fd = None
+                self.log.warning("%s failed: %s", printable(name), reason)
+                return
+            # no record can be written for it (a name too long...)
             moved = self.queue.move(name, JobState.RUNNING, JobState.FAILED)
             reason = f"{reason} (no record written: {exc.strerror})"
         finally:
@@ -831,6 +897,7 @@ class Dispatcher:
         if self.watcher is not None:
             selector.register(self.watcher.fileno(), selectors.EVENT_READ, "files")
         self.writer.run(rotate_journal, self.layout.exit_journal())
+        self.writer.run(reserve_journal, self.layout.exit_journal())
         try:
             self.reconcile()
             while True:
@@ -879,6 +946,8 @@ class Dispatcher:
             wake_at.append(self._next_cancel_check)
         if self.intake.waiting:
             wake_at.append(now + 0.25)
+        if self.disk.trouble:
+            wake_at.append(self.disk.next_probe)
         if self.intake.pending and self.queue.is_paused():
             wake_at.append(now + 0.25)  # `resume` is an unlink, which no file event reports
         wanted: dict[int, str] = {j.pidfd: "pidfd" for j in self.running.values()
