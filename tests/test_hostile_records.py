@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from gpudispatch import safeio, store
+from gpudispatch import safeio
 from gpudispatch.job import _FIELD_CHECKS, JobRecord, RecordError, parse_iso, safe_iso
 from gpudispatch.store import HOST, RECORD_MAX_BYTES, FolderQueue, write_atomic
 
@@ -242,11 +242,12 @@ def test_a_good_record_written_meanwhile_is_not_set_aside(queue) -> None:
 
 
 # ---------------------------------------------------------------------- write_atomic
+PLANTED = 1000  # more than a counter reaches in one test process
+
+
 def _predictable_names(tmp_dir) -> list[str]:
-    """The next temp names a counter-based write_atomic would use: HOST.PID.N.tmp."""
-    start = next(store._TMP_COUNTER) + 1
-    return [os.path.join(tmp_dir, f"{HOST}.{os.getpid()}.{n}.tmp")
-            for n in range(start, start + 64)]
+    """The temp names a counter-based write_atomic would use: HOST.PID.N.tmp."""
+    return [os.path.join(tmp_dir, f"{HOST}.{os.getpid()}.{n}.tmp") for n in range(PLANTED)]
 
 
 def test_symlinks_at_predictable_temp_names_do_not_redirect_writes(queue, tmp_path) -> None:
@@ -258,7 +259,7 @@ def test_symlinks_at_predictable_temp_names_do_not_redirect_writes(queue, tmp_pa
         queue.write_record(JobRecord(name="a.sh", attempts=attempts))
     assert victim.read_text() == "precious\n"
     assert queue.read_record("a.sh").attempts == 19
-    assert len(os.listdir(queue.layout.tmp)) == 64  # only the planted links are left
+    assert len(os.listdir(queue.layout.tmp)) == PLANTED  # only the planted links are left
 
 
 def test_a_failed_write_leaves_no_temp_file(tmp_path) -> None:

@@ -46,7 +46,7 @@ def test_grid_order_last_key_fastest_and_names_sort() -> None:
 
 
 def test_job_names_pad_to_keep_run_order() -> None:
-    names = job_names("s", 12345)
+    names = list(job_names("s", 12345))
     assert names[0] == "s-00001.sh" and sorted(names) == names
 
 
@@ -101,9 +101,9 @@ def test_random_is_reproducible_and_capped() -> None:
         "ln": {"distribution": "log_uniform", "min": -2, "max": 0},
     }
     s = spec(method="random", run_cap=30, seed=5, parameters=parameters)
-    runs = sweep_params(s)
-    assert runs == sweep_params(s) and len(runs) == 30
-    assert runs != sweep_params({**s, "seed": 6})
+    runs = list(sweep_params(s))
+    assert runs == list(sweep_params(s)) and len(runs) == 30
+    assert runs != list(sweep_params({**s, "seed": 6}))
     for r in runs:
         assert 1e-5 <= r["lr"] <= 1e-1 and 0 <= r["drop"] <= 0.5
         assert r["layers"] in range(1, 5) and r["width"] % 32 == 0
@@ -114,7 +114,7 @@ def test_random_is_reproducible_and_capped() -> None:
 def test_grid_run_cap_and_int_uniform_axis() -> None:
     s = spec(parameters={"n": {"distribution": "int_uniform", "min": 1, "max": 5},
                          "k": {"value": [1, 2]}}, run_cap=3)
-    assert sweep_params(s) == [{"n": 1, "k": [1, 2]}, {"n": 2, "k": [1, 2]},
+    assert list(sweep_params(s)) == [{"n": 1, "k": [1, 2]}, {"n": 2, "k": [1, 2]},
                                {"n": 3, "k": [1, 2]}]
 
 

@@ -447,17 +447,27 @@ def cmd_resume(args) -> int:
 
 # ---------------------------------------------------------------------- sweeps
 def cmd_sweep(args) -> int:
-    from gpudispatch.sweep import SweepError, build_sweep, dry_run_text, queue_sweep, summary_lines
+    from gpudispatch.sweep import (
+        CONFIRM_ABOVE,
+        SweepError,
+        build_sweep,
+        iter_queue_sweep,
+        summary_lines,
+        write_dry_run,
+    )
 
     try:
         sweep = build_sweep(args.spec)
     except SweepError as exc:
         raise CliError(str(exc)) from None
     if args.dry_run:
-        sys.stdout.write(dry_run_text(sweep))
+        write_dry_run(sweep, sys.stdout)
         return 0
+    if len(sweep.jobs) > CONFIRM_ABOVE and not args.yes:
+        raise CliError(f"sweep {sweep.name} has {len(sweep.jobs):,} runs, more than "
+                       f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
     try:
-        names = queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name)
+        names = iter_queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name)
     except SweepError as exc:
         raise CliError(str(exc)) from None
     print("\n".join(printable(line) for line in summary_lines(sweep, names)))
@@ -581,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
     p.add_argument("spec", type=Path, metavar="SPEC.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
+    p.add_argument("--yes", action="store_true",
+                   help="queue a sweep of more than 100,000 runs (refused without it)")
 
     p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
     p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")

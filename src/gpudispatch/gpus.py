@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpudispatch.safeio import write_atomic
+
 FAKE_ENV = "GPUDISPATCH_FAKE_GPUS"
 MIB = 1024**2
 GIB = 1024**3
@@ -352,9 +354,8 @@ def _gpu_from_json(obj: dict[str, Any]) -> GpuInfo:
 def write_fake_gpus(path: str | os.PathLike[str], gpus: Iterable[GpuInfo]) -> None:
     """Write a fake GPU file atomically, so a probe re-reading it never sees half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([asdict(g) for g in gpus], indent=1))
-    os.replace(tmp, path)
+    data = json.dumps([asdict(g) for g in gpus], indent=1).encode()
+    write_atomic(path, data, path.parent)  # an unguessable temp name, no symlink followed
 
 
 class FakeProbe:

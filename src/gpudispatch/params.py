@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
+
+T = TypeVar("T")
 
 
 class UniformSource(Protocol):
@@ -95,15 +98,119 @@ def random_uniform_exponential(
 # --- grids and random search --------------------------------------------------------------
 
 
-def grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the values in ``space``, in insertion order, last key fastest.
+def as_sequence(value: Any) -> Sequence[Any]:
+    """A stepped definition as something with ``len`` and indexing, copied only when it
+    has neither (an iterator): a ``range`` or numpy array stays as it is, not a list."""
+    if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
+        return value
+    return list(value)
+
+
+class LazySequence(Sequence[T]):
+    """``count`` items made one at a time by ``make()`` (a fresh iterator on every pass).
+
+    Its length is known without making anything, so a sweep of 10**9 runs can be counted
+    (and refused) in no time and memory; item ``i`` costs making the ``i`` before it, so
+    indexing is meant for the first few.
+    """
+
+    def __init__(self, count: int, make: Callable[[], Iterable[T]]) -> None:
+        self.count = count
+        self._make = make
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[T]:
+        return itertools.islice(self._make(), self.count)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.count)
+            if step < 0:
+                return list(self)[index]
+            return list(itertools.islice(iter(self), start, stop, step))
+        i = operator.index(index)
+        if i < 0:
+            i += self.count
+        if not 0 <= i < self.count:
+            raise IndexError("index out of range")
+        return next(itertools.islice(iter(self), i, None))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.count}>"
+
+
+class Grid(Sequence[dict[str, Any]]):
+    """Every combination of the values in ``space``, in insertion order, last key fastest,
+    made one at a time.
 
     A sequence gives the options for its key; any other value is fixed (a one-option axis).
-    An empty sequence therefore gives no combinations at all.
+    An empty sequence therefore gives no combinations at all. ``len`` is the product of
+    the axis lengths and item ``i`` is read off in mixed radix: nothing is materialised
+    (``itertools.product`` would first copy every axis into a tuple, 8 GB for
+    ``range(10**9)``).
     """
-    keys = list(space)
-    axes = [list(v) if is_stepped(v) else [v] for v in space.values()]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+
+    def __init__(self, space: Mapping[str, Any]) -> None:
+        self.keys = list(space)
+        self.axes = [as_sequence(v) if is_stepped(v) else (v,) for v in space.values()]
+
+    def __len__(self) -> int:
+        return math.prod(len(axis) for axis in self.axes)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        size = len(self)
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(size))]
+        i = operator.index(index)
+        if i < 0:
+            i += size
+        if not 0 <= i < size:
+            raise IndexError("grid index out of range")
+        values = []
+        for axis in reversed(self.axes):
+            i, digit = divmod(i, len(axis))
+            values.append(axis[digit])
+        return dict(zip(self.keys, reversed(values), strict=True))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        axes = self.axes
+        if not all(len(axis) for axis in axes):
+            return
+        digits = [0] * len(axes)
+        current = [axis[0] for axis in axes]
+        while True:
+            yield dict(zip(self.keys, current, strict=True))
+            k = len(axes) - 1  # an odometer: step the last axis, carry leftwards
+            while k >= 0:
+                digits[k] += 1
+                if digits[k] < len(axes[k]):
+                    current[k] = axes[k][digits[k]]
+                    break
+                digits[k] = 0
+                current[k] = axes[k][0]
+                k -= 1
+            else:
+                return
+
+
+def grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the values in ``space`` as a list (see :class:`Grid`, which
+    makes them one at a time)."""
+    return list(Grid(space))
 
 
 class Distribution:
@@ -231,10 +338,22 @@ def sample_value(definition: Any, rng: random.Random) -> Any:
     if isinstance(definition, Distribution):
         return definition.sample(rng)
     if is_stepped(definition):
-        return rng.choice(list(definition))
+        return rng.choice(as_sequence(definition))  # a range(10**9) is not copied
     if callable(definition):
         return definition()
     return definition
+
+
+def iter_random_search(
+    space: Mapping[str, Any], n: int, seed: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """:func:`random_search`, one dict at a time (the same dicts for the same ``seed``)."""
+    if n < 0:
+        raise ValueError(f"n must be 0 or more, not {n}")  # now, not at the first next()
+    # An iterator is drawn from many times: copy it once, not at every draw.
+    space = {k: as_sequence(v) if is_stepped(v) else v for k, v in space.items()}
+    rng = random.Random(seed)
+    return ({key: sample_value(d, rng) for key, d in space.items()} for _ in range(n))
 
 
 def random_search(
@@ -245,8 +364,4 @@ def random_search(
     Keys are sampled in insertion order from one ``random.Random(seed)``. Plain callables
     in ``space`` use their own randomness and are not covered by ``seed``.
     """
-    if n < 0:
-        raise ValueError(f"n must be 0 or more, not {n}")
-    rng = random.Random(seed)
-    return [{key: sample_value(d, rng) for key, d in space.items()} for _ in range(n)]
-
+    return list(iter_random_search(space, n, seed))

@@ -5,6 +5,11 @@ A queue root is shared with users and scripts. A FIFO planted at ``logs/NAME.jso
 hang a plain ``open()``, a symlink there would make us read (or print) a file outside the
 root, and ``logs/NAME.json -> /dev/zero`` would fill memory. Everything here opens with
 ``O_NOFOLLOW | O_NONBLOCK`` and checks with ``fstat`` that it got a regular file.
+
+Writing, likewise: every file gpudispatch creates is first a temporary one made by
+:func:`create_temp` (an unguessable name, created exclusively, no symlink followed, in
+``.gpudispatch/tmp`` where only the owner may write), then renamed or linked into place,
+so a symlink planted at a name we would write never redirects the write.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import stat
 import time
 
+_HOST = socket.gethostname()
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -111,6 +118,73 @@ def read_limited(fd: int, size: int, limit: int) -> bytes | None:
         if total > limit:
             return None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def create_temp(folder: str | os.PathLike[str], mode: int = 0o600,
+                suffix: str = ".tmp") -> tuple[int, str]:
+    """A new, empty file in ``folder`` opened for writing, and its path (the caller closes
+    it, and renames or removes it).
+
+    Like ``mkstemp``: the name is unguessable (64 random bits) and the file is created
+    exclusively without following a symlink, so nothing planted in ``folder`` (a symlink
+    at a name we might pick, a file someone else holds open) can redirect or share the
+    write. ``folder`` should also be one only its owner can write (``.gpudispatch/tmp``).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(8):
+        path = f"{os.fspath(folder)}/{_HOST}.{os.getpid()}.{os.urandom(8).hex()}{suffix}"
+        try:
+            return os.open(path, flags, mode), path
+        except FileExistsError:  # only if someone planted this exact random name
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", os.fspath(folder))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_temp(folder: str | os.PathLike[str], data: bytes, mode: int = 0o600,
+               suffix: str = ".tmp") -> str:
+    """A new temporary file (:func:`create_temp`) holding ``data``; its path. Nothing is
+    left behind when the write fails (a full disk must not fill up further)."""
+    fd, path = create_temp(folder, mode, suffix)
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+    except BaseException:
+        discard(path)
+        raise
+    return path
+
+
+def discard(path: str) -> None:
+    """Remove a temporary file of ours, if it is still there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, tmp_dir: str | os.PathLike[str],
+                 mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one:
+    written to a :func:`create_temp` file in ``tmp_dir``, then renamed over ``path``
+    (a rename replaces a symlink at ``path``, never writes through it).
+
+    No fsync: this is on every job's path; the rename gives readers all-or-nothing.
+    """
+    tmp = write_temp(tmp_dir, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def refusal(exc: OSError) -> str:

@@ -20,50 +20,15 @@ from gpudispatch import safeio
 from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
 from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
 from gpudispatch.monitor import ExitStatus, read_exit_journals
+from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
 HOST = socket.gethostname()
-_TMP_COUNTER = itertools.count()
 RECORD_MAX_BYTES = 1 << 20  # a record is a few hundred bytes; params of a sweep, a few KiB
 _log = logging.getLogger("gpudispatch.store")
 
 
 class QueueError(Exception):
     """A request the queue refuses (unknown job, name taken, no such root)."""
-
-
-def write_atomic(path: str | Path, data: bytes, tmp_dir: str | Path, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    The temporary file gets an unguessable name and is created exclusively, without
-    following symlinks: a link planted at a predictable name in ``tmp_dir`` could otherwise
-    redirect the write to any file the writer may change. It is removed if the write
-    fails (a full disk must not fill up further with half-written temporaries). No fsync:
-    this is on every job's path; the rename gives readers all-or-nothing.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(8):
-        tmp = f"{tmp_dir}/{HOST}.{os.getpid()}.{os.urandom(8).hex()}.tmp"
-        try:
-            fd = os.open(tmp, flags, mode)
-            break
-        except FileExistsError:  # only if someone planted this exact random name
-            continue
-    else:
-        raise FileExistsError(f"no free temporary name in {tmp_dir}")
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 @dataclass
@@ -234,19 +199,14 @@ class FolderQueue:
         record = JobRecord(name=name, submitted_at=now_iso(), params=dict(params or {}),
                            extra=dict(extra or {}))
         self.write_record(record)
-        tmp = f"{self.layout.tmp}/{HOST}.{os.getpid()}.{next(_TMP_COUNTER)}.sh"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        tmp = safeio.write_temp(self.layout.tmp, data, 0o755, ".sh")
         # link() fails if the name was taken meanwhile, where rename() would overwrite.
         try:
             os.link(tmp, self.layout.script(JobState.QUEUED, name))
         except FileExistsError:
             raise QueueError(f"{name} is already queued") from None
         finally:
-            os.unlink(tmp)
+            safeio.discard(tmp)
         return name
 
     def _free_name(self, name: str, rename: bool) -> str:

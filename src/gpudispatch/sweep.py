@@ -13,37 +13,45 @@ list of option strings), ``prefix`` and ``seed`` (for ``random``).
 Everything is checked before anything is queued: an unknown key, a bad distribution or
 directive, or a job name already in the queue raises :class:`SweepError` naming it.
 
+Runs are made lazily: a sweep's size is counted arithmetically (the product of the grid's
+axis lengths, or ``run_cap``) and each run's params and script are made only when it is
+printed or queued, so a spec of 10**9 grid points costs no memory to read or to refuse
+(``gpudispatch sweep`` asks for ``--yes`` above :data:`CONFIRM_ABOVE` runs).
+
 A relative ``program`` is taken relative to the spec file's folder and written as an
 absolute path, because the job runs later, from wherever the dispatcher runs it.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
 from gpudispatch.job import DIRECTIVE_PREFIX, DirectiveError, parse_directives
-from gpudispatch.layout import is_job_name, name_problem, printable
+from gpudispatch.layout import STATE_DIRS, is_job_name, name_problem, printable
 from gpudispatch.params import (
     Distribution,
+    Grid,
+    LazySequence,
     choice,
     constant,
-    grid,
     int_uniform,
+    iter_random_search,
     log_uniform,
     q_uniform,
-    random_search,
     uniform,
 )
-from gpudispatch.scripts import create_shell_script
+from gpudispatch.scripts import create_shell_script, current_user
 from gpudispatch.store import FolderQueue
 
 WANDB_KEYS = frozenset(
@@ -67,6 +75,7 @@ DISTRIBUTION_KEYS: dict[str, frozenset[str]] = {
     "q_uniform": frozenset({"min", "max", "q"}),
 }
 COMMAND_MACROS = {"${env}", "${interpreter}", "${program}", "${args}"}
+CONFIRM_ABOVE = 100_000  # runs; a larger sweep is queued only with --yes
 
 
 class SweepError(ValueError):
@@ -82,13 +91,23 @@ class SweepJob:
     params: dict[str, Any]
 
 
+class SweepJobs(LazySequence[SweepJob]):
+    """A sweep's jobs, each made (script and all) when it is reached, and their
+    ``names``, which cost no script to list."""
+
+    def __init__(self, names: Sequence[str], runs: Sequence[dict[str, Any]],
+                 job: Callable[[str, dict[str, Any]], SweepJob]) -> None:
+        super().__init__(len(runs), lambda: map(job, names, runs))
+        self.names = names
+
+
 @dataclass(frozen=True)
 class Sweep:
     """A checked spec turned into jobs, plus what W&B's keys said about it."""
 
     name: str
     method: str
-    jobs: list[SweepJob]
+    jobs: Sequence[SweepJob]  # made one at a time when iterated (a LazySequence)
     metric: dict[str, Any] | None = None
     description: str | None = None
     spec: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -226,14 +245,14 @@ def _build_distribution(where: str, name: str, spec: Mapping[str, Any]) -> Distr
     return q_uniform(lo, hi, _number(where, spec, "q", default=1))
 
 
-def grid_axis(where: str, definition: Distribution) -> list[Any]:
+def grid_axis(where: str, definition: Distribution) -> Sequence[Any]:
     """The values a grid steps through for one parameter; continuous ones cannot be."""
     if isinstance(definition, constant):
         return [definition.value]
     if isinstance(definition, choice):
-        return list(definition.values)  # probabilities mean nothing to a grid
+        return definition.values  # probabilities mean nothing to a grid
     if isinstance(definition, int_uniform):
-        return list(range(definition.lo, definition.hi + 1))
+        return range(definition.lo, definition.hi + 1)  # not a list: it may be 10**9 long
     raise SweepError(
         f"{where}: method 'grid' needs 'value', 'values' or int_uniform, "
         f"not a {type(definition).__name__} distribution"
@@ -252,15 +271,27 @@ def parse_parameters(parameters: Any) -> dict[str, Distribution]:
     return parsed
 
 
-def sweep_params(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The params of every run, in sweep order (a spec already checked by :func:`check_spec`)."""
+def sweep_params(spec: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
+    """The params of every run, in sweep order (a spec already checked by
+    :func:`check_spec`), made one at a time: ``len`` costs nothing."""
     definitions = parse_parameters(spec.get("parameters"))
     method = spec.get("method", "grid")
-    run_cap = spec.get("run_cap")
+    cap = run_cap(spec)
     if method == "grid":
-        runs = grid({k: grid_axis(f"parameters.{k}", d) for k, d in definitions.items()})
-        return runs[:run_cap] if run_cap is not None else runs
-    return random_search(definitions, run_cap, seed=spec.get("seed"))
+        runs = Grid({k: grid_axis(f"parameters.{k}", d) for k, d in definitions.items()})
+        return LazySequence(len(runs) if cap is None else min(cap, len(runs)),
+                            lambda: iter(runs))
+    assert cap is not None  # check_spec requires it for random
+    seed = spec.get("seed")
+    return LazySequence(cap, lambda: iter_random_search(definitions, cap, seed=seed))
+
+
+def run_cap(spec: Mapping[str, Any]) -> int | None:
+    """``run_cap`` as an int: ``1e8`` (a float to YAML) is accepted when it is whole."""
+    cap = spec.get("run_cap")
+    if isinstance(cap, float) and cap.is_integer():
+        return int(cap)
+    return cap
 
 
 # --- the rest of the spec ----------------------------------------------------------------
@@ -276,10 +307,10 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     method = spec.get("method", "grid")
     if method not in METHODS:
         raise SweepError(f"'method': {method!r} is not supported (use grid or random)")
-    run_cap = spec.get("run_cap")
-    if run_cap is not None and (not _is_int(run_cap) or run_cap < 1):
-        raise SweepError(f"'run_cap' must be a positive integer, not {run_cap!r}")
-    if method == "random" and run_cap is None:
+    cap = run_cap(spec)
+    if cap is not None and (not _is_int(cap) or cap < 1):
+        raise SweepError(f"'run_cap' must be a positive integer, not {spec['run_cap']!r}")
+    if method == "random" and cap is None:
         raise SweepError("'run_cap' is required with method 'random' (it would never end)")
     seed = spec.get("seed")
     if seed is not None and not _is_int(seed):
@@ -386,10 +417,11 @@ def sweep_prefix(spec: Mapping[str, Any], spec_file: Path | None) -> str:
     return safe
 
 
-def job_names(prefix: str, count: int) -> list[str]:
+def job_names(prefix: str, count: int) -> Sequence[str]:
     """``prefix-0001.sh``...: zero-padded so alphanumeric (run) order is sweep order."""
     width = max(4, len(str(count)))
-    return [f"{prefix}-{i:0{width}d}.sh" for i in range(1, count + 1)]
+    return LazySequence(count, lambda: (f"{prefix}-{i:0{width}d}.sh"
+                                        for i in range(1, count + 1)))
 
 
 def build_sweep(
@@ -398,72 +430,116 @@ def build_sweep(
     user: str | None = None,
     date: datetime | None = None,
 ) -> Sweep:
-    """Check a spec and make every job's script; nothing touches a queue yet."""
+    """Check a spec; its jobs' scripts are made as ``jobs`` is iterated. Nothing touches
+    a queue yet."""
     spec, spec_file = load_spec(source)
     check_spec(spec)
     runs = sweep_params(spec)
-    if not runs:
+    if not len(runs):
         raise SweepError("the sweep has no runs (is a 'values' list empty?)")
     headers = text_lines("headers", spec.get("headers"))
     footers = text_lines("footers", spec.get("footers"))
     directives = directive_lines(spec.get("directives"))
     command, end = command_parts(spec, resolve_program(spec.get("program", ""), spec_file))
     prefix = sweep_prefix(spec, spec_file)
-    jobs = [
-        SweepJob(name, create_shell_script(
+    # Once for the whole sweep: a passwd lookup per script was half the cost of making it.
+    user = current_user() if user is None else user
+    date = date or datetime.now()
+
+    def job(name: str, params: dict[str, Any]) -> SweepJob:
+        return SweepJob(name, create_shell_script(
             params, app=command, opts="", target="", end=end, headers=headers,
             footers=footers, directives=directives, user=user, date=date), params)
-        for name, params in zip(job_names(prefix, len(runs)), runs, strict=True)
-    ]
-    return Sweep(prefix, spec.get("method", "grid"), jobs, spec.get("metric"),
-                 spec.get("description"), spec)
+
+    return Sweep(prefix, spec.get("method", "grid"),
+                 SweepJobs(job_names(prefix, len(runs)), runs, job),
+                 spec.get("metric"), spec.get("description"), spec)
 
 
 # --- queueing ----------------------------------------------------------------------------
 
 
 def queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str) -> list[str]:
-    """Queue every job, or none when a name is taken (checked for all before the first)."""
-    names = [job.name for job in jobs]
-    for name in names:  # all-or-nothing: refuse before the first is queued
+    """Queue every job, or none when a name is taken (checked for all before the first);
+    the names queued, in order."""
+    return list(iter_queue_sweep(jobs, queue, sweep_name))
+
+
+def iter_queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue,
+                     sweep_name: str) -> Iterator[str]:
+    """:func:`queue_sweep` one job at a time: every name is checked now, and each job is
+    queued as the iterator is consumed (its name then yielded), so memory does not grow
+    with the sweep."""
+    check_names(jobs, queue)
+    return (queue.enqueue_text(job.name, job.text, params=job.params,
+                               extra={"sweep": sweep_name}) for job in jobs)
+
+
+def check_names(jobs: Sequence[SweepJob], queue: FolderQueue) -> None:
+    """Raise :class:`SweepError` when any job's name cannot be queued: not a usable name,
+    given twice, or already in the queue's folders (all-or-nothing: before the first).
+
+    One pass, in memory bounded by the queue's folders, not by the sweep: names already
+    there are listed once, and repeats are looked for only when the names are not in
+    strictly rising order (a sweep's own names always are).
+    """
+    names = jobs.names if isinstance(jobs, SweepJobs) else [job.name for job in jobs]
+    existing = {name for state in STATE_DIRS for name in queue.names(state)}
+    taken: list[str] = []
+    clashes = 0
+    rising, previous = True, ""
+    for name in names:
         problem = name_problem(name)
         if problem:
             raise SweepError(f"job {printable(name)} {problem}; nothing was queued "
                              "(set a shorter 'prefix' in the spec)")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    taken = [n for n in names if queue.locate(n) is not None]
-    if repeated or taken:
-        clash = repeated or taken
-        more = f" and {len(clash) - 3} more" if len(clash) > 3 else ""
+        if name in existing:
+            clashes += 1
+            if len(taken) < 3:
+                taken.append(name)
+        rising, previous = rising and name > previous, name
+    if not rising:
+        counts = Counter(names)
+        repeated = sorted(n for n, c in counts.items() if c > 1)
+        if repeated:
+            taken, clashes = repeated[:3], len(repeated)
+    if taken:
+        more = f" and {clashes - 3} more" if clashes > 3 else ""
         raise SweepError(
-            f"job names already in use: {', '.join(clash[:3])}{more}; nothing was queued "
+            f"job names already in use: {', '.join(taken)}{more}; nothing was queued "
             "(set 'prefix' in the spec to queue the sweep again)"
         )
-    return [
-        queue.enqueue_text(job.name, job.text, params=job.params, extra={"sweep": sweep_name})
-        for job in jobs
-    ]
 
 
 def format_params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in params.items())
 
 
+def write_dry_run(sweep: Sweep, out: TextIO) -> None:
+    """What ``gpudispatch sweep --dry-run`` prints: every script, nothing queued; written
+    one job at a time (a huge sweep streams, ``| head`` stops it)."""
+    out.write(f"# sweep {sweep.name} ({sweep.method}): {len(sweep.jobs)} jobs, dry run, "
+              "nothing queued\n")
+    for job in sweep.jobs:
+        out.write(f"\n==> {job.name} <== {format_params(job.params)}\n{job.text}")
+
+
 def dry_run_text(sweep: Sweep) -> str:
-    """What ``gpudispatch sweep --dry-run`` prints: every script, nothing queued."""
-    parts = [f"# sweep {sweep.name} ({sweep.method}): {len(sweep.jobs)} jobs, dry run, "
-             "nothing queued\n"]
-    parts.extend(f"\n==> {job.name} <== {format_params(job.params)}\n{job.text}"
-                 for job in sweep.jobs)
-    return "".join(parts)
+    """:func:`write_dry_run` as one string (for a sweep small enough to hold)."""
+    out = io.StringIO()
+    write_dry_run(sweep, out)
+    return out.getvalue()
 
 
 def summary_lines(sweep: Sweep, names: Iterable[str]) -> list[str]:
-    """What ``gpudispatch sweep`` prints after queueing."""
-    names = list(names)
-    lines = [f"queued {len(names)} jobs for sweep {sweep.name} ({sweep.method})"]
-    if names:
-        lines.append(f"  {names[0]} .. {names[-1]}")
+    """What ``gpudispatch sweep`` prints after queueing (``names`` read once, not kept)."""
+    count, first, last = 0, None, None
+    for name in names:
+        count += 1
+        first, last = first or name, name
+    lines = [f"queued {count} jobs for sweep {sweep.name} ({sweep.method})"]
+    if first:
+        lines.append(f"  {first} .. {last}")
     if sweep.metric:
         desc = " --desc" if sweep.metric.get("goal") == "maximize" else ""
         lines.append(f"  results: gpudispatch results --sweep {sweep.name} "
