@@ -88,6 +88,16 @@ def test_random_run_cap_1e8_is_refused_without_yes(tmp_path: Path) -> None:
     assert run["peak_mb"] < PEAK_RSS_LIMIT_MB, run
 
 
+def test_a_grid_too_large_to_count_is_one_line(tmp_path: Path) -> None:
+    axes = "".join(f"  p{i}: {{distribution: int_uniform, min: 1, max: 1000}}\n"
+                   for i in range(7))  # 10**21 runs: len() itself would overflow
+    spec = write_spec(tmp_path / "vast.yaml", "parameters:\n" + axes)
+    run = measured("sweep", str(spec), "--dir", str(tmp_path / "root"), "--yes")
+    assert run["rc"] != 0 and "Traceback" not in run["stderr"], run["stderr"]
+    assert run["stderr"].count("\n") == 1 and "too many" in run["stderr"], run["stderr"]
+    assert not (tmp_path / "root").exists()
+
+
 def test_dry_run_of_a_billion_runs_streams(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "huge.yaml", BILLION_GRID)
     run = measured("sweep", str(spec), "--dir", str(tmp_path / "root"), "--dry-run",

@@ -106,6 +106,14 @@ def as_sequence(value: Any) -> Sequence[Any]:
     return list(value)
 
 
+def _length(axis: Sequence[Any]) -> int:
+    """``len(axis)``, also for a range longer than ``sys.maxsize``."""
+    if isinstance(axis, range):
+        return max(0, (axis.stop - axis.start + axis.step - (1 if axis.step > 0 else -1))
+                   // axis.step)
+    return len(axis)
+
+
 class LazySequence(Sequence[T]):
     """``count`` items made one at a time by ``make()`` (a fresh iterator on every pass).
 
@@ -162,8 +170,13 @@ class Grid(Sequence[dict[str, Any]]):
         self.keys = list(space)
         self.axes = [as_sequence(v) if is_stepped(v) else (v,) for v in space.values()]
 
+    @property
+    def size(self) -> int:
+        """How many combinations; unlike ``len()``, also past ``sys.maxsize``."""
+        return math.prod(_length(axis) for axis in self.axes)
+
     def __len__(self) -> int:
-        return math.prod(len(axis) for axis in self.axes)
+        return self.size  # OverflowError past sys.maxsize, as for a range
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -172,7 +185,7 @@ class Grid(Sequence[dict[str, Any]]):
     def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
 
     def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        size = len(self)
+        size = self.size
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(size))]
         i = operator.index(index)
@@ -182,13 +195,14 @@ class Grid(Sequence[dict[str, Any]]):
             raise IndexError("grid index out of range")
         values = []
         for axis in reversed(self.axes):
-            i, digit = divmod(i, len(axis))
+            i, digit = divmod(i, _length(axis))
             values.append(axis[digit])
         return dict(zip(self.keys, reversed(values), strict=True))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         axes = self.axes
-        if not all(len(axis) for axis in axes):
+        lengths = [_length(axis) for axis in axes]
+        if not all(lengths):
             return
         digits = [0] * len(axes)
         current = [axis[0] for axis in axes]
@@ -197,7 +211,7 @@ class Grid(Sequence[dict[str, Any]]):
             k = len(axes) - 1  # an odometer: step the last axis, carry leftwards
             while k >= 0:
                 digits[k] += 1
-                if digits[k] < len(axes[k]):
+                if digits[k] < lengths[k]:
                     current[k] = axes[k][digits[k]]
                     break
                 digits[k] = 0

@@ -28,6 +28,7 @@ import io
 import math
 import re
 import shlex
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,12 +279,16 @@ def sweep_params(spec: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
     method = spec.get("method", "grid")
     cap = run_cap(spec)
     if method == "grid":
-        runs = Grid({k: grid_axis(f"parameters.{k}", d) for k, d in definitions.items()})
-        return LazySequence(len(runs) if cap is None else min(cap, len(runs)),
-                            lambda: iter(runs))
-    assert cap is not None  # check_spec requires it for random
-    seed = spec.get("seed")
-    return LazySequence(cap, lambda: iter_random_search(definitions, cap, seed=seed))
+        grid = Grid({k: grid_axis(f"parameters.{k}", d) for k, d in definitions.items()})
+        runs = LazySequence(grid.size if cap is None else min(cap, grid.size),
+                            lambda: iter(grid))
+    else:
+        assert cap is not None  # check_spec requires it for random
+        seed = spec.get("seed")
+        runs = LazySequence(cap, lambda: iter_random_search(definitions, cap, seed=seed))
+    if runs.count > sys.maxsize:  # len() could not even say how many
+        raise SweepError(f"the sweep has {runs.count:,} runs, too many to queue")
+    return runs
 
 
 def run_cap(spec: Mapping[str, Any]) -> int | None:
