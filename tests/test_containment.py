@@ -1,10 +1,29 @@
 """What a job leaves behind ends with it: children in its process group that it put in
-the background, or that ignore SIGTERM, are gone once its end is recorded."""
+the background, or that ignore SIGTERM, and daemons that left its group and session, are
+gone once its end is recorded, before its slot takes another job."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
-from conftest import job_text, pid_alive, q, record, wait_until, where, write_script
+from conftest import (
+    cli,
+    gate_wait,
+    job_text,
+    open_gate,
+    pid_alive,
+    q,
+    record,
+    snapshot,
+    wait_record,
+    wait_state,
+    wait_until,
+    where,
+    write_script,
+)
+
+from gpudispatch.cgroups import detect
 
 pytestmark = pytest.mark.slow
 
@@ -39,3 +58,112 @@ def test_a_child_ignoring_sigterm_ends_after_a_timeout(tmp_path, root, launch):
     assert record(root, "slow.sh")["reason"].startswith("timeout")
     child = int(pid_file.read_text())
     wait_until(lambda: not pid_alive(child), timeout=5, message="the child to end")
+
+
+# ---------------------------------------------------------------------- daemons
+# Each case runs under both kinds of containment: the cgroup (CI runs as root) and the
+# process group with the dispatcher as the daemons' subreaper.
+CAN_MAKE_CGROUPS = detect().base is not None
+MODES = [pytest.param("cgroup", marks=pytest.mark.skipif(
+    not CAN_MAKE_CGROUPS, reason="no cgroup can be made here (not root?)")),
+    "process-group"]
+
+
+def _daemon(pid_file, how: str) -> str:
+    """Start a daemon that leaves the job's process group and session, write its pid,
+    and wait until it has. ``setsid`` alone: reparented when the job's shell ends; a
+    double fork: at once."""
+    tmp = q(f"{pid_file}.tmp")
+    inner = f"setsid sh -c 'echo $$ > {tmp} && mv {tmp} {q(pid_file)}; exec sleep 300'"
+    start = f"{inner} &" if how == "setsid" else f"( {inner} & )"
+    return f"{start}\nwhile [ ! -s {q(pid_file)} ]; do sleep 0.01; done\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("how", ["setsid", "double fork"])
+def test_daemons_end_with_their_job(tmp_path, root, launch, mode, how):
+    pid_file = tmp_path / "daemon.pid"
+    write_script(root / "queue" / "a.sh", job_text(_daemon(pid_file, how)))
+    proc = launch.run(root, "--slots", "1", "--drain", "--containment", mode)
+    assert proc.wait(timeout=30) == 0
+    assert where(root, "a.sh") == "completed"
+    assert record(root, "a.sh")["extra"]["containment"] == mode.replace("-", " ")
+    daemon = int(pid_file.read_text())
+    wait_until(lambda: not pid_alive(daemon), timeout=5, message="the daemon to end")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_next_job_starts_once_the_last_ones_daemons_are_gone(tmp_path, root, launch,
+                                                                 mode):
+    """One slot: b looks for a's daemon as it starts; it must find none (a zombie not
+    yet reaped by init is gone: it holds no memory, no GPU, no file)."""
+    pid_file = tmp_path / "daemon.pid"
+    seen = tmp_path / "seen"
+    write_script(root / "queue" / "a.sh", job_text(_daemon(pid_file, "setsid")))
+    write_script(root / "queue" / "b.sh", job_text(
+        f"state=$(cut -d' ' -f3 /proc/$(cat {q(pid_file)})/stat 2>/dev/null)\n"
+        f'case "$state" in ""|Z|X) echo gone;; *) echo "alive ($state)";; esac > {q(seen)}'))
+    proc = launch.run(root, "--slots", "1", "--drain", "--containment", mode)
+    assert proc.wait(timeout=30) == 0
+    assert seen.read_text().strip() == "gone"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cancelled_jobs_daemon_ends(tmp_path, root, launch, mode):
+    pid_file = tmp_path / "daemon.pid"
+    write_script(root / "queue" / "a.sh", job_text(_daemon(pid_file, "double fork")
+                                                   + "sleep 300\n"))
+    proc = launch.run(root, "--slots", "1", "--containment", mode)
+    wait_until(pid_file.exists, timeout=10, message="the daemon to start")
+    daemon = int(pid_file.read_text())
+    cli("cancel", "--dir", str(root), "a.sh", check=True)
+    wait_until(lambda: where(root, "a.sh") == "failed", timeout=15,
+               message=lambda: snapshot(root))
+    wait_until(lambda: not pid_alive(daemon), timeout=5, message="the daemon to end")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.skipif(not CAN_MAKE_CGROUPS, reason="no cgroup can be made here (not root?)")
+def test_with_no_dispatcher_alive_the_monitor_ends_the_daemons(tmp_path, root, launch):
+    """The dispatcher is killed; the job ends later: its monitor kills its cgroup itself,
+    and the next dispatcher records the job completed."""
+    pid_file, gate = tmp_path / "daemon.pid", tmp_path / "gate"
+    write_script(root / "queue" / "a.sh", job_text(_daemon(pid_file, "setsid"), gate=None)
+                 .replace("exit 0", gate_wait(gate) + "exit 0"))
+    proc = launch.run(root, "--slots", "1")
+    wait_until(pid_file.exists, timeout=10, message="the daemon to start")
+    daemon = int(pid_file.read_text())
+    proc.kill9()
+    open_gate(gate)
+    wait_until(lambda: not pid_alive(daemon), timeout=10, message="the daemon to end")
+    assert launch.run(root, "--slots", "1", "--drain").wait(timeout=30) == 0
+    assert where(root, "a.sh") == "completed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_status_says_how_jobs_are_contained(tmp_path, root, launch, mode):
+    gate = tmp_path / "gate"
+    write_script(root / "queue" / "a.sh", job_text(gate=gate))
+    proc = launch.run(root, "--slots", "1", "--containment", mode)
+    wait_record(root, "a.sh", lambda r: r.get("pid") is not None)
+    shown = cli("status", "--dir", str(root), check=True).stdout
+    expected = "a cgroup v2 per job" if mode == "cgroup" else "process group + tracked daemons"
+    assert f"contained by {expected}" in " ".join(shown.split())
+    open_gate(gate)
+    wait_state(root, "a.sh", "completed")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_containment_cgroup_is_refused_where_none_can_be_made(root):
+    """Asked for explicitly, a cgroup that cannot be made is one clear line."""
+    if CAN_MAKE_CGROUPS:
+        result = cli("run", "--dir", str(root), "--slots", "1", "--drain",
+                     "--containment", "cgroup")
+        assert result.returncode == 0, result.stderr
+    else:
+        result = cli("run", "--dir", str(root), "--slots", "1", "--containment", "cgroup")
+        assert result.returncode != 0
+        assert "--containment cgroup:" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -107,7 +107,14 @@ def cmd_run(args) -> int:
     probe = default_probe() if any(s is not None for s in slots) else None
     _check_gpus_exist(slots, probe)
     queue = _queue(args, create=True)
+    from gpudispatch.cgroups import detect
     from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+
+    containment = detect(args.containment)
+    if args.containment == "cgroup" and containment.base is None:
+        raise CliError(f"--containment cgroup: {containment.why_not}")
+    if not args.quiet:  # (not in logfile.txt, whose first lines are the seed's)
+        print(f"gpudispatch: jobs are contained {containment.describe()}", file=sys.stderr)
 
     options = DispatcherOptions(
         probe=probe,
@@ -123,6 +130,7 @@ def cmd_run(args) -> int:
         on_finish=args.on_finish,
         console=not args.quiet,
         allow_other_users=args.allow_other_users,
+        containment=containment,
     )
     return Dispatcher(queue, options).run()
 
@@ -194,13 +202,25 @@ def _reason(view: JobView) -> str:
     return _cell(f"{slurm}: {rec.reason}" if rec.reason else slurm)
 
 
+CONTAINMENT_SHOWN = {"cgroup": "a cgroup v2 per job",
+                     "process group": "process group + tracked daemons"}
+
+
+def _containment(views: list[JobView]) -> str:
+    """How the running jobs' processes are held (``run --containment``)."""
+    modes = {v.record.extra.get("containment") for v in views if v.state is JobState.RUNNING}
+    shown = sorted(CONTAINMENT_SHOWN[m] for m in modes if m in CONTAINMENT_SHOWN)
+    return f"\ncontained by {' and '.join(shown)}" if shown else ""
+
+
 def status_table(queue: FolderQueue, views: list[JobView], title: str | None = None):
     from rich.table import Table
 
     counts = {state: len(queue.names(state)) for state in JobState}
     summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
     paused = "  [bold yellow]PAUSED[/]" if queue.is_paused() else ""
-    table = Table(title=title or _cell(queue.layout.root), caption=summary + paused)
+    table = Table(title=title or _cell(queue.layout.root),
+                  caption=summary + paused + _containment(views))
     for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
         table.add_column(column, overflow="fold")
     styles = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
@@ -547,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other-users", action="store_true",
                    help="run scripts in queue/ that other users own (they run as this "
                    "dispatcher's user); without it they fail with a reason naming the owner")
+    p.add_argument("--containment", choices=("auto", "cgroup", "process-group"),
+                   default="auto",
+                   help="how every process of a job is ended with it: a cgroup v2 per job "
+                   "(where one can be made: root, or a delegated cgroup), else its process "
+                   "group and the daemons found by the dispatcher (default auto: the first "
+                   "that works; `status` says which)")
     p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--partition", help="Slurm partition (--backend slurm)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",

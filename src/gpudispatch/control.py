@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpudispatch import procs
+from gpudispatch import cgroups, procs
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
@@ -107,21 +107,23 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
     if record.host not in (None, HOST):
         return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
     started = record.extra.get("monitor_started")
+    cgroup = cgroups.checked(record.extra.get("cgroup"))
     if procs.same_process(record.pid, started):
         pid = record.pid
     else:  # its start is not recorded yet
         monitor = procs.find_monitors(str(layout.exits)).get(name)
         pid, started = (monitor.pid, monitor.started) if monitor else (None, None)
+        cgroup = monitor.cgroup if monitor else None
     if pid is None:
         return (f"{name}: cancel requested; its dispatcher stops it within a second and "
                 "records it cancelled")
     # Stop it now; whoever owns it (its dispatcher, or the next one) records the end.
-    procs.signal_job(pid, signal.SIGTERM)
+    procs.signal_job(pid, signal.SIGTERM, cgroup)
     deadline = time.monotonic() + grace
     while procs.same_process(pid, started) and time.monotonic() < deadline:
         time.sleep(0.05)
     if procs.same_process(pid, started):
-        procs.signal_job(pid, signal.SIGKILL)
+        procs.signal_job(pid, signal.SIGKILL, cgroup)
     return f"{name}: stopped (cancelled)"
 
 

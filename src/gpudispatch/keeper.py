@@ -21,8 +21,9 @@ import socket
 import sys
 from dataclasses import dataclass, field, replace
 
-from gpudispatch import procs
+from gpudispatch import cgroups, procs
 from gpudispatch.job import JobState
+from gpudispatch.layout import CGROUP_ENV
 from gpudispatch.monitor import LOCK_FD
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import drain_pipe
@@ -137,17 +138,25 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
          os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
+    env = {**(os.environ if base_env is None else base_env), **request.env}
+    cgroup = env.get(CGROUP_ENV)
+    if cgroup and not cgroups.make(cgroup):
+        del env[CGROUP_ENV]  # it runs contained by its process group alone
+        cgroup = None
     moved = os.dup(lock_fd) if lock_fd == LOCK_FD else None  # dup2 onto itself keeps CLOEXEC
     if lock_fd is not None:
         actions.append((os.POSIX_SPAWN_DUP2, moved if moved is not None else lock_fd, LOCK_FD))
     try:
         return os.posix_spawn(
-            request.argv[0], request.argv,
-            {**(os.environ if base_env is None else base_env), **request.env}, setsid=True,
+            request.argv[0], request.argv, env, setsid=True,
             # Ignored dispositions survive exec: a job that ignores SIGTERM cannot be
             # stopped gently (nor a pipeline end on SIGPIPE).
             setsigdef=_RESET_SIGNALS, file_actions=actions,
         )
+    except OSError:
+        if cgroup:
+            cgroups.remove(cgroup)
+        raise
     finally:
         if moved is not None:
             os.close(moved)
@@ -411,8 +420,11 @@ class Keeper:
         """Take back a hand-over; :class:`HandoverReturned` comes if it was in time."""
         self._send(Withdraw(name))
 
-    def signal(self, monitor_pid: int, sig: int) -> None:
-        procs.signal_job(monitor_pid, sig)
+    def signal(self, monitor_pid: int, sig: int, cgroup: str | None = None) -> None:
+        procs.signal_job(monitor_pid, sig, cgroup)
+
+    def own_pids(self) -> set[int]:
+        return set(self._children) | ({self.pid} if self.pid else set())
 
     def messages(self) -> list:
         """Reports since the last call, in order (never blocks): the keeper's, then the

@@ -21,6 +21,7 @@ LOG_ENV = "GPUDISPATCH_LOG"
 METRICS_ENV = "GPUDISPATCH_METRICS"
 EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # the journal the monitor appends to; finds it too
 RUN_ENV = "GPUDISPATCH_RUN"  # this run's identity in the journal: script inode and attempt
+CGROUP_ENV = "GPUDISPATCH_CGROUP"  # the run's own cgroup, which its shell joins (if any)
 HOOK_STATE_ENV = "GPUDISPATCH_STATE"
 HOOK_EXIT_CODE_ENV = "GPUDISPATCH_EXIT_CODE"
 HOOK_REASON_ENV = "GPUDISPATCH_REASON"

@@ -24,14 +24,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gpudispatch.layout import EXIT_FILE_ENV, JOB_ENV, RUN_ENV
+from gpudispatch.layout import CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, RUN_ENV
 from gpudispatch.safeio import read_regular
 
 LOCK_FD = 9
+_JOIN = f'[ -z "${CGROUP_ENV}" ] || {{ echo 0 >"${CGROUP_ENV}/cgroup.procs"; }} 2>/dev/null; '
 MONITOR_SCRIPT = (
     ": gpudispatch-monitor; trap : TERM INT HUP; "
-    'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; '
-    f'c=$?; printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; exit $c'
+    f'if [ "$1" = . ]; then (trap - TERM INT HUP; {_JOIN}. "$0") 9<&-; '
+    f'else ({_JOIN}exec "$@") 9<&-; fi; c=$?; '
+    f'[ -z "${CGROUP_ENV}" ] || {{ echo 1 >"${CGROUP_ENV}/cgroup.kill"; }} 2>/dev/null; '
+    f'printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; '
+    # Gone only once everything of the job is: spin briefly (a SIGKILL is quick), then
+    # look every 10 ms, for at most about a minute (a process stuck in the kernel).
+    f'n=0; while [ -n "${CGROUP_ENV}" ] && [ $n -lt 5000 ] && '
+    f'read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events" && [ "$p" = 1 ]; '
+    'do n=$((n+1)); [ $n -lt 200 ] || sleep 0.01; done; exit $c'
 )
 JOURNAL_ROTATE_BYTES = 4 << 20
 JOURNAL_READ_LIMIT = 64 << 20  # rotated at start only: a long-lived one may grow past 4 MB

@@ -8,7 +8,8 @@ import os
 import signal
 from dataclasses import dataclass
 
-from gpudispatch.layout import ATTEMPT_ENV, EXIT_FILE_ENV, JOB_ENV
+from gpudispatch import cgroups
+from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV
 from gpudispatch.monitor import MARKER
 
 
@@ -46,6 +47,7 @@ class FoundMonitor:
     started: int
     attempt: int
     gpus: list[int]
+    cgroup: str | None = None
 
 
 def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
@@ -77,6 +79,7 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
         found[name] = FoundMonitor(
             pid, int(fields[19]), int(attempt) if attempt.isdigit() else 0,
             [int(g) for g in cuda.split(b",") if g.strip().isdigit()],
+            cgroups.checked(env.get(CGROUP_ENV.encode(), b"").decode(errors="replace")),
         )
     return found
 
@@ -93,20 +96,24 @@ def _members(session: int) -> list[int]:
     return out
 
 
-def signal_job(monitor: int, sig: int) -> bool:
+def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
     """Signal every process of a job, never its monitor with SIGKILL; False when gone.
 
-    SIGTERM goes to the group (the monitor traps it and goes on to record the end).
+    With a cgroup, SIGTERM goes to each of its processes (daemons that left the group too)
+    and SIGKILL through ``cgroup.kill``. Without one, or for what never joined it:
+    SIGTERM goes to the group (the monitor traps it and goes on to record the end);
     SIGKILL freezes the group first (SIGSTOP: nothing forks meanwhile), kills each member
-    but the monitor, and lets the monitor go on, as Slurm's proctrack does with a cgroup.
+    but the monitor, and lets the monitor go on, as Slurm's proctrack does without a cgroup.
     """
+    in_cgroup = cgroups.signal_all(cgroup, sig) if cgroup else False
     try:
         if sig != signal.SIGKILL:
-            os.killpg(monitor, sig)
+            if not in_cgroup:
+                os.killpg(monitor, sig)
             return True
         os.killpg(monitor, signal.SIGSTOP)
     except (ProcessLookupError, PermissionError):
-        return False
+        return in_cgroup
     for pid in _members(monitor):
         if pid != monitor:
             try:
@@ -120,12 +127,17 @@ def signal_job(monitor: int, sig: int) -> bool:
     return True
 
 
-def end_leftovers(monitor: int) -> None:
-    """SIGKILL what is left of a job's process group once its monitor has ended (children
-    it put in the background, or that ignored SIGTERM): its slot is then free for the
-    next job. The group's id stays taken while any member lives, so no other group has
-    it; daemons that left the group (``setsid``) are not reached this way. A live
-    process with the monitor's pid is a new one (the pid was reused): left alone."""
+def end_leftovers(monitor: int, cgroup: str | None = None) -> None:
+    """SIGKILL what is left of a job once its monitor has ended (children it put in the
+    background, or that ignored SIGTERM): its slot is then free for the next job.
+
+    Its cgroup, if it has one, holds all of it (its monitor killed it already; this is for
+    a monitor that was itself killed). Otherwise the process group: its id stays taken
+    while any member lives, so no other group has it; daemons that left it (``setsid``)
+    are found by :class:`gpudispatch.descendants.Descendants`. A live process with the
+    monitor's pid is a new one (the pid was reused): left alone."""
+    if cgroup:
+        cgroups.signal_all(cgroup, signal.SIGKILL)
     if pid_alive(monitor):
         return
     try:
@@ -134,8 +146,10 @@ def end_leftovers(monitor: int) -> None:
         pass
 
 
-def job_alive(monitor: int) -> bool:
-    """Whether any live (not zombie) process of the job's group or session is left."""
+def job_alive(monitor: int, cgroup: str | None = None) -> bool:
+    """Whether any live (not zombie) process of the job's cgroup, group or session is left."""
+    if cgroup and cgroups.populated(cgroup):
+        return True
     try:
         os.killpg(monitor, 0)
     except ProcessLookupError:

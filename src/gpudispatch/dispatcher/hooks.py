@@ -48,6 +48,9 @@ class Hooks:
             return
         self._running[pid] = name
 
+    def own_pids(self) -> set[int]:
+        return set(self._running)
+
     def reap(self) -> None:
         for pid in list(self._running):
             try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gpudispatch import peers, procs, safeio
+from gpudispatch import cgroups, peers, procs, safeio
 from gpudispatch.dispatcher.bookkeeping import (
     Settled,
     Settlement,
@@ -37,6 +37,7 @@ from gpudispatch.dispatcher.diskspace import (
 from gpudispatch.dispatcher.handover import choose_followers
 from gpudispatch.dispatcher.hooks import Hooks
 from gpudispatch.dispatcher.intake import Intake
+from gpudispatch.dispatcher.leftovers import Leftovers
 from gpudispatch.dispatcher.recovery import Orphan, find_orphans
 from gpudispatch.dispatcher.running import Phase, RunningJob
 from gpudispatch.dispatcher.starting import (
@@ -93,7 +94,8 @@ class Launcher(Protocol):
               lock_fd: int | None) -> Started | SpawnFailed | None: ...
     def hand_over(self, handover: Handover) -> None: ...
     def withdraw(self, name: str) -> None: ...
-    def signal(self, monitor_pid: int, sig: int) -> None: ...
+    def signal(self, monitor_pid: int, sig: int, cgroup: str | None = None) -> None: ...
+    def own_pids(self) -> set[int]: ...  # its own children (the keeper, its monitors)
     def messages(self) -> list: ...  # never raises: a dead keeper is a KeeperExited
     def close(self) -> None: ...
 
@@ -113,6 +115,7 @@ class DispatcherOptions:
     gpu_poll: float = 5.0
     heartbeat: float = peers.HEARTBEAT_SECONDS
     allow_other_users: bool = False  # run scripts other users own (as this user)
+    containment: cgroups.Containment | None = None  # None: the best this process can have
 
 
 def queue_logger(logfile: Path, console: bool) -> logging.Logger:
@@ -150,6 +153,7 @@ class Dispatcher:
         "check_disk",  # while the disk refuses writes, whether it takes them again
         "read_launcher",  # starts and ends the keeper reports
         "watch_monitors",  # ends of jobs we watch ourselves (adopted, or the keeper died)
+        "end_leftovers",  # daemons of ended jobs; cgroups emptied since
         "write_start_records",
         "act_on_stop",  # what the signal handlers asked
         "enforce_deadlines",
@@ -181,6 +185,10 @@ class Dispatcher:
         self._base_env = {k: v for k, v in os.environ.items()
                           if not k.startswith("GPUDISPATCH_") or k == "GPUDISPATCH_ROOT"}
         self._fake_launcher = launcher is not None
+        self.leftovers = Leftovers(
+            cgroups.Containment(None, "a fake launcher") if self._fake_launcher
+            else options.containment or cgroups.detect(), self.log,
+            self._live_runs, self._own_children, real=not self._fake_launcher)
         self.launcher: Launcher | None = launcher
         self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
         os.set_blocking(self._wake_r, False)
@@ -217,7 +225,7 @@ class Dispatcher:
     @property
     def finished(self) -> bool:
         """Whether ``run()`` should return now (a stop, or ``--drain`` with nothing left)."""
-        if self.writer.busy or self._ending:
+        if self.writer.busy or self._ending or self.leftovers.sweep_soon:
             return False
         if self.stopping:
             return not self.running
@@ -320,10 +328,20 @@ class Dispatcher:
             if status is not None and status.attempt >= job.record.attempts:
                 job.record.attempts = status.attempt
                 self._ended(job, status.code)
-            elif job.pid and procs.job_alive(job.pid):
+            elif job.pid and procs.job_alive(job.pid, job.cgroup):
                 job.started = None  # its monitor is gone; wait for the rest of the job
             else:
                 self._ended(job, None, "its monitor ended without an exit status")
+
+    def _end_leftovers(self, now: float) -> None:
+        self.leftovers.tick(now)
+
+    def _live_runs(self) -> set[tuple[str, int]]:
+        return {(j.name, j.record.attempts) for j in self.running.values()}
+
+    def _own_children(self) -> set[int]:
+        pids = self.launcher.own_pids() if self.launcher is not None else set()
+        return pids | self.hooks.own_pids()
 
     def _write_start_records(self, now: float) -> None:
         for job in self.running.values():
@@ -531,14 +549,20 @@ class Dispatcher:
         if launch.note:
             self.log.info("%s is %s", name, launch.note)
         device_order = self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        containment = self.leftovers.containment
+        cgroup = containment.cgroup_for(f"{st.st_ino}.{record.attempts}")
+        record.extra["containment"] = containment.mode
+        record.extra.pop("cgroup", None)
+        if cgroup:
+            record.extra["cgroup"] = cgroup
 
         def request(ids: list[int]) -> SpawnRequest:
             return spawn_request(self.layout, record, launch, gpus_of(self.slots, ids),
-                                 st.st_ino, device_order)
+                                 st.st_ino, device_order, cgroup)
 
         running = RunningJob(name, [], record, job.directives,
                              Phase.HANDED_OVER if follow else Phase.SPAWNING,
-                             lock_fd=lock_fd, queued=job, alone=job.alone)
+                             lock_fd=lock_fd, queued=job, alone=job.alone, cgroup=cgroup)
         if follow is None:
             assert slot_ids is not None
             running.slot_ids = slot_ids
@@ -652,7 +676,7 @@ class Dispatcher:
         if job is None or job.pid != message.pid:
             return
         if not self._fake_launcher:
-            procs.end_leftovers(message.pid)
+            procs.end_leftovers(message.pid, job.cgroup)
         if message.code >= 0:
             self._ended(job, message.code)
             return
@@ -666,6 +690,8 @@ class Dispatcher:
         """Decide what the end means and queue the writes; the slots are free at once."""
         lock_fd, job.lock_fd = job.lock_fd, None  # the writer lets it go after the move
         self._untrack(job)
+        if not self._fake_launcher:
+            self.leftovers.ended(job.cgroup, time.monotonic())
         record = job.record
         record.ended_at = now_iso()
         record.exit_code = code
@@ -783,7 +809,7 @@ class Dispatcher:
         if self._fake_launcher and self.launcher is not None:
             self.launcher.signal(job.pid, sig)  # its pids are made up
         else:
-            procs.signal_job(job.pid, sig)
+            procs.signal_job(job.pid, sig, job.cgroup)
 
     # ------------------------------------------------------------------ tracking
     def _track(self, job: RunningJob) -> None:
@@ -838,7 +864,8 @@ class Dispatcher:
                 self._adopt(orphan, now)
             else:
                 job = RunningJob(orphan.name, [], orphan.record, orphan.directives,
-                                 Phase.RUNNING, lock_fd=orphan.lock_fd, pid=orphan.record.pid)
+                                 Phase.RUNNING, lock_fd=orphan.lock_fd, pid=orphan.record.pid,
+                                 cgroup=orphan.cgroup)
                 if orphan.exit is not None:
                     orphan.record.attempts = orphan.exit.attempt
                     self.log.info("%s ended while no dispatcher was running", orphan.name)
@@ -859,7 +886,7 @@ class Dispatcher:
         job = RunningJob(orphan.name, slot_ids, record, orphan.directives, Phase.RUNNING,
                          lock_fd=orphan.lock_fd, pid=pid,
                          started=monitor.started if monitor is not None else None,
-                         watched=True)
+                         watched=True, cgroup=orphan.cgroup)
         record.pid = pid
         if orphan.directives.timeout:  # its limit still counts from when it started
             started = _parse_time(record.started_at)
@@ -921,6 +948,7 @@ class Dispatcher:
             self._on_settled(done)
         for job in self.running.values():
             job.release()
+        self.leftovers.close()
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
@@ -948,6 +976,8 @@ class Dispatcher:
             wake_at.append(now + 0.25)
         if self.disk.trouble:
             wake_at.append(self.disk.next_probe)
+        if self.leftovers.next_due is not None and (self.running or self.leftovers.busy):
+            wake_at.append(self.leftovers.next_due)
         if self.intake.pending and self.queue.is_paused():
             wake_at.append(now + 0.25)  # `resume` is an unlink, which no file event reports
         wanted: dict[int, str] = {j.pidfd: "pidfd" for j in self.running.values()

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpudispatch import peers, procs
+from gpudispatch import cgroups, peers, procs
 from gpudispatch.job import DirectiveError, Directives, JobRecord, JobState, parse_directives
 from gpudispatch.monitor import ExitStatus, read_exit_journals
 from gpudispatch.scriptcheck import read_head
@@ -32,6 +32,13 @@ class Orphan:
     monitor: procs.FoundMonitor | None  # alive: watch it
     exit: ExitStatus | None  # this attempt's status, when its monitor wrote one
     group_alive: bool = False  # no monitor, but processes of the job still run
+
+    @property
+    def cgroup(self) -> str | None:
+        """Its cgroup: as its monitor was started with, else as recorded."""
+        if self.monitor is not None and self.monitor.cgroup:
+            return self.monitor.cgroup
+        return cgroups.checked(self.record.extra.get("cgroup"))
 
 
 def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
@@ -70,7 +77,8 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
         status = queue.exit_status(name, journal)
         if status is not None and status.attempt < record.attempts:
             status = None  # an earlier run's
-        alive = status is None and local and bool(record.pid) and procs.job_alive(record.pid)
+        alive = status is None and local and bool(record.pid) and procs.job_alive(
+            record.pid, cgroups.checked(record.extra.get("cgroup")))
         found.append(Orphan(name, record, directives, fd, None, status, alive))
     return found
 

@@ -42,6 +42,7 @@ class RunningJob:
     alone: bool = False  # runs alone on its GPU after running out of memory
     pid: int | None = None  # its monitor's
     started: int | None = None  # its monitor's start time: the identity with the pid
+    cgroup: str | None = None  # its own cgroup v2, when the dispatcher could make one
     deadline: float | None = None
     kill_reason: str | None = None
     kill_at: float | None = None

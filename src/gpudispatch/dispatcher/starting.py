@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from gpudispatch.job import Directives, JobRecord, JobState
 from gpudispatch.keeper import SpawnRequest
-from gpudispatch.layout import Layout
+from gpudispatch.layout import CGROUP_ENV, Layout
 from gpudispatch.monitor import monitor_argv
 from gpudispatch.scriptcheck import Launch, check_script, read_head
 from gpudispatch.store import HOST, FolderQueue
@@ -46,10 +46,12 @@ def new_run_record(queue: FolderQueue, name: str, directives: Directives,
 
 
 def spawn_request(layout: Layout, record: JobRecord, launch: Launch, gpus: list[int],
-                  inode: int, device_order: str) -> SpawnRequest:
+                  inode: int, device_order: str, cgroup: str | None) -> SpawnRequest:
     """The keeper's request: the monitor's argv and what the job's environment adds."""
     log = record.log or ""
     env = layout.job_env(record.name, record.attempts, gpus, log, inode)
     # NVML's (and nvidia-smi's) numbering; CUDA's default order may differ.
     env["CUDA_DEVICE_ORDER"] = device_order
+    if cgroup:
+        env[CGROUP_ENV] = cgroup  # made when the monitor starts; the job's shell joins it
     return SpawnRequest(record.name, monitor_argv(launch.argv, launch.plain_sh), env, log)

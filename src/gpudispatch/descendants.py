@@ -1,0 +1,91 @@
+"""Daemons of jobs, where no cgroup holds them: the dispatcher is their subreaper.
+
+A process that leaves its job's group and session (``setsid``, a double fork, ``nohup …
+&``) is out of reach of the group's signals. With ``PR_SET_CHILD_SUBREAPER`` it is
+reparented to the dispatcher instead of init when its parent ends, so the dispatcher finds
+it among its own children; the environment it inherited names its job
+(``GPUDISPATCH_JOB``, ``GPUDISPATCH_ATTEMPT``), and once that run has ended it is killed
+(with its group). What it cannot reach: a daemon whose parent is still alive elsewhere, one
+that cleared its environment, and anything once the dispatcher itself is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections.abc import Collection, Iterable
+
+from gpudispatch.layout import ATTEMPT_ENV, JOB_ENV, RUN_ENV
+
+PR_SET_CHILD_SUBREAPER = 36
+_MARK = f"{RUN_ENV}=".encode()
+
+
+def become_subreaper() -> bool:
+    """Have the orphans of our descendants reparented to us (Linux 3.4+)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children(me: int) -> Iterable[tuple[int, bytes]]:
+    """Our children as (pid, state) from ``/proc`` (no ``/proc/PID/task/*/children`` on
+    kernels without CONFIG_PROC_CHILDREN)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2:].split()
+        if len(fields) > 1 and fields[1] == str(me).encode():
+            yield int(entry.name), fields[0]
+
+
+def _run_of(pid: int) -> tuple[str, int] | None:
+    """The job and attempt a process inherited, or None (not a job's)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            items = fh.read().split(b"\0")
+    except OSError:
+        return None
+    if not any(i.startswith(_MARK) for i in items):
+        return None
+    env = dict(i.split(b"=", 1) for i in items if b"=" in i)
+    attempt = env.get(ATTEMPT_ENV.encode(), b"")
+    name = env.get(JOB_ENV.encode())
+    if name is None or not attempt.isdigit():
+        return None
+    return name.decode(errors="surrogateescape"), int(attempt)
+
+
+def sweep(live: Collection[tuple[str, int]], ours: Collection[int]) -> list[int]:
+    """Kill the daemons of ended runs among our children, and reap the ones that ended.
+
+    ``live``: (name, attempt) of the runs still running; ``ours``: the children we wait
+    for ourselves (monitors, the keeper, hooks). Returns the pids killed."""
+    killed = []
+    for pid, state in _children(os.getpid()):
+        if pid in ours:
+            continue
+        if state == b"Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            continue
+        run = _run_of(pid)
+        if run is None or run in live:
+            continue
+        for kill in (os.killpg, os.kill):  # its group (it may lead one), then itself
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        killed.append(pid)
+    return killed

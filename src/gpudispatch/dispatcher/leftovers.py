@@ -1,0 +1,81 @@
+"""What an ended job leaves behind ends too: its cgroup, or, without one, the daemons found
+among our children (we are their subreaper). Its process group is ended where its end is
+told (``procs.end_leftovers``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Collection
+
+from gpudispatch import cgroups, descendants
+from gpudispatch.cgroups import Containment
+
+SWEEP_SECONDS = 1.0  # while jobs run: daemons reparented late, zombies of ended ones
+SWEEP_AGAIN_SECONDS = 0.05  # after a kill: its zombie, and children it left
+CGROUP_RETRY_SECONDS = 1.0
+
+
+class Leftovers:
+    """``live``: (name, attempt) of the runs still going; ``ours``: the children we wait
+    for ourselves (monitors, the keeper, hooks), never taken for a job's daemon."""
+
+    def __init__(self, containment: Containment, log: logging.Logger,
+                 live: Callable[[], Collection[tuple[str, int]]],
+                 ours: Callable[[], Collection[int]], real: bool = True) -> None:
+        self.containment = containment
+        self._log = log
+        self._live = live
+        self._ours = ours
+        # Without a cgroup, daemons are reparented to us when their parent ends (not in
+        # tests with a fake launcher: the test process is no one's subreaper).
+        self.sweeping = real and containment.base is None and descendants.become_subreaper()
+        self._next_sweep = 0.0
+        self.sweep_soon = False  # a kill to follow up (before --drain may exit)
+        self._cgroups: list[str] = []  # killed, not yet empty: removed when they are
+        self._next_cgroup_try = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Something to do even with no job running."""
+        return self.sweep_soon or bool(self._cgroups)
+
+    @property
+    def next_due(self) -> float | None:
+        due = [self._next_sweep] if self.sweeping else []
+        if self._cgroups:
+            due.append(self._next_cgroup_try)
+        return min(due) if due else None
+
+    def ended(self, cgroup: str | None, now: float) -> None:
+        """A job is over (and no longer live): kill what is left of it, now, before its
+        slot takes another job."""
+        # Empty once its monitor killed it and waited; if not (its monitor was killed),
+        # kill it now and remove it once the kernel has reaped the last process.
+        if cgroup and not cgroups.remove(cgroup):
+            cgroups.signal_all(cgroup, signal.SIGKILL)
+            if not self._cgroups:
+                self._next_cgroup_try = now + CGROUP_RETRY_SECONDS
+            self._cgroups.append(cgroup)
+        if self.sweeping:
+            self._sweep(now)
+
+    def close(self) -> None:
+        """At exit: the cgroups whose last processes were still dying, if gone by now
+        (any left are removed by the next dispatcher)."""
+        self._cgroups = [c for c in self._cgroups if not cgroups.remove(c)]
+
+    def tick(self, now: float) -> None:
+        if self._cgroups and now >= self._next_cgroup_try:
+            self._cgroups = [c for c in self._cgroups if not cgroups.remove(c)]
+            self._next_cgroup_try = now + CGROUP_RETRY_SECONDS
+        if self.sweeping and now >= self._next_sweep:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        killed = descendants.sweep(self._live(), self._ours())
+        if killed:
+            self._log.info("Killed %d process(es) left by ended jobs (pids %s)",
+                           len(killed), ", ".join(map(str, killed[:10])))
+        self.sweep_soon = bool(killed)
+        self._next_sweep = now + (SWEEP_AGAIN_SECONDS if killed else SWEEP_SECONDS)
