@@ -233,6 +233,33 @@ def test_handover_follows_the_running_job_and_keeps_run_order(world):
     assert [h.name for h in fake.handovers] == ["d.sh"]  # next in order, handed over now
 
 
+def test_a_handover_that_follows_two_jobs_that_both_ended_holds_both_slots(world):
+    """a and b end before the keeper's word comes (it started c after b): until it does,
+    neither slot is free; then c is on b's slot and a's is free (found by chaos: c was
+    taken for a CPU job and a second job started on b's slot beside it)."""
+    queue, fake, make = world
+    for name in ("a.sh", "b.sh", "c.sh"):
+        drop(queue, name)
+    d = make(slots=[0, 1])
+    d.tick(1.0)
+    d.tick(1.1)
+    pa, pb = fake.pids["a.sh"], fake.pids["b.sh"]
+    assert set(fake.handovers[0].variants) == {pa, pb}
+    fake.handovers.clear()  # the keeper took it: it answers below, late
+    fake._out += [Exited("a.sh", pa, 0), Exited("b.sh", pb, 0)]
+    drop(queue, "e.sh")
+    d.intake.events.add("e.sh")
+    d.tick(1.2)
+    assert [r.name for r in fake.spawned] == ["a.sh", "b.sh"]  # no slot is free yet
+    assert queue.claim("c.sh")
+    fake.pids["c.sh"] = 2000
+    fake._out.append(Started("c.sh", 2000, 1, after=pb))
+    d.tick(1.3)
+    assert d.running["c.sh"].slot_ids == [1]
+    assert [r.name for r in fake.spawned] == ["a.sh", "b.sh", "e.sh"]
+    assert fake.spawned[-1].env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
 def test_a_new_earlier_job_takes_back_a_handover(world):
     queue, fake, make = world
     drop(queue, "b.sh")

@@ -668,10 +668,12 @@ class Dispatcher:
     def _on_exited(self, message: Exited, now: float) -> None:
         for follower in self.running.values():
             if follower.phase is Phase.HANDED_OVER and message.pid in (follower.variants or {}):
-                # The keeper is starting it in these slots this very moment (its Started
-                # or HandoverReturned follows): they are not free meanwhile.
-                follower.slot_ids = (follower.variants or {})[message.pid]
-                follower.variants = {message.pid: follower.slot_ids}
+                # The keeper may be starting it in these slots this very moment (its Started
+                # or HandoverReturned follows): they are not free meanwhile. It follows
+                # several: after whichever ended first in the keeper's eyes, so the slots
+                # of every one that ended are held until it says which.
+                follower.slot_ids = sorted({*follower.slot_ids,
+                                            *(follower.variants or {})[message.pid]})
         job = self.running.get(message.name)
         if job is None or job.pid != message.pid:
             return
