@@ -31,20 +31,38 @@ def become_subreaper() -> bool:
         return False
 
 
+def cheap_listing() -> bool:
+    """Whether the kernel lists a process's children itself (CONFIG_PROC_CHILDREN): then
+    finding them costs a read per thread, not one per process of the machine."""
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()
+
+
 def _children(me: int) -> Iterable[tuple[int, bytes]]:
-    """Our children as (pid, state) from ``/proc`` (no ``/proc/PID/task/*/children`` on
-    kernels without CONFIG_PROC_CHILDREN)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2:].split()
-        if len(fields) > 1 and fields[1] == str(me).encode():
-            yield int(entry.name), fields[0]
+    """Our children as (pid, state)."""
+    if cheap_listing():
+        pids: set[int] = set()
+        for task in os.listdir(f"/proc/{me}/task"):
+            try:
+                with open(f"/proc/{me}/task/{task}/children", "rb") as fh:
+                    pids.update(int(p) for p in fh.read().split())
+            except (OSError, ValueError):
+                continue
+        candidates: Iterable[int] = pids
+    else:
+        candidates = (int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
+    for pid in candidates:
+        fields = _stat(pid)
+        if fields is not None and len(fields) > 1 and fields[1] == str(me).encode():
+            yield pid, fields[0]
 
 
 def _run_of(pid: int) -> tuple[str, int] | None:

@@ -28,29 +28,38 @@ from gpudispatch.layout import CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, RUN_ENV
 from gpudispatch.safeio import read_regular
 
 LOCK_FD = 9
-_JOIN = f'[ -z "${CGROUP_ENV}" ] || {{ echo 0 >"${CGROUP_ENV}/cgroup.procs"; }} 2>/dev/null; '
+_RECORD = f'printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; '
 MONITOR_SCRIPT = (
+    ": gpudispatch-monitor; trap : TERM INT HUP; "
+    'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; '
+    f"c=$?; {_RECORD}exit $c"
+)
+# With a cgroup (``cgroups``): the job's shell joins it first; at the end the monitor
+# (outside it) kills it, records the status, and is gone only once everything of the job
+# is: it spins briefly (a SIGKILL is quick), then looks every 10 ms, for at most about a
+# minute (a process stuck in the kernel). If the cgroup could not be made, each step
+# fails quietly and the job runs as without one.
+_JOIN = f'{{ echo 0 >"${CGROUP_ENV}/cgroup.procs"; }} 2>/dev/null; '
+CGROUP_MONITOR_SCRIPT = (
     ": gpudispatch-monitor; trap : TERM INT HUP; "
     f'if [ "$1" = . ]; then (trap - TERM INT HUP; {_JOIN}. "$0") 9<&-; '
     f'else ({_JOIN}exec "$@") 9<&-; fi; c=$?; '
-    f'[ -z "${CGROUP_ENV}" ] || {{ echo 1 >"${CGROUP_ENV}/cgroup.kill"; }} 2>/dev/null; '
-    f'printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; '
-    # Gone only once everything of the job is: spin briefly (a SIGKILL is quick), then
-    # look every 10 ms, for at most about a minute (a process stuck in the kernel).
-    f'n=0; while [ -n "${CGROUP_ENV}" ] && [ $n -lt 5000 ] && '
-    f'read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events" && [ "$p" = 1 ]; '
-    'do n=$((n+1)); [ $n -lt 200 ] || sleep 0.01; done; exit $c'
+    f'{{ echo 1 >"${CGROUP_ENV}/cgroup.kill"; }} 2>/dev/null; '
+    f"{_RECORD}"
+    f'n=0; while [ $n -lt 5000 ] && read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events"'
+    ' && [ "$p" = 1 ]; do n=$((n+1)); [ $n -lt 200 ] || sleep 0.01; done; exit $c'
 )
 JOURNAL_ROTATE_BYTES = 4 << 20
 JOURNAL_READ_LIMIT = 64 << 20  # rotated at start only: a long-lived one may grow past 4 MB
 MARKER = b": gpudispatch-monitor;"
 
 
-def monitor_argv(argv: list[str], plain_sh: bool) -> list[str]:
+def monitor_argv(argv: list[str], plain_sh: bool, cgroup: bool = False) -> list[str]:
     """The monitor's argv for a job run as ``argv`` (its ``$0`` is the script)."""
     script = argv[-1]
     rest = ["."] if plain_sh else argv
-    return ["/bin/sh", "-c", MONITOR_SCRIPT, script, *rest]
+    return ["/bin/sh", "-c", CGROUP_MONITOR_SCRIPT if cgroup else MONITOR_SCRIPT, script,
+            *rest]
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,19 @@ class Leftovers:
         # Without a cgroup, daemons are reparented to us when their parent ends (not in
         # tests with a fake launcher: the test process is no one's subreaper).
         self.sweeping = real and containment.base is None and descendants.become_subreaper()
+        # Listing our children costs a /proc scan where the kernel does not list them:
+        # then only the end of a job that ran a second or more (not each of a drain of
+        # trivial ones) is swept at once; others within a second, by the periodic sweep.
+        self._sweep_any_end = descendants.cheap_listing()
         self._next_sweep = 0.0
-        self.sweep_soon = False  # a kill to follow up (before --drain may exit)
+        self._sweep_soon = False  # after a kill: its zombie to reap, its children to find
         self._cgroups: list[str] = []  # killed, not yet empty: removed when they are
         self._next_cgroup_try = 0.0
 
     @property
     def busy(self) -> bool:
         """Something to do even with no job running."""
-        return self.sweep_soon or bool(self._cgroups)
+        return self._sweep_soon or bool(self._cgroups)
 
     @property
     def next_due(self) -> float | None:
@@ -47,7 +51,7 @@ class Leftovers:
             due.append(self._next_cgroup_try)
         return min(due) if due else None
 
-    def ended(self, cgroup: str | None, now: float) -> None:
+    def ended(self, cgroup: str | None, now: float, ran_for: float) -> None:
         """A job is over (and no longer live): kill what is left of it, now, before its
         slot takes another job."""
         # Empty once its monitor killed it and waited; if not (its monitor was killed),
@@ -57,12 +61,15 @@ class Leftovers:
             if not self._cgroups:
                 self._next_cgroup_try = now + CGROUP_RETRY_SECONDS
             self._cgroups.append(cgroup)
-        if self.sweeping:
+        if self.sweeping and (self._sweep_any_end or ran_for >= SWEEP_SECONDS):
             self._sweep(now)
 
     def close(self) -> None:
-        """At exit: the cgroups whose last processes were still dying, if gone by now
-        (any left are removed by the next dispatcher)."""
+        """At exit: a last sweep (the daemons of jobs still running are spared; once we
+        are gone, theirs go to init); the cgroups whose last processes were still dying,
+        if gone by now (any left are removed by the next dispatcher)."""
+        if self.sweeping:
+            self._sweep(0.0)
         self._cgroups = [c for c in self._cgroups if not cgroups.remove(c)]
 
     def tick(self, now: float) -> None:
@@ -77,5 +84,5 @@ class Leftovers:
         if killed:
             self._log.info("Killed %d process(es) left by ended jobs (pids %s)",
                            len(killed), ", ".join(map(str, killed[:10])))
-        self.sweep_soon = bool(killed)
+        self._sweep_soon = bool(killed)
         self._next_sweep = now + (SWEEP_AGAIN_SECONDS if killed else SWEEP_SECONDS)

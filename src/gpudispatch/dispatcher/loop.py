@@ -225,7 +225,7 @@ class Dispatcher:
     @property
     def finished(self) -> bool:
         """Whether ``run()`` should return now (a stop, or ``--drain`` with nothing left)."""
-        if self.writer.busy or self._ending or self.leftovers.sweep_soon:
+        if self.writer.busy or self._ending:
             return False
         if self.stopping:
             return not self.running
@@ -601,6 +601,7 @@ class Dispatcher:
         self._by_pid[message.pid] = job.name
         self._prepared_logs.discard(job.name)
         job.record.started_at = now_iso()
+        job.began = now
         timeout = job.directives.timeout
         job.deadline = now + timeout if timeout else None
         job.record_due = now + RECORD_DELAY_SECONDS
@@ -693,7 +694,8 @@ class Dispatcher:
         lock_fd, job.lock_fd = job.lock_fd, None  # the writer lets it go after the move
         self._untrack(job)
         if not self._fake_launcher:
-            self.leftovers.ended(job.cgroup, time.monotonic())
+            now = time.monotonic()
+            self.leftovers.ended(job.cgroup, now, now - job.began if job.began else 0.0)
         record = job.record
         record.ended_at = now_iso()
         record.exit_code = code

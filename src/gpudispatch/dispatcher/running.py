@@ -43,6 +43,7 @@ class RunningJob:
     pid: int | None = None  # its monitor's
     started: int | None = None  # its monitor's start time: the identity with the pid
     cgroup: str | None = None  # its own cgroup v2, when the dispatcher could make one
+    began: float | None = None  # when it started here (monotonic)
     deadline: float | None = None
     kill_reason: str | None = None
     kill_at: float | None = None
