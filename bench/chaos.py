@@ -331,9 +331,11 @@ class Round:
 
     def __init__(self, seed: int, workdir: Path, n_jobs: int = 60,
                  chaos_seconds: float = 20.0, drain_timeout: float = 30.0,
-                 command: Sequence[str] | None = None, kinds: Sequence[str] = KINDS) -> None:
+                 command: Sequence[str] | None = None, kinds: Sequence[str] = KINDS,
+                 containment: str = "process-group") -> None:
         self.rng = random.Random(seed)
         self.kinds = tuple(kinds)
+        self.containment = containment
         self.workdir = workdir.resolve()
         self.root = self.workdir / "root"
         self.side = self.workdir / "side"
@@ -367,7 +369,7 @@ class Round:
     def start_dispatcher(self) -> None:
         n = len(self.started) + 1
         argv = [*self.command, "run", "-q", "--dir", str(self.root), "--gpus",
-                ",".join(SLOTS), "--no-respect-foreign"]
+                ",".join(SLOTS), "--no-respect-foreign", "--containment", self.containment]
         with open(self.workdir / f"dispatcher-{n}.out", "wb") as out:
             self.dispatcher = subprocess.Popen(
                 argv, cwd=self.workdir, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
@@ -634,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated kinds of kill (default: all; '' for none)")
     parser.add_argument("--keep", action="store_true", help="keep every round's folder")
+    parser.add_argument("--containment", choices=("process-group", "cgroup"),
+                        default="process-group", help="passed to `gpudispatch run`")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if set(kinds) - set(KINDS):
@@ -643,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         result = run_round(first + i, keep=args.keep, n_jobs=args.jobs,
                            chaos_seconds=args.chaos_seconds, drain_timeout=args.drain_timeout,
-                           kinds=kinds)
+                           kinds=kinds, containment=args.containment)
         print(f"round {i + 1}/{args.rounds} " + result.report(), flush=True)
         totals.update(lost=result.lost, doubled=result.doubled, wrong=result.wrong,
                       jobs=len(result.jobs), failed_rounds=int(not result.ok))

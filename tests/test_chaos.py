@@ -33,6 +33,8 @@ from conftest import (
     write_script,
 )
 
+from gpudispatch.cgroups import detect
+
 
 def _load_chaos():
     """``bench/chaos.py`` as a module (bench/ is not a package)."""
@@ -50,13 +52,18 @@ chaos = _load_chaos()
 
 # ---------------------------------------------------------------------- the chaos round
 @pytest.mark.slow
-def test_chaos_round(tmp_path):
+@pytest.mark.parametrize("containment", [
+    "process-group",
+    pytest.param("cgroup", marks=pytest.mark.skipif(
+        detect("cgroup").base is None, reason="no cgroup can be made here (not root?)")),
+])
+def test_chaos_round(tmp_path, containment):
     """60 jobs under random kills: nothing lost, doubled or wrong (about 10-20 s)."""
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     print(f"chaos seed {seed} (rerun with CHAOS_SEED={seed})")
     result = chaos.run_round(seed, tmp_path / "chaos", n_jobs=60, chaos_seconds=15,
-                             drain_timeout=25)
-    assert result.ok, f"CHAOS_SEED={seed}\n{result.report()}"
+                             drain_timeout=25, containment=containment)
+    assert result.ok, f"CHAOS_SEED={seed} --containment {containment}\n{result.report()}"
     kills = sum(result.kills[kind] for kind in chaos.KINDS)
     assert kills >= 3, f"CHAOS_SEED={seed}: only {kills} kills\n{result.report()}"
 
