@@ -12,6 +12,7 @@ that cleared its environment, and anything once the dispatcher itself is gone.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 from collections.abc import Collection, Iterable
@@ -31,6 +32,7 @@ def become_subreaper() -> bool:
         return False
 
 
+@functools.cache
 def cheap_listing() -> bool:
     """Whether the kernel lists a process's children itself (CONFIG_PROC_CHILDREN): then
     finding them costs a read per thread, not one per process of the machine."""
@@ -46,20 +48,21 @@ def _stat(pid: int) -> list[bytes] | None:
     return data[data.rfind(b")") + 2:].split()
 
 
-def _children(me: int) -> Iterable[tuple[int, bytes]]:
-    """Our children as (pid, state)."""
+def _children(me: int, ours: Collection[int]) -> Iterable[tuple[int, bytes]]:
+    """Our children but ``ours``, as (pid, state). Orphans are reparented to a thread of
+    the subreaper that is alive: ours spawn from the main thread, which lives as long as
+    we do, so its list is the one to read."""
     if cheap_listing():
-        pids: set[int] = set()
-        for task in os.listdir(f"/proc/{me}/task"):
-            try:
-                with open(f"/proc/{me}/task/{task}/children", "rb") as fh:
-                    pids.update(int(p) for p in fh.read().split())
-            except (OSError, ValueError):
-                continue
-        candidates: Iterable[int] = pids
+        try:
+            with open(f"/proc/{me}/task/{me}/children", "rb") as fh:
+                candidates: Iterable[int] = [int(p) for p in fh.read().split()]
+        except (OSError, ValueError):
+            return
     else:
         candidates = (int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
     for pid in candidates:
+        if pid in ours:
+            continue
         fields = _stat(pid)
         if fields is not None and len(fields) > 1 and fields[1] == str(me).encode():
             yield pid, fields[0]
@@ -88,9 +91,7 @@ def sweep(live: Collection[tuple[str, int]], ours: Collection[int]) -> list[int]
     ``live``: (name, attempt) of the runs still running; ``ours``: the children we wait
     for ourselves (monitors, the keeper, hooks). Returns the pids killed."""
     killed = []
-    for pid, state in _children(os.getpid()):
-        if pid in ours:
-            continue
+    for pid, state in _children(os.getpid(), ours):
         if state == b"Z":
             try:
                 os.waitpid(pid, os.WNOHANG)
