@@ -41,9 +41,10 @@ def test_only_a_job_cgroup_is_ever_taken_from_a_record():
 
 
 def test_detect_agrees_with_what_this_process_may_do():
-    """Where this process can make a cgroup beside its own, asking for one gets it;
-    otherwise it says why not. The default is the process group."""
-    found = cgroups.detect("cgroup")
+    """Where this process can make a cgroup beside its own, it gets one (asked for, or
+    by default); otherwise it says why not. process-group is taken when asked for."""
+    found = cgroups.detect()
+    assert found == cgroups.detect("cgroup")
     with open("/proc/self/cgroup") as fh, open("/proc/self/mountinfo") as mi:
         base = cgroups.own_cgroup_dir(fh.read(), mi.read())
     probe = f"{base}/gpudispatch-test-{os.getpid()}"
@@ -56,4 +57,4 @@ def test_detect_agrees_with_what_this_process_may_do():
     assert (found.base is not None) == can, found.why_not
     assert found.mode == ("cgroup" if can else "process group")
     assert found.why_not or can
-    assert cgroups.detect().base is None and cgroups.detect("process-group").base is None
+    assert cgroups.detect("process-group").base is None

@@ -128,14 +128,25 @@ def test_a_cancelled_jobs_daemon_ends(tmp_path, root, launch, mode):
 
 @pytest.mark.skipif(not CAN_MAKE_CGROUPS, reason="no cgroup can be made here (not root?)")
 def test_with_no_dispatcher_alive_the_monitor_ends_the_daemons(tmp_path, root, launch):
-    """The dispatcher is killed; the job ends later: its monitor kills its cgroup itself,
-    and the next dispatcher records the job completed."""
+    """A job that has run a moment is moved into its cgroup, its daemon with it (found by
+    its environment: it left the job's group and session). The dispatcher is killed; the
+    job ends later: its monitor kills its cgroup itself, and the next dispatcher records
+    the job completed."""
     pid_file, gate = tmp_path / "daemon.pid", tmp_path / "gate"
     write_script(root / "queue" / "a.sh", job_text(_daemon(pid_file, "setsid"), gate=None)
                  .replace("exit 0", gate_wait(gate) + "exit 0"))
     proc = launch.run(root, "--slots", "1", "--containment", "cgroup")
     wait_until(pid_file.exists, timeout=10, message="the daemon to start")
     daemon = int(pid_file.read_text())
+    cgroup = wait_record(root, "a.sh", lambda r: "cgroup" in r["extra"])["extra"]["cgroup"]
+
+    def enclosed() -> bool:
+        try:
+            return str(daemon) in open(f"{cgroup}/cgroup.procs").read().split()
+        except OSError:
+            return False
+
+    wait_until(enclosed, timeout=10, message="the daemon to be moved into the cgroup")
     proc.kill9()
     open_gate(gate)
     wait_until(lambda: not pid_alive(daemon), timeout=10, message="the daemon to end")

@@ -1,17 +1,19 @@
 """A cgroup v2 per job, where the dispatcher may make one: every process of a job ends
 with it, daemons that left its process group or session too.
 
-As Slurm's proctrack/cgroup and systemd's ``KillMode=control-group``: the dispatcher makes
-``gpudispatch-PID-RUN`` under its own cgroup, the job's shell moves itself in before it
-runs anything (``echo 0 > cgroup.procs``; the monitor stays outside, so it outlives what
-it kills), and when the job ends its monitor writes ``1`` to ``cgroup.kill`` and waits
-until the cgroup is empty before it exits. A slot is then free only once everything of its
-last job is gone, whoever watches, even with no dispatcher alive.
+As Slurm's proctrack/cgroup and systemd's ``KillMode=control-group``: the dispatcher
+moves a job that has run a moment (:data:`ENCLOSE_AFTER_SECONDS`) into
+``gpudispatch-PID-RUN`` under its own cgroup (its processes: its group, its session, and
+those carrying its run in their environment); what they fork from then on is born there.
+Its monitor stays outside, so it outlives what it kills: when the job ends it writes ``1``
+to ``cgroup.kill`` and waits until the cgroup is empty before it exits. A slot is then
+free only once everything of its last job is gone, whoever watches, even with no
+dispatcher alive.
 
-By default, and where no cgroup can be made (not root and no delegated subtree, a
+Before that moment, and where no cgroup can be made (not root and no delegated subtree, a
 read-only cgroupfs, a kernel before 5.14 without ``cgroup.kill``), jobs are contained by
-their process group and the descendants the dispatcher tracks
-(:mod:`gpudispatch.descendants`); see :func:`detect` for why a cgroup is not the default.
+their process group and the descendants the dispatcher tracks as their subreaper
+(:mod:`gpudispatch.descendants`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PREFIX = "gpudispatch-"
+# A job is moved into its cgroup once it has run this long: moving a process waits for an
+# RCU grace period in the kernel when no other move happened just before (6 to 14 ms
+# measured on an idle machine, against about 3 ms for a whole start), so a short job
+# never pays it, and one of minutes pays it once, off its start. Until then (and always,
+# without a cgroup) its process group and the dispatcher as subreaper hold it.
+ENCLOSE_AFTER_SECONDS = 0.5
 STALE_AFTER_SECONDS = 5.0  # an empty cgroup of a dead dispatcher, not one being joined
 _NAME = re.compile(rf"{PREFIX}(\d+)-")
 _JOB_NAME = re.compile(rf"{PREFIX}\d+-\d+\.\d+")
@@ -68,15 +77,11 @@ def own_cgroup_dir(proc_cgroup: str, mountinfo: str) -> str | None:
     return None
 
 
-def detect(wanted: str = "process-group") -> Containment:
-    """The containment asked for (``run --containment``), if this process can have it.
-
-    Not the default: a job joining its cgroup (a write to ``cgroup.procs``) waits for an
-    RCU grace period in the kernel when no other migration happened just before, 6 to 14
-    ms here against about 1 ms for a whole trivial job; ``clone3(CLONE_INTO_CGROUP)``
-    would avoid it, and is out of reach of ``posix_spawn`` before glibc 2.41."""
-    if wanted != "cgroup":
-        return Containment(None, "the default; --containment cgroup for a cgroup per job")
+def detect(wanted: str = "auto") -> Containment:
+    """The containment asked for (``run --containment``: auto, cgroup, process-group):
+    a cgroup per job where this process can make one, unless told not to."""
+    if wanted == "process-group":
+        return Containment(None, "--containment process-group")
     try:
         with open("/proc/self/cgroup") as fh:
             proc_cgroup = fh.read()
@@ -109,6 +114,29 @@ def checked(path: object) -> str | None:
     if not isinstance(path, str) or not path.startswith("/") or "/../" in path:
         return None
     return path if _JOB_NAME.fullmatch(path.rpartition("/")[2]) else None
+
+
+def run_of(path: str) -> str:
+    """The run (``INODE.ATTEMPT``) a job cgroup is named after."""
+    return path.rpartition("/")[2].rpartition("-")[2]
+
+
+def enclose(path: str, pids: Callable[[], list[int]], rounds: int = 5) -> int:
+    """Move a running job's processes into its cgroup (made now); what they fork from
+    then on is born in it. Looked for again until a round finds none left outside (one
+    may fork while we move it). Returns how many were moved; 0 when none could be."""
+    if not make(path):
+        return 0
+    moved = 0
+    for _ in range(rounds):
+        inside = set(members(path))
+        outside = [p for p in pids() if p not in inside]
+        if not outside:
+            break
+        for pid in outside:
+            if _write(f"{path}/cgroup.procs", str(pid)):
+                moved += 1
+    return moved
 
 
 def make(path: str) -> bool:

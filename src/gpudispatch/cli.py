@@ -567,12 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other-users", action="store_true",
                    help="run scripts in queue/ that other users own (they run as this "
                    "dispatcher's user); without it they fail with a reason naming the owner")
-    p.add_argument("--containment", choices=("process-group", "cgroup"),
-                   default="process-group",
-                   help="how every process of a job is ended with it: its process group and "
-                   "the daemons the dispatcher finds (default), or a cgroup v2 per job "
-                   "(airtight; needs root or a delegated cgroup; costs up to ~15 ms per "
-                   "start on an idle machine)")
+    p.add_argument("--containment", choices=("auto", "cgroup", "process-group"),
+                   default="auto",
+                   help="how every process of a job is ended with it: a cgroup v2 per job "
+                   "(where one can be made: root, or a delegated cgroup), else its process "
+                   "group and the daemons the dispatcher finds (default auto: the first "
+                   "that works; `status` says which)")
     p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--partition", help="Slurm partition (--backend slurm)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",

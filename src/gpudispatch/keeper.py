@@ -21,9 +21,8 @@ import socket
 import sys
 from dataclasses import dataclass, field, replace
 
-from gpudispatch import cgroups, procs
+from gpudispatch import procs
 from gpudispatch.job import JobState
-from gpudispatch.layout import CGROUP_ENV
 from gpudispatch.monitor import LOCK_FD
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import drain_pipe
@@ -139,10 +138,6 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     env = {**(os.environ if base_env is None else base_env), **request.env}
-    cgroup = env.get(CGROUP_ENV)
-    if cgroup and not cgroups.make(cgroup):
-        del env[CGROUP_ENV]  # it runs contained by its process group alone
-        cgroup = None
     moved = os.dup(lock_fd) if lock_fd == LOCK_FD else None  # dup2 onto itself keeps CLOEXEC
     if lock_fd is not None:
         actions.append((os.POSIX_SPAWN_DUP2, moved if moved is not None else lock_fd, LOCK_FD))
@@ -153,10 +148,6 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
             # stopped gently (nor a pipeline end on SIGPIPE).
             setsigdef=_RESET_SIGNALS, file_actions=actions,
         )
-    except OSError:
-        if cgroup:
-            cgroups.remove(cgroup)
-        raise
     finally:
         if moved is not None:
             os.close(moved)

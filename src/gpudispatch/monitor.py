@@ -34,16 +34,14 @@ MONITOR_SCRIPT = (
     'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; '
     f"c=$?; {_RECORD}exit $c"
 )
-# With a cgroup (``cgroups``): the job's shell joins it first; at the end the monitor
-# (outside it) kills it, records the status, and is gone only once everything of the job
-# is: it spins briefly (a SIGKILL is quick), then looks every 10 ms, for at most about a
-# minute (a process stuck in the kernel). If the cgroup could not be made, each step
-# fails quietly and the job runs as without one.
-_JOIN = f'{{ echo 0 >"${CGROUP_ENV}/cgroup.procs"; }} 2>/dev/null; '
+# With a cgroup (``cgroups``; the dispatcher moves a job into it once it has run a
+# moment): at the end the monitor, outside it, kills it, records the status, and is gone
+# only once everything of the job is: it spins briefly (a SIGKILL is quick), then looks
+# every 10 ms, for at most about a minute (a process stuck in the kernel). A job that
+# ended before it was moved has no cgroup: each step fails at once, quietly.
 CGROUP_MONITOR_SCRIPT = (
     ": gpudispatch-monitor; trap : TERM INT HUP; "
-    f'if [ "$1" = . ]; then (trap - TERM INT HUP; {_JOIN}. "$0") 9<&-; '
-    f'else ({_JOIN}exec "$@") 9<&-; fi; c=$?; '
+    'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; c=$?; '
     f'{{ echo 1 >"${CGROUP_ENV}/cgroup.kill"; }} 2>/dev/null; '
     f"{_RECORD}"
     f'n=0; while [ $n -lt 5000 ] && read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events"'

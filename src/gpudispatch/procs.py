@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass
 
 from gpudispatch import cgroups
-from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV
+from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, RUN_ENV
 from gpudispatch.monitor import MARKER
 
 
@@ -93,6 +93,32 @@ def _members(session: int) -> list[int]:
             fields = _stat_fields(int(entry.name))
             if fields and session in (int(fields[2]), int(fields[3])):
                 out.append(int(entry.name))
+    return out
+
+
+def job_processes(monitor: int, name: str, run: str) -> list[int]:
+    """Every live process of a job but its monitor: those of its group or session, and
+    those that left them but carry its run in their environment (``setsid`` daemons)."""
+    marks = (f"{RUN_ENV}={run}".encode(), f"{JOB_ENV}={name}".encode())
+    me = os.getpid()
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in (monitor, me):
+            continue
+        pid = int(entry.name)
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in (b"Z", b"X"):
+            continue
+        if monitor in (int(fields[2]), int(fields[3])):
+            out.append(pid)
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                items = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if all(mark in items for mark in marks):
+            out.append(pid)
     return out
 
 

@@ -1,6 +1,6 @@
-"""What an ended job leaves behind ends too: its cgroup, or, without one, the daemons found
-among our children (we are their subreaper). Its process group is ended where its end is
-told (``procs.end_leftovers``)."""
+"""What an ended job leaves behind ends too: its cgroup, and the daemons found among our
+children (we are their subreaper: without a cgroup, or before the job was moved into
+one). Its process group is ended where its end is told (``procs.end_leftovers``)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ class Leftovers:
         self._log = log
         self._live = live
         self._ours = ours
-        # Without a cgroup, daemons are reparented to us when their parent ends (not in
-        # tests with a fake launcher: the test process is no one's subreaper).
-        self.sweeping = real and containment.base is None and descendants.become_subreaper()
+        # Daemons are reparented to us when their parent ends: without a cgroup, and
+        # before a job is moved into one (not in tests with a fake launcher: the test
+        # process is no one's subreaper).
+        self.sweeping = real and descendants.become_subreaper()
         # Listing our children costs a /proc scan where the kernel does not list them:
         # then only the end of a job that ran a second or more (not each of a drain of
         # trivial ones) is swept at once; others within a second, by the periodic sweep.

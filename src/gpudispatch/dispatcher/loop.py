@@ -10,6 +10,7 @@ the steps act on them.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 import selectors
@@ -153,7 +154,7 @@ class Dispatcher:
         "check_disk",  # while the disk refuses writes, whether it takes them again
         "read_launcher",  # starts and ends the keeper reports
         "watch_monitors",  # ends of jobs we watch ourselves (adopted, or the keeper died)
-        "end_leftovers",  # daemons of ended jobs; cgroups emptied since
+        "contain",  # jobs into their cgroups; daemons of ended jobs; cgroups emptied since
         "write_start_records",
         "act_on_stop",  # what the signal handlers asked
         "enforce_deadlines",
@@ -333,8 +334,22 @@ class Dispatcher:
             else:
                 self._ended(job, None, "its monitor ended without an exit status")
 
-    def _end_leftovers(self, now: float) -> None:
+    def _contain(self, now: float) -> None:
         self.leftovers.tick(now)
+        for job in self.running.values():
+            if self._enclose_at(job) <= now:
+                job.enclosed = True
+                assert job.cgroup is not None and job.pid is not None
+                cgroups.enclose(job.cgroup, functools.partial(
+                    procs.job_processes, job.pid, job.name, cgroups.run_of(job.cgroup)))
+
+    @staticmethod
+    def _enclose_at(job: RunningJob) -> float:
+        """When a running job is moved into its cgroup (never: inf)."""
+        if (job.cgroup is None or job.enclosed or job.pid is None or job.began is None
+                or job.phase not in (Phase.RUNNING, Phase.STOPPING)):
+            return float("inf")
+        return job.began + cgroups.ENCLOSE_AFTER_SECONDS
 
     def _live_runs(self) -> set[tuple[str, int]]:
         return {(j.name, j.record.attempts) for j in self.running.values()}
@@ -900,6 +915,7 @@ class Dispatcher:
             job.deadline = (time.monotonic() + max(0.0, orphan.directives.timeout - elapsed)
                             + 0.01)
         job.pidfd = procs.pidfd(pid) if monitor is not None and pid else None
+        job.began = time.monotonic()  # (for when to move it into its cgroup, if not yet)
         self._track(job)
         self.log.info("%s is still running (pid %d); waiting for it", orphan.name, pid or 0)
 
@@ -971,6 +987,7 @@ class Dispatcher:
             wake_at.append(self.gpus.next_read)
         for job in self.running.values():
             wake_at += [t for t in (job.deadline, job.kill_at, job.record_due) if t is not None]
+            wake_at.append(self._enclose_at(job))
             if job.watched and (job.pidfd is None or job.started is None
                                 or job.lock_fd is None):
                 wake_at.append(now + WATCH_POLL_SECONDS)

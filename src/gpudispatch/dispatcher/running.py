@@ -42,7 +42,8 @@ class RunningJob:
     alone: bool = False  # runs alone on its GPU after running out of memory
     pid: int | None = None  # its monitor's
     started: int | None = None  # its monitor's start time: the identity with the pid
-    cgroup: str | None = None  # its own cgroup v2, when the dispatcher could make one
+    cgroup: str | None = None  # its own cgroup v2, when the dispatcher can make one
+    enclosed: bool = False  # moved into its cgroup (after a moment: see cgroups.ENCLOSE_AFTER)
     began: float | None = None  # when it started here (monotonic)
     deadline: float | None = None
     kill_reason: str | None = None
