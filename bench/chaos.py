@@ -332,7 +332,7 @@ class Round:
     def __init__(self, seed: int, workdir: Path, n_jobs: int = 60,
                  chaos_seconds: float = 20.0, drain_timeout: float = 30.0,
                  command: Sequence[str] | None = None, kinds: Sequence[str] = KINDS,
-                 containment: str = "process-group") -> None:
+                 containment: str = "auto") -> None:
         self.rng = random.Random(seed)
         self.kinds = tuple(kinds)
         self.containment = containment
@@ -636,8 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated kinds of kill (default: all; '' for none)")
     parser.add_argument("--keep", action="store_true", help="keep every round's folder")
-    parser.add_argument("--containment", choices=("process-group", "cgroup"),
-                        default="process-group", help="passed to `gpudispatch run`")
+    parser.add_argument("--containment", choices=("auto", "process-group", "cgroup"),
+                        default="auto", help="passed to `gpudispatch run`")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if set(kinds) - set(KINDS):
