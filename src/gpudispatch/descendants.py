@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import Collection, Iterable
 
+from gpudispatch import procs
 from gpudispatch.layout import ATTEMPT_ENV, JOB_ENV, RUN_ENV
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -39,15 +40,6 @@ def cheap_listing() -> bool:
     return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
-def _stat(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].split()
-
-
 def _children(me: int, ours: Collection[int]) -> Iterable[tuple[int, bytes]]:
     """Our children but ``ours``, as (pid, state). Orphans are reparented to a thread of
     the subreaper that is alive: ours spawn from the main thread, which lives as long as
@@ -63,7 +55,7 @@ def _children(me: int, ours: Collection[int]) -> Iterable[tuple[int, bytes]]:
     for pid in candidates:
         if pid in ours:
             continue
-        fields = _stat(pid)
+        fields = procs.stat_fields(pid)
         if fields is not None and len(fields) > 1 and fields[1] == str(me).encode():
             yield pid, fields[0]
 

@@ -13,7 +13,7 @@ from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, 
 from gpudispatch.monitor import MARKER
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
+def stat_fields(pid: int) -> list[bytes] | None:
     """``/proc/PID/stat`` after the command name: state is [0], ppid [1], pgrp [2],
     session [3], start time [19]."""
     try:
@@ -26,13 +26,13 @@ def _stat_fields(pid: int) -> list[bytes] | None:
 
 def pid_alive(pid: int) -> bool:
     """A live, non-zombie process (zombies of a dead parent linger in containers)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields is not None and fields[0] not in (b"Z", b"X")
 
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot: with the pid, its identity."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[19]) if fields else None
 
 
@@ -68,7 +68,7 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
                 items = fh.read().split(b"\0")
         except OSError:
             continue
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
         exit_item = next((i for i in items if i.startswith(marker)), None)
         if exit_item is None or fields is None or int(fields[3]) != pid or fields[0] == b"Z":
             continue
@@ -90,7 +90,7 @@ def _members(session: int) -> list[int]:
     out = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
+            fields = stat_fields(int(entry.name))
             if fields and session in (int(fields[2]), int(fields[3])):
                 out.append(int(entry.name))
     return out
@@ -106,7 +106,7 @@ def job_processes(monitor: int, name: str, run: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) in (monitor, me):
             continue
         pid = int(entry.name)
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
         if fields is None or fields[0] in (b"Z", b"X"):
             continue
         if monitor in (int(fields[2]), int(fields[3])):
