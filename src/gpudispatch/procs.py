@@ -96,9 +96,11 @@ def _members(session: int) -> list[int]:
     return out
 
 
-def job_processes(monitor: int, name: str, run: str) -> list[int]:
+def job_processes(monitor: int, name: str, run: str, since: int | None = None) -> list[int]:
     """Every live process of a job but its monitor: those of its group or session, and
-    those that left them but carry its run in their environment (``setsid`` daemons)."""
+    those that left them but carry its run in their environment (``setsid`` daemons).
+    ``since``: the monitor's start time; what started before is not the job's (and its
+    environment is not read: on a large machine that is most of ``/proc``)."""
     marks = (f"{RUN_ENV}={run}".encode(), f"{JOB_ENV}={name}".encode())
     me = os.getpid()
     out = []
@@ -108,6 +110,8 @@ def job_processes(monitor: int, name: str, run: str) -> list[int]:
         pid = int(entry.name)
         fields = stat_fields(pid)
         if fields is None or fields[0] in (b"Z", b"X"):
+            continue
+        if since is not None and int(fields[19]) < since:
             continue
         if monitor in (int(fields[2]), int(fields[3])):
             out.append(pid)

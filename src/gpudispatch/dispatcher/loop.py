@@ -341,7 +341,8 @@ class Dispatcher:
                 job.enclosed = True
                 assert job.cgroup is not None and job.pid is not None
                 cgroups.enclose(job.cgroup, functools.partial(
-                    procs.job_processes, job.pid, job.name, cgroups.run_of(job.cgroup)))
+                    procs.job_processes, job.pid, job.name, cgroups.run_of(job.cgroup),
+                    job.started))
 
     @staticmethod
     def _enclose_at(job: RunningJob) -> float:
