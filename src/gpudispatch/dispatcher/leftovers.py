@@ -1,19 +1,31 @@
-"""What an ended job leaves behind ends too: its cgroup, and the daemons found among our
-children (we are their subreaper: without a cgroup, or before the job was moved into
-one). Its process group is ended where its end is told (``procs.end_leftovers``)."""
+"""Nothing a job started outlives it: a running job is moved into its cgroup after a
+moment (``cgroups.ENCLOSE_AFTER_SECONDS``); when it ends, its cgroup is removed and the
+daemons found among our children (we are their subreaper: without a cgroup, or before the
+job was moved into one) are killed. Its process group is ended where its end is told
+(``procs.end_leftovers``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
-from gpudispatch import cgroups, descendants
+from gpudispatch import cgroups, descendants, procs
 from gpudispatch.cgroups import Containment
+from gpudispatch.dispatcher.running import Phase, RunningJob
 
 SWEEP_SECONDS = 1.0  # while jobs run: daemons reparented late, zombies of ended ones
 SWEEP_AGAIN_SECONDS = 0.05  # after a kill: its zombie, and children it left
 CGROUP_RETRY_SECONDS = 1.0
+
+
+def enclose_at(job: RunningJob) -> float:
+    """When a running job is moved into its cgroup (never: inf)."""
+    if (job.cgroup is None or job.enclosed or job.pid is None or job.began is None
+            or job.phase not in (Phase.RUNNING, Phase.STOPPING)):
+        return float("inf")
+    return job.began + cgroups.ENCLOSE_AFTER_SECONDS
 
 
 class Leftovers:
@@ -73,7 +85,14 @@ class Leftovers:
             self._sweep(0.0)
         self._cgroups = [c for c in self._cgroups if not cgroups.remove(c)]
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, running: Iterable[RunningJob]) -> None:
+        for job in running:
+            if enclose_at(job) <= now:
+                job.enclosed = True
+                assert job.cgroup is not None and job.pid is not None
+                cgroups.enclose(job.cgroup, functools.partial(
+                    procs.job_processes, job.pid, job.name, cgroups.run_of(job.cgroup),
+                    job.started))
         if self._cgroups and now >= self._next_cgroup_try:
             self._cgroups = [c for c in self._cgroups if not cgroups.remove(c)]
             self._next_cgroup_try = now + CGROUP_RETRY_SECONDS

@@ -10,7 +10,6 @@ the steps act on them.
 from __future__ import annotations
 
 import bisect
-import functools
 import logging
 import os
 import selectors
@@ -38,7 +37,7 @@ from gpudispatch.dispatcher.diskspace import (
 from gpudispatch.dispatcher.handover import choose_followers
 from gpudispatch.dispatcher.hooks import Hooks
 from gpudispatch.dispatcher.intake import Intake
-from gpudispatch.dispatcher.leftovers import Leftovers
+from gpudispatch.dispatcher.leftovers import Leftovers, enclose_at
 from gpudispatch.dispatcher.recovery import Orphan, find_orphans
 from gpudispatch.dispatcher.running import Phase, RunningJob
 from gpudispatch.dispatcher.starting import (
@@ -335,22 +334,7 @@ class Dispatcher:
                 self._ended(job, None, "its monitor ended without an exit status")
 
     def _contain(self, now: float) -> None:
-        self.leftovers.tick(now)
-        for job in self.running.values():
-            if self._enclose_at(job) <= now:
-                job.enclosed = True
-                assert job.cgroup is not None and job.pid is not None
-                cgroups.enclose(job.cgroup, functools.partial(
-                    procs.job_processes, job.pid, job.name, cgroups.run_of(job.cgroup),
-                    job.started))
-
-    @staticmethod
-    def _enclose_at(job: RunningJob) -> float:
-        """When a running job is moved into its cgroup (never: inf)."""
-        if (job.cgroup is None or job.enclosed or job.pid is None or job.began is None
-                or job.phase not in (Phase.RUNNING, Phase.STOPPING)):
-            return float("inf")
-        return job.began + cgroups.ENCLOSE_AFTER_SECONDS
+        self.leftovers.tick(now, self.running.values())
 
     def _live_runs(self) -> set[tuple[str, int]]:
         return {(j.name, j.record.attempts) for j in self.running.values()}
@@ -988,7 +972,7 @@ class Dispatcher:
             wake_at.append(self.gpus.next_read)
         for job in self.running.values():
             wake_at += [t for t in (job.deadline, job.kill_at, job.record_due) if t is not None]
-            wake_at.append(self._enclose_at(job))
+            wake_at.append(enclose_at(job))
             if job.watched and (job.pidfd is None or job.started is None
                                 or job.lock_fd is None):
                 wake_at.append(now + WATCH_POLL_SECONDS)
