@@ -213,3 +213,34 @@ def test_restart_during_a_full_disk_does_not_run_a_finished_job_again(tmp_path, 
     assert read_lines(runs) == ["fill.sh"]  # concluded from its status, not run again
     assert "fill.sh ended while no dispatcher was running" in second.output()
     _clean_exit(second)
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_a_logs_folder_that_refuses_writes_is_waited_out(tmp_path, launch):
+    """`logs/` made unwritable while a job runs (immutable: refused even to root, as
+    `chmod a-w` refuses any other user): its outcome waits, nothing new starts, nothing
+    crashes or is stranded; all goes on once the folder takes writes again."""
+    root, runs, gate = tmp_path / "root", tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "a.sh", job_text(runs=runs, gate=gate))
+    proc = _start(launch, root)
+    wait_lines(runs, 1)
+    if not _chattr("+i", root / "logs"):
+        pytest.skip("this filesystem has no immutable flag (chattr +i)")
+    try:
+        write_script(root / "queue" / "b.sh", job_text(runs=runs))
+        open_gate(gate)
+        _said(proc, "is not writable")
+        _stays(root, "b.sh", "queue")
+        assert where(root, "a.sh") == "running"
+        assert proc.alive()
+    finally:
+        assert _chattr("-i", root / "logs")
+    wait_state(root, "a.sh", "completed", proc=proc)
+    wait_state(root, "b.sh", "completed", proc=proc)
+    assert read_lines(runs) == ["a.sh", "b.sh"]
+    assert record(root, "a.sh")["exit_code"] == 0
+    _said(proc, BACK)
+    _clean_exit(proc)

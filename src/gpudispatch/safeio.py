@@ -33,9 +33,11 @@ _KINDS = (
 )
 
 
-# A write refused by the filesystem as a whole (full, over quota, read-only), not because
-# of the one file: it passes once space returns, so the write waits rather than fails.
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# A write refused by the filesystem as a whole (full, over quota, read-only), or by a
+# folder of ROOT (its mode changed, `chmod a-w logs`), not because of the one file: it
+# passes once space returns or the folder is writable again, so the write waits rather
+# than fails (and no job is lost or stranded meanwhile).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def disk_refused(exc: BaseException) -> bool:

@@ -55,6 +55,8 @@ class DiskWatch:
                 root = printable(str(self._layout.root))
                 if exc.errno == errno.EROFS:
                     what, until = f"{root} is read-only", "it is writable again"
+                elif exc.errno in (errno.EACCES, errno.EPERM):
+                    what, until = f"a folder of {root} is not writable", "it is again"
                 else:
                     what, until = f"disk full under {root}", "space returns"
                 self._log.warning("%s (%s): not starting new jobs until %s; the outcomes "
