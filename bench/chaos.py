@@ -199,12 +199,12 @@ class JobSpec:
     duration: float
 
 
-def make_jobs(rng: random.Random, n: int) -> list[JobSpec]:
+def make_jobs(rng: random.Random, n: int, longest: float = 0.4) -> list[JobSpec]:
     """``n`` jobs: 20% fail, 20% fail once with ``--retries 1``, the rest succeed."""
     n_fail = n_retry = round(n * 0.2)
     kinds = ["fail"] * n_fail + ["retry"] * n_retry + ["ok"] * (n - n_fail - n_retry)
     rng.shuffle(kinds)
-    return [JobSpec(f"job{i:03d}-{kind}.sh", kind, round(rng.uniform(0.05, 0.4), 2))
+    return [JobSpec(f"job{i:03d}-{kind}.sh", kind, round(rng.uniform(0.05, longest), 2))
             for i, kind in enumerate(kinds)]
 
 
@@ -332,7 +332,7 @@ class Round:
     def __init__(self, seed: int, workdir: Path, n_jobs: int = 60,
                  chaos_seconds: float = 20.0, drain_timeout: float = 30.0,
                  command: Sequence[str] | None = None, kinds: Sequence[str] = KINDS,
-                 containment: str = "auto") -> None:
+                 containment: str = "auto", longest: float = 0.4) -> None:
         self.rng = random.Random(seed)
         self.kinds = tuple(kinds)
         self.containment = containment
@@ -342,7 +342,7 @@ class Round:
         self.chaos_seconds = chaos_seconds
         self.drain_timeout = drain_timeout
         self.command = list(command or [sys.executable, "-m", "gpudispatch"])
-        self.result = RoundResult(seed, self.workdir, make_jobs(self.rng, n_jobs))
+        self.result = RoundResult(seed, self.workdir, make_jobs(self.rng, n_jobs, longest))
         self.dispatcher: subprocess.Popen | None = None
         self.started: list[subprocess.Popen] = []
         self.killed_monitors: dict[int, str] = {}  # pid -> job name
@@ -636,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated kinds of kill (default: all; '' for none)")
     parser.add_argument("--keep", action="store_true", help="keep every round's folder")
+    parser.add_argument("--longest", type=float, default=0.4,
+                        help="jobs sleep 0.05 s to this long (longer than 0.5 s: some are "
+                        "moved into their cgroups)")
     parser.add_argument("--containment", choices=("auto", "process-group", "cgroup"),
                         default="auto", help="passed to `gpudispatch run`")
     args = parser.parse_args(argv)
@@ -647,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         result = run_round(first + i, keep=args.keep, n_jobs=args.jobs,
                            chaos_seconds=args.chaos_seconds, drain_timeout=args.drain_timeout,
-                           kinds=kinds, containment=args.containment)
+                           kinds=kinds, containment=args.containment, longest=args.longest)
         print(f"round {i + 1}/{args.rounds} " + result.report(), flush=True)
         totals.update(lost=result.lost, doubled=result.doubled, wrong=result.wrong,
                       jobs=len(result.jobs), failed_rounds=int(not result.ok))
