@@ -173,6 +173,28 @@ def test_handover_claims_and_starts_the_next_job_when_the_first_ends(setup, tmp_
     assert queue.locate("b.sh") is JobState.RUNNING
 
 
+def test_a_handover_ends_what_the_job_it_follows_left_in_its_group(setup, tmp_path):
+    """The keeper starts the next job the moment the first ends, maybe before the
+    dispatcher hears of that end: it kills the first one's leftovers itself first."""
+    queue, keeper = setup
+    gate, child = tmp_path / "gate", tmp_path / "child.pid"
+    write(queue, JobState.RUNNING, "a.sh",
+          f"sh -c 'trap \"\" TERM; echo $$ > {child}; exec sleep 300' &\n"
+          f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    first = keeper.spawn(request(queue, "a.sh"), None).pid
+    write(queue, JobState.QUEUED, "b.sh", "echo b")
+    st = os.lstat(queue.layout.script(JobState.QUEUED, "b.sh"))
+    keeper.hand_over(Handover("b.sh", {first: request(queue, "b.sh")},
+                              (st.st_ino, st.st_size, st.st_mtime_ns)))
+    wait_until(lambda: child.exists() and child.read_text().strip(), 10)
+    pid = int(child.read_text())
+    gate.touch()
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Started) and x.name == "b.sh"
+                                                for x in m))
+    os.close(started(seen, "b.sh").lock_fd)
+    wait_until(lambda: not pid_alive(pid), 5, message="a's child to be killed")
+
+
 def test_a_job_that_may_follow_either_of_two_starts_after_the_first_to_end(setup, tmp_path):
     queue, keeper = setup
     gates = {n: tmp_path / f"gate-{n}" for n in ("a", "b")}

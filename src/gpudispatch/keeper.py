@@ -209,6 +209,9 @@ class _KeeperState:
         if (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
             os.close(lock_fd)  # changed since checked: the dispatcher checks it again
             return HandoverReturned(handover.name, "changed")
+        # What the ended job left in its group goes before the next job takes its slot
+        # (the dispatcher does the same when it hears of the end, maybe later than this).
+        procs.end_leftovers(after)
         return self.start(handover.variants[after], lock_fd, after)
 
     def follow(self, handover: Handover, fds: list[int]) -> None:
