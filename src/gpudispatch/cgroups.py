@@ -140,7 +140,7 @@ def enclose(path: str, pids: Callable[[], list[int]], rounds: int = 5) -> int:
 
 
 def make(path: str) -> bool:
-    """Make a job's cgroup before its monitor starts (False: it runs uncontained by one)."""
+    """Make a job's cgroup as it is moved in (False: it stays held by its group alone)."""
     try:
         os.mkdir(path)
     except FileExistsError:

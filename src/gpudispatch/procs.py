@@ -164,7 +164,7 @@ def end_leftovers(monitor: int, cgroup: str | None = None) -> None:
     Its cgroup, if it has one, holds all of it (its monitor killed it already; this is for
     a monitor that was itself killed). Otherwise the process group: its id stays taken
     while any member lives, so no other group has it; daemons that left it (``setsid``)
-    are found by :class:`gpudispatch.descendants.Descendants`. A live process with the
+    are found by :func:`gpudispatch.descendants.sweep`. A live process with the
     monitor's pid is a new one (the pid was reused): left alone."""
     if cgroup:
         cgroups.signal_all(cgroup, signal.SIGKILL)
