@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -110,6 +111,40 @@ def test_job_that_ended_while_no_dispatcher_ran_keeps_its_exit_code(tmp_path, ro
     assert done["attempts"] == 1
     assert read_lines(runs) == ["ends.sh"]  # not run again
     assert "ends.sh ended while no dispatcher was running" in logfile_text(root)
+
+
+def test_drain_waits_for_a_job_whose_lock_an_exiting_monitor_still_holds(tmp_path, root,
+                                                                         launch):
+    """A monitor that is exiting has left /proc's command lines but still holds the job's
+    lock for a moment: --drain must look again, not finish and leave the job in running/."""
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "ends.sh", job_text(runs=runs, gate=gate, exit_code=3))
+    first = launch.run(root, "--slots", "1")
+    rec = _running_job(root, runs, "ends.sh")
+    first.kill9()
+    open_gate(gate)
+    wait_until(lambda: not pid_alive(rec["pid"]))
+    held, release = tmp_path / "held", tmp_path / "release"
+    # The lock without a monitor: what a second dispatcher sees in that moment.
+    holder = subprocess.Popen(
+        ["flock", str(root / "running" / "ends.sh"), "sh", "-c",
+         f"touch {q(held)}; while [ ! -e {q(release)} ]; do sleep 0.02; done"])
+    try:
+        wait_until(held.exists, message="flock to hold the job's lock")
+        second = launch.run(root, "--slots", "1", "--drain")
+        wait_until(lambda: "Job queue empty. Waiting..." in logfile_text(root).split(
+            "Job Dispatcher Started")[-1], message=lambda: logfile_text(root))
+        assert second.proc.poll() is None, f"{snapshot(root)}\n{logfile_text(root)}"
+        release.touch()
+        assert holder.wait(10) == 0
+        assert second.wait(30) == 1, f"{snapshot(root)}\n{logfile_text(root)}"
+    finally:
+        release.touch()
+        holder.wait(10)
+    assert where(root, "ends.sh") == "failed", snapshot(root)
+    done = record(root, "ends.sh")
+    assert done["exit_code"] == 3 and done["attempts"] == 1, done
+    assert read_lines(runs) == ["ends.sh"]
 
 
 def test_job_cut_off_with_its_dispatcher_runs_again(tmp_path, root, launch):

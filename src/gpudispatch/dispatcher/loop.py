@@ -79,6 +79,8 @@ from gpudispatch.watch import FolderWatcher, close_fds, drain_pipe
 RECORD_DELAY_SECONDS = 0.05
 CANCEL_CHECK_SECONDS = 0.5  # cancel requests from other hosts, when no file event says so
 WATCH_POLL_SECONDS = 0.2  # watched jobs without a pidfd, or waiting for their lock
+UNSURE_RECHECK_SECONDS = 0.05  # an exiting monitor lets go of its lock within moments
+UNSURE_WAIT_SECONDS = 5.0  # then the heartbeat's settling looks at them, as at any orphan
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
@@ -159,6 +161,7 @@ class Dispatcher:
         "enforce_deadlines",
         "act_on_cancels",  # cancel requests, written by `cancel` on any host
         "heartbeat",  # say we live; settle what dead dispatchers left
+        "recheck_unsure",  # orphans whose owner could not be told a moment ago
         "read_gpus",
         "discover",
         "schedule",
@@ -204,6 +207,10 @@ class Dispatcher:
         self._stops_seen = 0
         self.failures = 0  # jobs this dispatcher concluded as failed (--drain's exit status)
         self._next_heartbeat = 0.0
+        # Jobs in running/ locked by no owner we could find, and when first seen so: a
+        # monitor exiting, or a peer's start. --drain waits for them (a while at most).
+        self._unsure: dict[str, float] = {}
+        self._unsure_recheck: float | None = None
         self._next_cancel_check = 0.0
         self._idle_logged = False
         self.watcher: FolderWatcher | None = None
@@ -230,6 +237,8 @@ class Dispatcher:
         if self.stopping:
             return not self.running
         if self.options.drain:
+            if self._unsure_waited(time.monotonic()):
+                return False
             paused = self.queue.is_paused()
             return not self.running and (paused or (not self.intake.pending
                                                     and not self.intake.waiting))
@@ -860,10 +869,22 @@ class Dispatcher:
                 self.intake.run_alone.add(name)
         self._settle_orphans(time.monotonic())
 
+    def _recheck_unsure(self, now: float) -> None:
+        if self._unsure_recheck is not None and now >= self._unsure_recheck:
+            self._settle_orphans(now)
+
+    def _unsure_waited(self, now: float) -> bool:
+        """Whether an unsure job is still worth waiting for (a lock held by something
+        that is no owner of ours, a user's ``flock`` say, is not waited on for ever)."""
+        return any(now - since < UNSURE_WAIT_SECONDS for since in self._unsure.values())
+
     def _settle_orphans(self, now: float) -> None:
-        orphans = find_orphans(self.queue, self.owner, self.options.heartbeat,
-                               lambda n: n in self.running or n in self._settling)
-        for orphan in orphans:
+        found = find_orphans(self.queue, self.owner, self.options.heartbeat,
+                             lambda n: n in self.running or n in self._settling)
+        self._unsure = {name: self._unsure.get(name, now) for name in found.unsure}
+        self._unsure_recheck = (now + UNSURE_RECHECK_SECONDS if self._unsure_waited(now)
+                                else None)
+        for orphan in found.orphans:
             if orphan.monitor is not None or orphan.group_alive:
                 self._adopt(orphan, now)
             else:
@@ -978,6 +999,8 @@ class Dispatcher:
                 wake_at.append(now + WATCH_POLL_SECONDS)
         if self.running:
             wake_at.append(self._next_cancel_check)
+        if self._unsure_recheck is not None:
+            wake_at.append(self._unsure_recheck)
         if self.intake.waiting:
             wake_at.append(now + 0.25)
         if self.disk.trouble:

@@ -8,6 +8,10 @@ The rules, from the folder protocol and the job lock (``store.lock_job``):
 - A job whose lock can be taken has no owner left: its exit status, if its monitor wrote
   one for this attempt, concludes it; otherwise it was interrupted (its processes are
   waited for first if some still run).
+- A job whose lock is held but whose owner cannot be told (no monitor in ``/proc``, no live
+  dispatcher named in its record) is *unsure*: a peer on this host is starting or
+  concluding it, or its monitor is exiting (it has left ``/proc``'s command lines but not
+  yet let go of its files). It is looked at again a moment later.
 """
 
 from __future__ import annotations
@@ -41,9 +45,16 @@ class Orphan:
         return cgroups.checked(self.record.extra.get("cgroup"))
 
 
+@dataclass
+class Found:
+    orphans: list[Orphan]
+    unsure: list[str]  # locked, but by no owner that could be found: look again soon
+
+
 def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
-                 skip: Callable[[str], bool]) -> list[Orphan]:
+                 skip: Callable[[str], bool]) -> Found:
     layout = queue.layout
+    unsure: list[str] = []
     monitors: dict[str, procs.FoundMonitor] | None = None
     journal: dict | None = None
     found = []
@@ -66,7 +77,8 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             monitors = procs.find_monitors(str(layout.exits))
         monitor = monitors.get(name) if monitors else None
         if fd is None and monitor is None:
-            continue  # being started or concluded by a dispatcher right now
+            unsure.append(name)
+            continue
         directives = _directives(queue, name, record)
         if monitor is not None:
             record.attempts = max(record.attempts, monitor.attempt)
@@ -80,7 +92,7 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
         alive = status is None and local and bool(record.pid) and procs.job_alive(
             record.pid, cgroups.checked(record.extra.get("cgroup")))
         found.append(Orphan(name, record, directives, fd, None, status, alive))
-    return found
+    return Found(found, unsure)
 
 
 def _directives(queue: FolderQueue, name: str, record: JobRecord) -> Directives:
