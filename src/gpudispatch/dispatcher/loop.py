@@ -120,13 +120,29 @@ class DispatcherOptions:
     containment: cgroups.Containment | None = None  # None: the best this process can have
 
 
+class _SecondsFormatter(logging.Formatter):
+    """The seed's format, with each second's time text made once: a drain logs two lines
+    a job, and ``strftime`` was a tenth of the dispatcher's time per job."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT, LOG_DATEFMT)
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, super().formatTime(record, datefmt)
+        return self._text
+
+
 def queue_logger(logfile: Path, console: bool) -> logging.Logger:
     """The seed's log format, to ``logfile.txt`` (and stderr), one logger per queue."""
     logger = logging.getLogger(f"gpudispatch.queue.{logfile}")
     if not logger.handlers:
         logger.setLevel(logging.INFO)
         logger.propagate = False
-        formatter = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
+        formatter = _SecondsFormatter()
         handlers: list[logging.Handler] = [RootLogHandler(logfile)]
         if console:
             handlers.append(logging.StreamHandler(sys.stderr))
@@ -213,17 +229,27 @@ class Dispatcher:
         self._unsure_recheck: float | None = None
         self._next_cancel_check = 0.0
         self._idle_logged = False
+        self._paused: bool | None = None  # read once a tick (see paused)
         self.watcher: FolderWatcher | None = None
+        self._steps = [getattr(self, "_" + step) for step in self.STEPS]
 
     # ------------------------------------------------------------------ one step
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        for step in self.STEPS:
+        self._paused = None
+        for step in self._steps:
             try:
-                getattr(self, "_" + step)(now)
+                step(now)
             except OSError as exc:  # a write the disk refused: said once; tried next tick
                 if not self.disk.note(exc):
                     raise
+
+    @property
+    def paused(self) -> bool:
+        """The queue's pause flag, as of this tick (a stat, else several a tick)."""
+        if self._paused is None:
+            self._paused = self.queue.is_paused()
+        return self._paused
 
     @property
     def stopping(self) -> bool:
@@ -239,7 +265,7 @@ class Dispatcher:
         if self.options.drain:
             if self._unsure_waited(time.monotonic()):
                 return False
-            paused = self.queue.is_paused()
+            paused = self.paused
             return not self.running and (paused or (not self.intake.pending
                                                     and not self.intake.waiting))
         return False
@@ -435,7 +461,7 @@ class Dispatcher:
             self.log.info("%d new jobs added to queue %s", len(added), shown)
 
     def _schedule(self, now: float) -> None:
-        if self.stopping or not self.intake.pending or self.queue.is_paused():
+        if self.stopping or not self.intake.pending or self.paused:
             return
         if self.disk.trouble:
             return  # a job started now could not be recorded
@@ -473,7 +499,7 @@ class Dispatcher:
             return
         if self.stopping or self.launcher is None or not self.intake.pending:
             return
-        if self.queue.is_paused():
+        if self.paused:
             self._withdraw_handovers()
             return
         handed = {j.name: j for j in self.running.values() if j.phase is Phase.HANDED_OVER}
@@ -688,7 +714,7 @@ class Dispatcher:
         if job is None or job.pid != message.pid:
             return
         if not self._fake_launcher:
-            procs.end_leftovers(message.pid, job.cgroup)
+            procs.end_leftovers(message.pid, job.cgroup_in_use)
         if message.code >= 0:
             self._ended(job, message.code)
             return
@@ -704,7 +730,7 @@ class Dispatcher:
         self._untrack(job)
         if not self._fake_launcher:
             now = time.monotonic()
-            self.leftovers.ended(job.cgroup, now, now - job.began if job.began else 0.0)
+            self.leftovers.ended(job.cgroup_in_use, now, now - job.began if job.began else 0.0)
         record = job.record
         record.ended_at = now_iso()
         record.exit_code = code
@@ -890,7 +916,7 @@ class Dispatcher:
             else:
                 job = RunningJob(orphan.name, [], orphan.record, orphan.directives,
                                  Phase.RUNNING, lock_fd=orphan.lock_fd, pid=orphan.record.pid,
-                                 cgroup=orphan.cgroup)
+                                 cgroup=orphan.cgroup, enclosed=orphan.cgroup is not None)
                 if orphan.exit is not None:
                     orphan.record.attempts = orphan.exit.attempt
                     self.log.info("%s ended while no dispatcher was running", orphan.name)
@@ -929,6 +955,10 @@ class Dispatcher:
     def run(self) -> int:
         """Dispatch until stopped (or drained); the exit status: with ``--drain``, 1 when
         a job failed (as the Slurm backend does), else 0."""
+        # This process's lines name no caller, thread or process: finding the caller
+        # walks the stack for every line (as logging's own docs suggest, for speed).
+        logging._srcfile = None  # type: ignore[attr-defined]
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         self.log.info("------------ Job Dispatcher Started ------------")
         if self.layout.writable_by_others():
             if self.options.allow_other_users:
@@ -1007,7 +1037,7 @@ class Dispatcher:
             wake_at.append(self.disk.next_probe)
         if self.leftovers.next_due is not None and (self.running or self.leftovers.busy):
             wake_at.append(self.leftovers.next_due)
-        if self.intake.pending and self.queue.is_paused():
+        if self.intake.pending and self.paused:
             wake_at.append(now + 0.25)  # `resume` is an unlink, which no file event reports
         wanted: dict[int, str] = {j.pidfd: "pidfd" for j in self.running.values()
                                   if j.pidfd is not None}

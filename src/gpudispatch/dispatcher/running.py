@@ -65,6 +65,12 @@ class RunningJob:
         return self.pid is not None
 
     @property
+    def cgroup_in_use(self) -> str | None:
+        """Its cgroup if it may exist: we moved the job in, or (adopted) a dispatcher before
+        us may have. A job that ended sooner has none to kill or remove."""
+        return self.cgroup if self.enclosed or self.watched else None
+
+    @property
     def gpu_mem(self) -> int | None:
         return None if self.alone else self.directives.gpu_mem
 
