@@ -4,6 +4,7 @@ gone once its end is recorded, before its slot takes another job."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 
 import pytest
@@ -106,15 +107,19 @@ MODES = [pytest.param("cgroup", marks=pytest.mark.skipif(
 def _daemon(pid_file, how: str) -> str:
     """Start a daemon that leaves the job's process group and session, write its pid,
     and wait until it has. ``setsid`` alone: reparented when the job's shell ends; a
-    double fork: at once."""
+    double fork: at once; ``cleared environment``: a double fork with ``env -i``, so that
+    nothing in it names the job."""
     tmp = q(f"{pid_file}.tmp")
     inner = f"setsid sh -c 'echo $$ > {tmp} && mv {tmp} {q(pid_file)}; exec sleep 300'"
+    if how == "cleared environment":
+        inner = (f"env -i {shutil.which('setsid')} /bin/sh -c 'echo $$ > {tmp} && "
+                 f"{shutil.which('mv')} {tmp} {q(pid_file)}; exec {shutil.which('sleep')} 300'")
     start = f"{inner} &" if how == "setsid" else f"( {inner} & )"
     return f"{start}\nwhile [ ! -s {q(pid_file)} ]; do sleep 0.01; done\n"
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("how", ["setsid", "double fork"])
+@pytest.mark.parametrize("how", ["setsid", "double fork", "cleared environment"])
 def test_daemons_end_with_their_job(tmp_path, root, launch, mode, how):
     pid_file = tmp_path / "daemon.pid"
     write_script(root / "queue" / "a.sh", job_text(_daemon(pid_file, how)))
@@ -124,6 +129,25 @@ def test_daemons_end_with_their_job(tmp_path, root, launch, mode, how):
     assert record(root, "a.sh")["extra"]["containment"] == mode.replace("-", " ")
     daemon = int(pid_file.read_text())
     wait_until(lambda: not pid_alive(daemon), timeout=5, message="the daemon to end")
+
+
+def test_a_daemon_naming_no_job_lives_while_a_job_that_may_have_started_it_runs(
+        tmp_path, root, launch):
+    """A daemon with a cleared environment names no job: it is killed only once every job
+    running when it started has ended. b ends while a (its parent) runs: it lives on."""
+    pid_file, gate = tmp_path / "daemon.pid", tmp_path / "gate"
+    write_script(root / "queue" / "a.sh",
+                 job_text(_daemon(pid_file, "cleared environment") + gate_wait(gate)))
+    proc = launch.run(root, "--slots", "2", "--containment", "process-group")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=10,
+               message="a's daemon to start")
+    daemon = int(pid_file.read_text())
+    write_script(root / "queue" / "b.sh", job_text("exit 0"))
+    wait_state(root, "b.sh", "completed", proc=proc)
+    assert pid_alive(daemon), "a still runs: its daemon must not be killed"
+    open_gate(gate)
+    wait_state(root, "a.sh", "completed", proc=proc)
+    wait_until(lambda: not pid_alive(daemon), timeout=5, message="a's daemon to end")
 
 
 @pytest.mark.skipif(not CAN_MAKE_CGROUPS, reason="no cgroup can be made here (not root?)")

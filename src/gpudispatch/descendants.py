@@ -5,8 +5,11 @@ A process that leaves its job's group and session (``setsid``, a double fork, ``
 reparented to the dispatcher instead of init when its parent ends, so the dispatcher finds
 it among its own children; the environment it inherited names its job
 (``GPUDISPATCH_JOB``, ``GPUDISPATCH_ATTEMPT``), and once that run has ended it is killed
-(with its group). What it cannot reach: a daemon whose parent is still alive elsewhere, one
-that cleared its environment, and anything once the dispatcher itself is gone.
+(with its group). One that cleared its environment (``env -i``) names no job: it is killed
+once every job or hook that was running when it started has ended (one of them started
+it, so none is cut short). A hook's own daemons are left alone, as before. What it cannot
+reach: a daemon whose parent is still alive elsewhere, and anything once the dispatcher
+itself is gone.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import signal
 from collections.abc import Collection, Iterable
 
 from gpudispatch import procs
-from gpudispatch.layout import ATTEMPT_ENV, JOB_ENV, RUN_ENV
+from gpudispatch.layout import ATTEMPT_ENV, HOOK_STATE_ENV, JOB_ENV, RUN_ENV
 
 PR_SET_CHILD_SUBREAPER = 36
 _MARK = f"{RUN_ENV}=".encode()
+_HOOK_MARK = f"{HOOK_STATE_ENV}=".encode()
+HOOK = "hook"  # a hook's daemon: not ours to end
 
 
 def become_subreaper() -> bool:
@@ -60,15 +65,16 @@ def _children(me: int, ours: Collection[int]) -> Iterable[tuple[int, bytes]]:
             yield pid, fields[0]
 
 
-def _run_of(pid: int) -> tuple[str, int] | None:
-    """The job and attempt a process inherited, or None (not a job's)."""
+def _run_of(pid: int) -> tuple[str, int] | str | None:
+    """The job and attempt a process inherited; :data:`HOOK` for a hook's; None when
+    its environment names neither (cleared, or unreadable)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
             items = fh.read().split(b"\0")
     except OSError:
         return None
     if not any(i.startswith(_MARK) for i in items):
-        return None
+        return HOOK if any(i.startswith(_HOOK_MARK) for i in items) else None
     env = dict(i.split(b"=", 1) for i in items if b"=" in i)
     attempt = env.get(ATTEMPT_ENV.encode(), b"")
     name = env.get(JOB_ENV.encode())
@@ -77,11 +83,14 @@ def _run_of(pid: int) -> tuple[str, int] | None:
     return name.decode(errors="surrogateescape"), int(attempt)
 
 
-def sweep(live: Collection[tuple[str, int]], ours: Collection[int]) -> list[int]:
+def sweep(live: Collection[tuple[str, int]], ours: Collection[int],
+          oldest_spawner: int | None = None) -> list[int]:
     """Kill the daemons of ended runs among our children, and reap the ones that ended.
 
     ``live``: (name, attempt) of the runs still running; ``ours``: the children we wait
-    for ourselves (monitors, the keeper, hooks). Returns the pids killed."""
+    for ourselves (monitors, the keeper, hooks); ``oldest_spawner``: the earliest start
+    time (clock ticks) of a live job's monitor or hook, None when none lives. Returns the
+    pids killed."""
     killed = []
     for pid, state in _children(os.getpid(), ours):
         if state == b"Z":
@@ -91,8 +100,12 @@ def sweep(live: Collection[tuple[str, int]], ours: Collection[int]) -> list[int]
                 pass
             continue
         run = _run_of(pid)
-        if run is None or run in live:
+        if run == HOOK or run in live:
             continue
+        if run is None:  # names no job: whoever started it may still run
+            started = procs.start_time(pid)
+            if started is None or (oldest_spawner is not None and started >= oldest_spawner):
+                continue
         for kill in (os.killpg, os.kill):  # its group (it may lead one), then itself
             try:
                 kill(pid, signal.SIGKILL)

@@ -30,15 +30,18 @@ def enclose_at(job: RunningJob) -> float:
 
 class Leftovers:
     """``live``: (name, attempt) of the runs still going; ``ours``: the children we wait
-    for ourselves (monitors, the keeper, hooks), never taken for a job's daemon."""
+    for ourselves (monitors, the keeper, hooks), never taken for a job's daemon;
+    ``oldest``: the earliest start of a live monitor or hook (see ``descendants.sweep``)."""
 
     def __init__(self, containment: Containment, log: logging.Logger,
                  live: Callable[[], Collection[tuple[str, int]]],
-                 ours: Callable[[], Collection[int]], real: bool = True) -> None:
+                 ours: Callable[[], Collection[int]],
+                 oldest: Callable[[], int | None] = lambda: None, real: bool = True) -> None:
         self.containment = containment
         self._log = log
         self._live = live
         self._ours = ours
+        self._oldest = oldest
         # Daemons are reparented to us when their parent ends: without a cgroup, and
         # before a job is moved into one (not in tests with a fake launcher: the test
         # process is no one's subreaper).
@@ -100,7 +103,7 @@ class Leftovers:
             self._sweep(now)
 
     def _sweep(self, now: float) -> None:
-        killed = descendants.sweep(self._live(), self._ours())
+        killed = descendants.sweep(self._live(), self._ours(), self._oldest())
         if killed:
             self._log.info("Killed %d process(es) left by ended jobs (pids %s)",
                            len(killed), ", ".join(map(str, killed[:10])))

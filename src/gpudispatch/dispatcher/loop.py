@@ -207,7 +207,8 @@ class Dispatcher:
         self.leftovers = Leftovers(
             cgroups.Containment(None, "a fake launcher") if self._fake_launcher
             else options.containment or cgroups.detect(), self.log,
-            self._live_runs, self._own_children, real=not self._fake_launcher)
+            self._live_runs, self._own_children, self._oldest_spawner,
+            real=not self._fake_launcher)
         self.launcher: Launcher | None = launcher
         self._wake_r, self._wake_w = os.pipe()  # signals and the writer wake the loop
         os.set_blocking(self._wake_r, False)
@@ -373,6 +374,15 @@ class Dispatcher:
 
     def _live_runs(self) -> set[tuple[str, int]]:
         return {(j.name, j.record.attempts) for j in self.running.values()}
+
+    def _oldest_spawner(self) -> int | None:
+        """The earliest start of a live job's monitor or hook: a daemon that names no job
+        started after it may be its (see ``descendants.sweep``)."""
+        starts = [job.started if job.started is not None else procs.start_time(job.pid)
+                  for job in self.running.values() if job.pid]
+        starts += [procs.start_time(pid) for pid in self.hooks.own_pids()]
+        known = [s for s in starts if s is not None]
+        return min(known) if known else None
 
     def _own_children(self) -> set[int]:
         pids = self.launcher.own_pids() if self.launcher is not None else set()
