@@ -17,6 +17,7 @@ from gpudispatch.backends.sbatch import (
     sbatch_command,
     sbatch_refusal,
     script_sbatch_options,
+    slurm_job_name,
     split_sbatch_args,
     time_limit,
 )
@@ -144,7 +145,9 @@ def test_script_sbatch_options_stop_at_first_command() -> None:
 def test_parse_squeue_many_jobs() -> None:
     jobs = parse_squeue(captured("squeue.txt"))
     assert set(jobs) == {"16", "17", "18", "19"}  # 1 and 999 long gone: simply absent
-    assert jobs["16"] == SlurmStatus("16", "FAILED", "NonZeroExitCode", "vm", "exit3.sh")
+    assert jobs["16"] == SlurmStatus("16", "FAILED", "NonZeroExitCode", "vm", "exit3.sh",
+                                     comment="gpudispatch:16161616")
+    assert jobs["19"].comment == ""  # squeue shows it (empty): compared with our token
     assert jobs["17"].state == "PENDING" and jobs["17"].reason == "DependencyNeverSatisfied"
     assert jobs["17"].node is None
     assert jobs["18"].state == "RUNNING" and jobs["18"].node == "vm"
@@ -200,10 +203,31 @@ def test_sbatch_answers() -> None:
         parse_sbatch_output("")
     refused = captured("sbatch_refused.stderr")
     assert sbatch_refusal(refused) == "Requested node configuration is not available"
+    # Every line that says what is wrong, not only the last (as real sbatch 22.05 wrote).
+    assert sbatch_refusal(
+        "sbatch: unrecognized option '--bogus-option=1'\n"
+        'Try "sbatch --help" for more information\n') == "unrecognized option '--bogus-option=1'"
+    assert sbatch_refusal(
+        "sbatch: error: invalid partition specified: nope\n"
+        "sbatch: error: Batch job submission failed: Invalid partition name specified\n"
+    ) == "invalid partition specified: nope; Invalid partition name specified"
+    assert sbatch_refusal(
+        "sbatch: error: Batch script contains DOS line breaks (\\r\\n)\n"
+        "sbatch: error: instead of expected UNIX line breaks (\\n).\n"
+    ) == ("Batch script contains DOS line breaks (\\r\\n) instead of expected UNIX "
+          "line breaks (\\n).")
+    assert sbatch_refusal("") == "sbatch failed"
     assert not is_transient(refused)
     assert is_transient(captured("sbatch_ctld_down.stderr"))
     assert is_transient(captured("squeue_ctld_down.stderr"))
     assert not is_transient(captured("squeue_invalid_id.stderr"))
+
+
+def test_slurm_job_names_hold_nothing_sacct_misreads() -> None:
+    assert slurm_job_name("sp ace.sh") == "sp_ace.sh"
+    assert slurm_job_name("a=b 'q'.sh") == "a_b__q_.sh"
+    assert slurm_job_name("été.sh") == "_t_.sh"
+    assert slurm_job_name("ok-1.2_x+y.sh") == "ok-1.2_x+y.sh"
 
 
 # --- final states -----------------------------------------------------------------------
@@ -272,7 +296,7 @@ class FakeSlurm:
         if cmd == "squeue":
             if "--jobs" in opts:
                 ids = opts["--jobs"].split(",")
-                lines = [f"{i}|{j['state']}|None|vm|{j['name']}"
+                lines = [f"{i}\x1f{j['state']}\x1fNone\x1fvm\x1f{j['comment']}\x1f{j['name']}"
                          for i, j in self.jobs.items() if i in ids]
             else:
                 lines = [f"{i}\x1f{j['state']}\x1f2099-01-01T00:00:00\x1f{j['name']}"
@@ -443,3 +467,69 @@ def test_retries_requeue_then_resubmit_with_a_new_log(tmp_path) -> None:
     backend.tick(3)
     assert queue.locate("r.sh") is JobState.FAILED
     assert queue.read_record("r.sh").exit_code == 3
+
+
+def test_a_reused_job_id_is_never_followed_and_the_lost_job_is_submitted_again(
+        tmp_path) -> None:
+    """slurmctld died and forgot our job; its id now names an outside job. We must not
+    record that job's end as ours: ours is submitted again, once, without using up
+    --retries (it is not the job's failure); lost a second time, it fails."""
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh")
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    assert queue.read_record("a.sh").backend_id == "100"
+    slurm.jobs["100"] = dict(name="wrap", state="COMPLETED", comment="", exit="0:0")
+    backend.tick(1)  # not ours: back to the queue ...
+    record = queue.read_record("a.sh")
+    assert record.reason == ("resubmitted: Slurm lost job 100 (its id now names another "
+                             "job, 'wrap')"), record.reason
+    backend.tick(2)  # ... and submitted again as attempt 2
+    record = queue.read_record("a.sh")
+    assert (record.attempts, record.backend_id) == (2, "101")
+    assert record.extra["interruptions"] == 1
+    assert slurm.sbatch_calls() == 2
+    del slurm.jobs["101"]  # forgotten again, and no trace in accounting
+    for t in range(3, 7):
+        backend.tick(t)
+    assert queue.locate("a.sh") is JobState.FAILED
+    record = queue.read_record("a.sh")
+    assert record.reason.startswith("lost: Slurm has no record of job 101"), record.reason
+    assert slurm.sbatch_calls() == 2  # never a third time
+
+
+def test_a_lost_job_uses_no_retry(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "r.sh", text="#!/bin/sh\n#GPUDISPATCH --retries 1\nexit 3\n")
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    slurm.jobs["100"] = dict(name="other", state="RUNNING", comment="x", exit="0:0")
+    backend.tick(1)
+    backend.tick(2)
+    slurm.jobs["101"].update(state="FAILED", exit="3:0")
+    backend.tick(3)  # its first failure: retried
+    backend.tick(4)
+    record = queue.read_record("r.sh")  # attempt 3: the loss was not a failure
+    assert (record.attempts, record.backend_id) == (3, "102"), record
+
+
+def test_squeue_final_state_wins_over_a_line_sacct_misread(tmp_path) -> None:
+    """A job that squeue still shows COMPLETED is completed, even when sacct returns an
+    unreadable line for it (the completion file's ``Name=sp ace.sh``)."""
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "b.sh")
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    slurm.jobs["100"].update(state="COMPLETED")
+    real = slurm.__call__
+
+    def garbled(argv, stdin=None, env=None):
+        if argv[0] == "sacct":
+            slurm.calls.append(argv)
+            return Result(0, "100||0:0|vm|2099-01-01T00:00:00|2099-01-01T00:00:01|sp\n", "")
+        return real(argv, stdin, env)
+
+    backend.runner = garbled
+    backend.tick(1)
+    assert queue.locate("b.sh") is JobState.COMPLETED
+    assert queue.read_record("b.sh").exit_code == 0

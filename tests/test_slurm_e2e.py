@@ -282,3 +282,70 @@ def test_run_slurm_drains_and_reports_failure(tmp_path: Path, prefix: str) -> No
     assert queue.names(JobState.COMPLETED) == [f"{prefix}-ok.sh"]
     assert queue.names(JobState.FAILED) == [f"{prefix}-no.sh"]
     assert "Job Dispatcher Started" in queue.layout.logfile.read_text()
+
+
+def test_names_with_spaces_quotes_and_unicode_round_trip(queue: FolderQueue,
+                                                         prefix: str) -> None:
+    """Slurm's completion file writes names unquoted (``sacct -c`` then misreads the
+    line): the name in Slurm holds none of that, and the outcome is the job's own."""
+    odd = add(queue, f"{prefix} sp'ace é.sh", "echo space ok")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, odd), what="the oddly named job to end")
+    rec = queue.read_record(odd)
+    assert queue.locate(odd) is JobState.COMPLETED, rec
+    assert (rec.exit_code, rec.reason) == (0, None)
+    assert "slurm_reason" not in rec.extra  # no pending reason kept once it ended
+    assert Path(rec.log).read_text() == "space ok\n"
+
+
+def test_bad_scripts_fail_before_sbatch_as_they_do_locally(queue: FolderQueue,
+                                                          prefix: str) -> None:
+    empty, crlf = f"{prefix}-empty.sh", f"{prefix}-crlf.sh"
+    queue.enqueue_text(empty, "")
+    queue.enqueue_text(crlf, "#!/bin/sh\r\necho dos\r\n")
+    for name in (empty, crlf):
+        old = time.time() - 10
+        os.utime(queue.layout.script(JobState.QUEUED, name), (old, old))
+    SlurmBackend(queue, poll_interval=0.2).tick()
+    assert queue.locate(empty) is JobState.FAILED and queue.locate(crlf) is JobState.FAILED
+    assert queue.read_record(empty).reason == "is empty"
+    assert queue.read_record(crlf).reason.startswith("has CRLF (Windows) line endings")
+    assert not slurm_ids_named(empty) and not slurm_ids_named(crlf)
+
+
+def test_sbatch_refusals_keep_every_line_that_says_why(queue: FolderQueue,
+                                                       prefix: str) -> None:
+    bogus = add(queue, f"{prefix}-bogus.sh", "echo never", "#SBATCH --bogus-option=1\n")
+    SlurmBackend(queue, poll_interval=0.2).tick()
+    assert queue.read_record(bogus).reason == "unrecognized option '--bogus-option=1'"
+    nowhere = add(queue, f"{prefix}-nowhere.sh", "echo never")
+    SlurmBackend(queue, partition="nope", poll_interval=0.2).tick()
+    reason = queue.read_record(nowhere).reason
+    assert queue.locate(nowhere) is JobState.FAILED
+    assert "nope" in reason and "Invalid partition name specified" in reason, reason
+
+
+def test_a_reused_job_id_is_not_followed(queue: FolderQueue, prefix: str) -> None:
+    """After a controller crash Slurm may forget our job and give its id to another
+    one. Here the record is pointed at an outside job's id, as after that crash: the
+    outside job's end must not become ours; ours runs again, once, as attempt 2."""
+    gate = queue.layout.root / "gate"
+    ours = add(queue, f"{prefix}-ours.sh", gate_body(gate, "ours"))
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, lambda: slurm_state(queue, ours) == "RUNNING", what="our job to run")
+    outside = subprocess.run(["sbatch", "--parsable", f"--job-name={prefix}-outside",
+                              "--output=/dev/null", "--wrap", "exit 0"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    rec = queue.read_record(ours)
+    subprocess.run(["scancel", rec.backend_id], check=True)  # Slurm "forgot" ours
+    rec.backend_id = outside
+    queue.write_record(rec)
+    gate.touch()
+
+    restarted = SlurmBackend(queue, poll_interval=0.2)
+    drive(restarted, in_states(queue, FINAL, ours), timeout=60, what="our job to end")
+    rec = queue.read_record(ours)
+    assert queue.locate(ours) is JobState.COMPLETED, rec
+    assert rec.attempts == 2 and rec.backend_id != outside, rec
+    assert rec.extra["interruptions"] == 1
+    assert Path(rec.log).name.endswith(".2.log")

@@ -78,29 +78,37 @@ def owner_problem(st: os.stat_result, allow_others: bool) -> str | None:
             f"with {ALLOW_OTHERS_FLAG} to run others' scripts")
 
 
+def content_problem(st: os.stat_result, head: bytes) -> str | None:
+    """What makes a file no script to run, wherever it runs (here or on Slurm), or None.
+    ``st`` is its ``lstat``; ``head`` its first bytes."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink; copy the script into the queue instead of linking it"
+    if not stat.S_ISREG(st.st_mode):
+        kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+                 stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+        kind = kinds.get(stat.S_IFMT(st.st_mode), "a special file")
+        return f"is {kind}, not a regular file with a script"
+    if st.st_size == 0:
+        return "is empty"
+    if b"\0" in head:
+        return "is a binary file, not a shell script"
+    if b"\r\n" in head:
+        return "has CRLF (Windows) line endings, which break /bin/sh; convert it with dos2unix"
+    return None
+
+
 def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> Launch:
     """Decide how to run ``path``, or raise :class:`ScriptRejected` with the reason.
 
     ``st`` is its ``lstat``; ``head`` its first bytes when already read. Never opens
     anything but a regular file, so a FIFO named ``x.sh`` cannot block us.
     """
-    if stat.S_ISLNK(st.st_mode):
-        raise ScriptRejected("is a symlink; copy the script into the queue instead of linking it")
-    if not stat.S_ISREG(st.st_mode):
-        kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
-                 stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
-        kind = kinds.get(stat.S_IFMT(st.st_mode), "a special file")
-        raise ScriptRejected(f"is {kind}, not a regular file with a script")
-    if st.st_size == 0:
-        raise ScriptRejected("is empty")
-    if head is None:
+    if stat.S_ISREG(st.st_mode) and st.st_size and head is None:
         head = read_head(path, st)
-    if b"\0" in head:
-        raise ScriptRejected("is a binary file, not a shell script")
-    if b"\r\n" in head:
-        raise ScriptRejected(
-            "has CRLF (Windows) line endings, which break /bin/sh; convert it with dos2unix"
-        )
+    problem = content_problem(st, head or b"")
+    if problem:
+        raise ScriptRejected(problem)
+    assert head is not None
     interp = shebang_argv(head)
     if interp is not None and not os.access(interp[0], os.X_OK):
         raise ScriptRejected(

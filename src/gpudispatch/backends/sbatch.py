@@ -155,7 +155,7 @@ def sbatch_command(
     """
     in_script = set(script_sbatch_options(script_text))
     ours: list[tuple[str, str]] = [
-        ("job-name", f"--job-name={name}"),
+        ("job-name", f"--job-name={slurm_job_name(name)}"),
         ("output", f"--output={layout.job_log(name, attempt)}"),
     ]
     if token:
@@ -210,12 +210,28 @@ def is_transient(stderr: str) -> bool:
 
 
 def sbatch_refusal(stderr: str) -> str:
-    """Slurm's own words for a refused submission, for ``record.reason``."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for line in lines:
-        if "submission failed:" in line:
-            return line.split("submission failed:", 1)[1].strip()
-    text = lines[-1] if lines else "sbatch failed"
-    return re.sub(r"^sbatch: error:\s*", "", text)
+    """Slurm's own words for a refused submission, for ``record.reason``: every line that
+    says what is wrong (``invalid partition specified: nope`` *and* the summary after it),
+    without sbatch's prefixes or its "Try sbatch --help" hint. A line that continues the
+    one before (it starts in lower case) is joined to it with a space."""
+    parts: list[str] = []
+    for raw in stderr.splitlines():
+        line = re.sub(r"^sbatch:\s*(error:\s*)?", "", raw.strip())
+        line = re.sub(r"^Batch job submission failed:\s*", "", line)
+        if not line or line.startswith("Try \"sbatch --help\"") or line in parts:
+            continue
+        if parts and line[0].islower() and not parts[-1].endswith((".", ":")):
+            parts[-1] = f"{parts[-1]} {line}"
+        else:
+            parts.append(line)
+    return "; ".join(parts) or "sbatch failed"
 
 
+_UNSAFE_IN_SLURM_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def slurm_job_name(name: str) -> str:
+    """The name a job has in Slurm: ours, with anything but letters, digits and ``._+-``
+    as ``_``. Slurm's completion file writes ``Name=sp ace.sh`` unquoted and ``sacct -c``
+    then misreads the line; the token in ``--comment`` says which job is ours anyway."""
+    return _UNSAFE_IN_SLURM_NAME.sub("_", name)

@@ -39,12 +39,12 @@ from gpudispatch.backends.sbatch import (
     sbatch_command,
     sbatch_refusal,
     script_sbatch_options,
+    slurm_job_name,
 )
 from gpudispatch.backends.slurm_status import (
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     WAITING_STATES,
-    Outcome,
     SlurmStatus,
     outcome,
     parse_sacct,
@@ -65,7 +65,7 @@ from gpudispatch.job import (
     parse_directives,
 )
 from gpudispatch.layout import Layout
-from gpudispatch.scriptcheck import owner_problem
+from gpudispatch.scriptcheck import content_problem, owner_problem
 from gpudispatch.store import HOST, FolderQueue, write_atomic
 from gpudispatch.watch import read_if_complete
 
@@ -113,6 +113,26 @@ class _Tracked:
     state: str = "PENDING"
     reason: str | None = None  # Slurm's pending reason, while it waits
     missing_polls: int = 0
+    token: str | None = None  # in its --comment (None: the script sets its own comment)
+    names: tuple[str, ...] = ()  # its name in Slurm (and ours, as older versions sent it)
+
+    def owns(self, status: SlurmStatus) -> bool:
+        """Whether Slurm's job under this id is ours: after a controller crash Slurm may
+        forget jobs and hand their ids to others. squeue shows the comment (our token);
+        sacct and scontrol the name."""
+        if self.token and status.comment is not None:
+            return status.comment == f"{COMMENT_PREFIX}{self.token}"
+        return status.name is None or not self.names or status.name in self.names
+
+
+def _tracked(name: str, job_id: str, record: JobRecord, text: str) -> _Tracked:
+    """Follow a submitted job, knowing the token and name it was submitted with (its
+    script's own ``#SBATCH`` lines win over ours, as in ``sbatch_command``)."""
+    own = script_sbatch_options(text)
+    token = None if "comment" in own else record.extra.get("slurm_token")
+    names = (own["job-name"],) if own.get("job-name") else (slurm_job_name(name), name)
+    return _Tracked(name, job_id, record.extra.get("slurm_state", "PENDING"),
+                    token=token, names=names)
 
 
 @dataclass
@@ -234,7 +254,8 @@ class SlurmBackend:
                     complete = time.time() - st.st_mtime >= 1.0
                 if not complete:
                     continue
-                problem = owner_problem(st, self.allow_other_users)
+                problem = (content_problem(st, head)
+                           or owner_problem(st, self.allow_other_users))
                 directives = parse_directives(head.decode(errors="replace"))
             except DirectiveError as exc:
                 directives, problem = Directives(), str(exc)
@@ -333,7 +354,7 @@ class SlurmBackend:
         if own_output:
             record.log = resolve_output(own_output, job_id, name, Path.cwd())
         self.queue.write_record(record)
-        self._tracked[name] = _Tracked(name, job_id)
+        self._tracked[name] = _tracked(name, job_id, record, text)
 
     def _recover(self, name: str, record: JobRecord) -> None:
         """A job in running/ whose sbatch may or may not have happened: find it, or
@@ -344,7 +365,7 @@ class SlurmBackend:
         except OSError:
             text = ""
         own = script_sbatch_options(text)
-        slurm_name = own.get("job-name") or name
+        slurm_name = own.get("job-name") or slurm_job_name(name)
         cutoff = _parse_when(record.extra.get("slurm_submit_at"))
         res = self._run(["squeue", "--noheader", "--states=all", "--me",
                          f"--format={LOOKUP_FORMAT}"])
@@ -404,10 +425,17 @@ class SlurmBackend:
         self._reconciled = True
         for name in self.queue.names(JobState.RUNNING):
             record = self.queue.read_record(name)
-            if record.backend_id and record.backend == "slurm":
-                self._tracked.setdefault(name, _Tracked(
-                    name, record.backend_id, record.extra.get("slurm_state", "PENDING")))
+            if record.backend_id and record.backend == "slurm" and name not in self._tracked:
+                self._follow(name, record)
         # Jobs without a backend_id are settled by poll() via _recover().
+
+    def _follow(self, name: str, record: JobRecord) -> None:
+        assert record.backend_id
+        try:
+            text = _read_head(self.layout.script(JobState.RUNNING, name))
+        except OSError:
+            text = ""
+        self._tracked[name] = _tracked(name, record.backend_id, record, text)
 
     def _unsubmitted(self) -> list[tuple[str, JobRecord]]:
         """running/ jobs of ours with no Slurm id: claimed, sbatch unknown."""
@@ -422,7 +450,7 @@ class SlurmBackend:
             if not ours:
                 continue
             if record.backend_id:  # written by another process after our reconcile
-                self._tracked[name] = _Tracked(name, record.backend_id)
+                self._follow(name, record)
             else:
                 found.append((name, record))
         return found
@@ -442,7 +470,10 @@ class SlurmBackend:
         ended: dict[str, SlurmStatus | None] = {}
         for job_id, tracked in by_id.items():
             status = statuses.get(job_id)
-            if status is not None and not status.is_final:
+            if status is not None and not tracked.owns(status):
+                self._lost(tracked, f"Slurm lost job {job_id} (its id now names another "
+                           f"job, {status.name!r})", sure=True)
+            elif status is not None and not status.is_final:
                 self._update_active(tracked, status)
             else:
                 ended[job_id] = status
@@ -450,17 +481,46 @@ class SlurmBackend:
             return
         final = self.sacct(ended)
         for job_id, seen in ended.items():
+            tracked = by_id[job_id]
             status = final.get(job_id)
+            if status is not None and (not tracked.owns(status) or not status.is_final):
+                status = None  # another job's under a reused id, or a line sacct misread
             if status is None and seen is not None:
-                status = self.scontrol_job(job_id) or seen
+                polled = self.scontrol_job(job_id)
+                status = polled if polled is not None and tracked.owns(polled) else seen
             if status is None or not status.is_final:
-                tracked = by_id[job_id]
                 tracked.missing_polls += 1
                 if tracked.missing_polls >= 3:
-                    status = SlurmStatus(job_id, "LOST")
-                else:
-                    continue
-            self._conclude_slurm(by_id[job_id], status)
+                    # With accounting, a job that ended is in it: one that is in neither
+                    # place was forgotten (a controller crash), so it never ended there.
+                    self._lost(tracked, f"Slurm has no record of job {job_id}",
+                               sure=self._sacct_base() is not None)
+                continue
+            self._conclude_slurm(tracked, status)
+
+    def _lost(self, tracked: _Tracked, why: str, sure: bool) -> None:
+        """Slurm forgot the job. ``sure``: it cannot have ended in Slurm (its id is another
+        job's, or accounting has no end for it): it is submitted again, once, as a new
+        attempt that does not use up ``--retries`` (as a local job whose machine died).
+        Otherwise it may have run: it fails, never runs twice."""
+        name = tracked.name
+        self._tracked.pop(name, None)
+        record = self.queue.read_record(name)
+        record.extra.pop("slurm_reason", None)
+        lost = record.extra.get("slurm_lost", 0)
+        if sure and not lost and not record.extra.get("cancel_requested"):
+            self.logger.warning("%s: %s; submitting it again", name, why)
+            record.extra["slurm_lost"] = 1
+            record.extra["interruptions"] = record.extra.get("interruptions", 0) + 1
+            record.reason = f"resubmitted: {why}"
+            record.backend_id, record.extra["slurm_state"] = None, "LOST"
+            self.queue.requeue(name, record)
+            return
+        record.reason = f"lost: {why}" + ("; lost again after it was submitted again"
+                                          if lost else "")
+        record.extra["slurm_state"] = "LOST"
+        self.logger.warning("%s failed: %s", name, record.reason)
+        self._finish_failed(name, record)
 
     def _update_active(self, tracked: _Tracked, status: SlurmStatus) -> None:
         tracked.missing_polls = 0
@@ -490,11 +550,7 @@ class SlurmBackend:
         name = tracked.name
         self._tracked.pop(name, None)
         record = self.queue.read_record(name)
-        if status.state == "LOST":
-            result = Outcome(JobState.FAILED, f"lost: Slurm has no record of job "
-                             f"{tracked.job_id}", None)
-        else:
-            result = outcome(status)
+        result = outcome(status)
         record.exit_code = result.exit_code
         record.reason = result.reason
         if record.extra.get("dependency_failed"):
@@ -507,6 +563,7 @@ class SlurmBackend:
         record.started_at = slurm_time_iso(status.start) or record.started_at
         record.ended_at = slurm_time_iso(status.end) or now_iso()
         record.extra["slurm_state"] = status.state
+        record.extra.pop("slurm_reason", None)  # a pending reason, stale once it ended
         if status.exit_code is not None:
             record.extra["slurm_exit"] = f"{status.exit_code}:{status.signal or 0}"
         if result.state is JobState.COMPLETED:
@@ -516,9 +573,10 @@ class SlurmBackend:
         self.logger.warning("%s failed in Slurm (job %s): %s", name, tracked.job_id,
                             record.reason)
         retries = record.extra.get("directives", {}).get("retries", 0)
-        retryable = status.state not in ("CANCELLED", "LOST") and not (
+        retryable = status.state != "CANCELLED" and not (
             record.extra.get("cancel_requested") or record.extra.get("dependency_failed"))
-        if retryable and record.own_attempts <= retries:
+        failures = record.own_attempts - record.extra.get("interruptions", 0)
+        if retryable and failures <= retries:
             self.logger.info("%s: retry %d of %d", name, record.own_attempts, retries)
             record.reason = f"{record.reason}; retrying"
             self.queue.requeue(name, record)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from gpudispatch.job import JobState
 
-SQUEUE_FORMAT = "%i|%T|%r|%N|%j"  # name last: the only field that may hold a '|'
+# Fields split by US (\x1f), which no job name may hold (names are printable); comment,
+# then name, last: a script's own --comment may hold anything but a newline.
+SQUEUE_FORMAT = "%i\x1f%T\x1f%r\x1f%N\x1f%k\x1f%j"
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,JobName"
 
 # --- Slurm's answers --------------------------------------------------------------------
@@ -37,6 +39,7 @@ class SlurmStatus:
     signal: int | None = None
     start: str | None = None
     end: str | None = None
+    comment: str | None = None  # squeue's ("" when none): our token; None: not shown
 
     @property
     def is_final(self) -> bool:
@@ -67,18 +70,16 @@ def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:
 
 
 def parse_squeue(text: str) -> dict[str, SlurmStatus]:
-    """``squeue --noheader --format=%i|%T|%r|%N|%j`` for many jobs at once."""
+    """``squeue --noheader --format=SQUEUE_FORMAT`` for many jobs at once."""
     jobs = {}
     for line in text.splitlines():
-        if not line.strip():
+        parts = line.split("\x1f")
+        if len(parts) < 6:
             continue
-        parts = line.split("|", 4)
-        if len(parts) < 5:
-            continue
-        job_id, state, reason, node, name = parts
-        job_id = job_id.strip()
+        job_id, state, reason, node = (p.strip() for p in parts[:4])
+        name, comment = parts[-1], "\x1f".join(parts[4:-1])
         jobs[job_id] = SlurmStatus(job_id, _state_word(state), _nullable(reason),
-                                   _nullable(node), name)
+                                   _nullable(node), name, comment=comment.strip())
     return jobs
 
 
