@@ -4,10 +4,12 @@ Slurm's memory of earlier tests never matches."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -349,3 +351,27 @@ def test_a_reused_job_id_is_not_followed(queue: FolderQueue, prefix: str) -> Non
     assert rec.attempts == 2 and rec.backend_id != outside, rec
     assert rec.extra["interruptions"] == 1
     assert Path(rec.log).name.endswith(".2.log")
+
+
+def test_slurm_jobs_see_what_local_jobs_see_and_their_metrics_reach_results(
+        queue: FolderQueue, prefix: str) -> None:
+    name = add(queue, f"{prefix}-env.sh",
+               'for v in GPUDISPATCH_JOB GPUDISPATCH_ATTEMPT GPUDISPATCH_ROOT GPUDISPATCH_LOG '
+               'GPUDISPATCH_METRICS GPUDISPATCH_EXIT_FILE GPUDISPATCH_RUN CUDA_DEVICE_ORDER; do\n'
+               '  eval "echo $v=\\${$v-UNSET}"; done\n'
+               'echo \'{"acc": 0.75}\' > "$GPUDISPATCH_METRICS"')
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, name), what="the job to end")
+    rec = queue.read_record(name)
+    assert queue.locate(name) is JobState.COMPLETED, rec
+    seen = dict(line.split("=", 1) for line in Path(rec.log).read_text().splitlines())
+    assert "UNSET" not in seen.values(), seen
+    assert seen["GPUDISPATCH_JOB"] == name and seen["GPUDISPATCH_ATTEMPT"] == "1"
+    assert seen["GPUDISPATCH_ROOT"] == str(queue.layout.root)
+    assert seen["GPUDISPATCH_METRICS"] == queue.layout.metrics(name)
+    assert seen["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    out = subprocess.run([sys.executable, "-m", "gpudispatch", "results", "--dir",
+                          str(queue.layout.root), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows[name]["acc"] == 0.75, rows[name]

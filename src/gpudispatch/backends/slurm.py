@@ -325,9 +325,7 @@ class SlurmBackend:
         argv = sbatch_command(None if stdin else path, name, directives, self.layout,
                               self.partition, self.sbatch_args, script_text=text,
                               after_ids=after_ids, attempt=record.attempts, token=token)
-        env = {**os.environ, "GPUDISPATCH_JOB": name,
-               "GPUDISPATCH_ROOT": str(self.layout.root),
-               "GPUDISPATCH_ATTEMPT": str(record.attempts), "GPUDISPATCH_LOG": record.log}
+        env = self._job_env(name, record, path)
         res = self._run(argv, stdin, env)
         if res.returncode == 0:
             try:
@@ -346,6 +344,19 @@ class SlurmBackend:
             record.extra["slurm_state"] = "REFUSED"
             self.logger.warning("%s failed: Slurm refused it: %s", name, record.reason)
             self._finish_failed(name, record)
+
+    def _job_env(self, name: str, record: JobRecord, path: Path) -> dict[str, str]:
+        """What a local job's environment holds, for sbatch to pass on (``--export=ALL``,
+        its default): every ``GPUDISPATCH_*`` variable and the GPUs' order. Slurm sets
+        ``CUDA_VISIBLE_DEVICES`` itself for a job with GPUs; one without gets none, as a
+        local CPU slot's."""
+        try:
+            inode = os.lstat(path).st_ino
+        except OSError:
+            inode = 0
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GPUDISPATCH_")}
+        return {**base, "CUDA_DEVICE_ORDER": base.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+                **self.layout.job_env(name, record.attempts, [], record.log or "", inode)}
 
     def _adopt(self, name: str, record: JobRecord, job_id: str, text: str) -> None:
         record.backend_id = job_id
