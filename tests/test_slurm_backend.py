@@ -533,3 +533,30 @@ def test_squeue_final_state_wins_over_a_line_sacct_misread(tmp_path) -> None:
     backend.tick(1)
     assert queue.locate("b.sh") is JobState.COMPLETED
     assert queue.read_record("b.sh").exit_code == 0
+
+
+def test_after_waits_for_the_final_outcome_of_a_job_with_retries(tmp_path) -> None:
+    """a fails once and succeeds on its retry: c --after a runs, as it does locally
+    (Slurm's afterok on a's first run would have cancelled it)."""
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh", text="#!/bin/sh\n#GPUDISPATCH --retries 1\nexit 0\n")
+    c_text = "#!/bin/sh\n#GPUDISPATCH --after a.sh\necho c\n"
+    queue.enqueue_text("c.sh", c_text)
+    os.utime(queue.layout.script(JobState.QUEUED, "c.sh"), (1_000_000_000,) * 2)
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    assert queue.locate("c.sh") is JobState.QUEUED  # held: a's run may be retried
+    slurm.jobs["100"].update(state="FAILED", exit="3:0")
+    backend.tick(1)  # a fails, requeued
+    backend.tick(2)  # a resubmitted (its last try): now c may go with afterok on it
+    assert queue.read_record("a.sh").backend_id == "101"
+    backend.tick(3)
+    c = queue.read_record("c.sh")
+    assert c.backend_id == "102"
+    sbatch_c = [call for call in slurm.calls if call[0] == "sbatch"][-1]
+    assert "--dependency=afterok:101" in sbatch_c
+    slurm.jobs["101"].update(state="COMPLETED")
+    slurm.jobs["102"].update(state="COMPLETED")
+    backend.tick(4)
+    assert queue.locate("a.sh") is JobState.COMPLETED
+    assert queue.locate("c.sh") is JobState.COMPLETED

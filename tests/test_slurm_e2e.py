@@ -375,3 +375,16 @@ def test_slurm_jobs_see_what_local_jobs_see_and_their_metrics_reach_results(
                          capture_output=True, text=True, check=True).stdout
     rows = {row["name"]: row for row in json.loads(out)}
     assert rows[name]["acc"] == 0.75, rows[name]
+
+
+def test_after_a_job_that_succeeds_on_its_retry_runs(queue: FolderQueue, prefix: str) -> None:
+    mark = queue.layout.root / "failed-once"
+    a = add(queue, f"{prefix}-a.sh", f"[ -e {mark} ] && exit 0; touch {mark}; exit 3",
+            "#GPUDISPATCH --retries 1\n")
+    c = add(queue, f"{prefix}-c.sh", "echo c ran", f"#GPUDISPATCH --after {a}\n")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, a, c), timeout=60, what="a and c to end")
+    assert queue.locate(a) is JobState.COMPLETED and queue.read_record(a).attempts == 2
+    rec = queue.read_record(c)
+    assert queue.locate(c) is JobState.COMPLETED, rec
+    assert Path(rec.log).read_text() == "c ran\n"

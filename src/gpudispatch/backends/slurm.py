@@ -287,8 +287,8 @@ class SlurmBackend:
             if where is not JobState.RUNNING:
                 return None, None  # still queued here
             record = self.queue.read_record(dep)
-            if record.backend != "slurm" or not record.backend_id:
-                return None, None
+            if record.backend != "slurm" or not record.backend_id or _may_retry(record):
+                return None, None  # Slurm's afterok would judge a run that may be retried
             ids.append(record.backend_id)
         return ids, None
 
@@ -537,6 +537,15 @@ class SlurmBackend:
         tracked.missing_polls = 0
         if status.state == "PENDING" and status.reason == "DependencyNeverSatisfied":
             record = self.queue.read_record(tracked.name)
+            after = (record.extra.get("directives") or {}).get("after") or []
+            if not any(self.queue.locate(dep) is JobState.FAILED for dep in after):
+                # A dependency Slurm lost was submitted again: wait for that run instead.
+                self._run(["scancel", tracked.job_id])
+                self._tracked.pop(tracked.name, None)
+                record.extra["interruptions"] = record.extra.get("interruptions", 0) + 1
+                record.reason, record.backend_id = "requeued: its dependency runs again", None
+                self.queue.requeue(tracked.name, record)
+                return
             if not record.extra.get("dependency_failed"):
                 record.extra["dependency_failed"] = True
                 self.queue.write_record(record)
@@ -645,6 +654,12 @@ class SlurmBackend:
                     os.unlink(self.layout.cancel_request(name))
                 except FileNotFoundError:
                     pass
+
+
+def _may_retry(record: JobRecord) -> bool:
+    """Whether this run, should it fail, is not the job's last (``--retries`` left)."""
+    retries = (record.extra.get("directives") or {}).get("retries", 0)
+    return record.own_attempts - record.extra.get("interruptions", 0) <= retries
 
 
 def _id_key(job_id: str) -> tuple[int, str]:
