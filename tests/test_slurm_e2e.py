@@ -388,3 +388,26 @@ def test_after_a_job_that_succeeds_on_its_retry_runs(queue: FolderQueue, prefix:
     rec = queue.read_record(c)
     assert queue.locate(c) is JobState.COMPLETED, rec
     assert Path(rec.log).read_text() == "c ran\n"
+
+
+def test_cancel_of_a_job_that_already_ended_in_slurm_says_so(queue: FolderQueue,
+                                                            prefix: str) -> None:
+    quick = add(queue, f"{prefix}-quick.sh", "echo done")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    backend.tick()  # submitted; not polled again until it has ended in Slurm
+    job_id = queue.read_record(quick).backend_id
+    assert job_id
+
+    def slurm_says() -> str:
+        return subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job_id}",
+                               "--format=%T"], capture_output=True, text=True).stdout.strip()
+
+    wait_until(lambda: slurm_says() == "COMPLETED", 30, message=slurm_says)
+    proc = subprocess.run([sys.executable, "-m", "gpudispatch", "cancel", "--dir",
+                           str(queue.layout.root), quick], capture_output=True, text=True)
+    assert proc.returncode != 0, proc.stdout
+    assert "already ended in Slurm (COMPLETED)" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    drive(backend, in_states(queue, FINAL, quick), what="the outcome to be recorded")
+    rec = queue.read_record(quick)
+    assert queue.locate(quick) is JobState.COMPLETED and rec.reason is None, rec

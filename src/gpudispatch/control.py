@@ -92,9 +92,13 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         raise QueueError(f"{name} is {state.value}; only queued or running jobs can be cancelled")
     record = queue.read_record(name)
     if record.backend == "slurm":
-        from gpudispatch.backends.slurm import cancel_slurm
+        from gpudispatch.backends.slurm import AlreadyEnded, cancel_slurm
 
-        cancel_slurm(layout.root, name)
+        try:
+            cancel_slurm(layout.root, name)
+        except AlreadyEnded as ended:
+            raise QueueError(f"{name} already ended in Slurm ({ended}); not cancelled: its "
+                             "outcome is recorded as it was") from None
         return f"{name}: scancel sent for Slurm job {record.backend_id} (cancelled)"
     write_atomic(layout.cancel_request(name), now_iso().encode(), layout.tmp)
     lock_fd = queue.lock_job(name, JobState.RUNNING)

@@ -631,6 +631,11 @@ class SlurmBackend:
         if where is not JobState.RUNNING:
             return False
         record = self.queue.read_record(name)
+        ended = self.ended_in_slurm(record)
+        if ended:
+            self.logger.info("%s: cancel requested after it ended in Slurm (%s); its "
+                             "outcome stands", name, ended)
+            return False
         record.extra["cancel_requested"] = True
         self.queue.write_record(record)
         if record.backend_id:
@@ -641,6 +646,14 @@ class SlurmBackend:
                 return False
         self.logger.info("Cancelled %s", name)
         return True
+
+    def ended_in_slurm(self, record: JobRecord) -> str | None:
+        """Slurm's final state for a submitted job that has ended there (None: not ended,
+        or not known): a cancel then would change nothing."""
+        if not record.backend_id:
+            return None
+        status = (self.squeue([record.backend_id]) or {}).get(record.backend_id)
+        return status.state if status is not None and status.is_final else None
 
     def _take_cancel_requests(self) -> None:
         """Honour ``gpudispatch cancel`` requests (files in .gpudispatch/cancel/)."""
@@ -729,12 +742,18 @@ def run_slurm(
         os.close(lock)
 
 
+class AlreadyEnded(Exception):
+    """The job has ended in Slurm (its state is the message): there is nothing to cancel."""
+
+
 def cancel_slurm(root: Path | str, name: str) -> bool:
     """``gpudispatch cancel NAME`` for a Slurm-backed job, from another process.
 
     A queued job fails at once (the claim makes that race-free). A submitted one is
     ``scancel``-ed, and a cancel request file tells the backend process to record it as
     "cancelled" (it alone writes running jobs' records). False: no such unfinished job.
+    :class:`AlreadyEnded` when Slurm says it has ended (its outcome is recorded at the
+    backend's next poll, untouched).
     """
     queue = FolderQueue(root, create=False)
     backend = SlurmBackend(queue)
@@ -743,8 +762,12 @@ def cancel_slurm(root: Path | str, name: str) -> bool:
         return backend.cancel(name)
     if where is not JobState.RUNNING:
         return False
+    record = queue.read_record(name)
+    ended = backend.ended_in_slurm(record)
+    if ended:
+        raise AlreadyEnded(ended)
     write_atomic(queue.layout.cancel_request(name), now_iso().encode(), queue.layout.tmp)
-    job_id = queue.read_record(name).backend_id
+    job_id = record.backend_id
     if job_id:
         res = backend._run(["scancel", job_id])
         if res.returncode != 0:
