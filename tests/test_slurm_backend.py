@@ -296,7 +296,8 @@ class FakeSlurm:
         if cmd == "squeue":
             if "--jobs" in opts:
                 ids = opts["--jobs"].split(",")
-                lines = [f"{i}\x1f{j['state']}\x1fNone\x1fvm\x1f{j['comment']}\x1f{j['name']}"
+                lines = [f"{i}\x1f{j['state']}\x1f{j.get('reason', 'None')}\x1fvm\x1f"
+                         f"{j['comment']}\x1f{j['name']}"
                          for i, j in self.jobs.items() if i in ids]
             else:
                 lines = [f"{i}\x1f{j['state']}\x1f2099-01-01T00:00:00\x1f{j['name']}"
@@ -560,3 +561,22 @@ def test_after_waits_for_the_final_outcome_of_a_job_with_retries(tmp_path) -> No
     backend.tick(4)
     assert queue.locate("a.sh") is JobState.COMPLETED
     assert queue.locate("c.sh") is JobState.COMPLETED
+
+
+def test_a_dependent_of_a_job_slurm_lost_waits_for_its_new_run(tmp_path) -> None:
+    slurm = FakeSlurm()
+    queue = _queue(tmp_path, "a.sh")
+    queue.enqueue_text("c.sh", "#!/bin/sh\n#GPUDISPATCH --after a.sh\necho c\n")
+    os.utime(queue.layout.script(JobState.QUEUED, "c.sh"), (1_000_000_000,) * 2)
+    backend = SlurmBackend(queue, poll_interval=0, runner=slurm)
+    backend.tick(0)
+    assert queue.read_record("c.sh").extra["slurm_after"] == ["100"]
+    slurm.jobs["100"] = dict(name="other", state="RUNNING", comment="", exit="0:0")
+    slurm.jobs["101"]["reason"] = "DependencyNeverSatisfied"
+    backend.tick(1)  # a: lost, back to the queue; c: its afterok can never be met
+    backend.tick(2)  # a submitted again; c requeued, not failed ...
+    backend.tick(3)  # ... and submitted again, after a's new run
+    c = queue.read_record("c.sh")
+    assert queue.locate("c.sh") is JobState.RUNNING, c
+    assert c.extra["slurm_after"] == [queue.read_record("a.sh").backend_id]
+    assert not c.extra.get("dependency_failed")

@@ -317,7 +317,8 @@ class SlurmBackend:
         record.host, record.pid, record.dispatcher = None, None, self.owner
         record.started_at = record.ended_at = record.exit_code = record.reason = None
         record.extra.update(slurm_token=token, slurm_state="SUBMITTING",
-                            slurm_submit_at=now_iso(), directives=directives.to_dict())
+                            slurm_submit_at=now_iso(), directives=directives.to_dict(),
+                            slurm_after=list(after_ids))
         record.log = str(self.layout.job_log(name, record.attempts))
         self.queue.write_record(record)
 
@@ -533,12 +534,25 @@ class SlurmBackend:
         self.logger.warning("%s failed: %s", name, record.reason)
         self._finish_failed(name, record)
 
+    def _dependency_resubmitted(self, record: JobRecord) -> bool:
+        """Whether a job Slurm's afterok waits on was lost and submitted again (it is back
+        in the queue, or runs under another id): its old id will never be satisfied."""
+        waited = set(record.extra.get("slurm_after") or ())
+        for dep in (record.extra.get("directives") or {}).get("after") or []:
+            where = self.queue.locate(dep)
+            if where is JobState.QUEUED and self.queue.read_record(dep).extra.get("slurm_lost"):
+                return True
+            if where is JobState.RUNNING:
+                dep_id = self.queue.read_record(dep).backend_id
+                if dep_id and dep_id not in waited:
+                    return True
+        return False
+
     def _update_active(self, tracked: _Tracked, status: SlurmStatus) -> None:
         tracked.missing_polls = 0
         if status.state == "PENDING" and status.reason == "DependencyNeverSatisfied":
             record = self.queue.read_record(tracked.name)
-            after = (record.extra.get("directives") or {}).get("after") or []
-            if not any(self.queue.locate(dep) is JobState.FAILED for dep in after):
+            if self._dependency_resubmitted(record):
                 # A dependency Slurm lost was submitted again: wait for that run instead.
                 self._run(["scancel", tracked.job_id])
                 self._tracked.pop(tracked.name, None)
