@@ -26,6 +26,7 @@ from gpudispatch.backends.slurm_status import (
     SlurmStatus,
     outcome,
     parse_exit_code,
+    parse_gpu_indices,
     parse_sacct,
     parse_scontrol_config,
     parse_scontrol_job,
@@ -580,3 +581,11 @@ def test_a_dependent_of_a_job_slurm_lost_waits_for_its_new_run(tmp_path) -> None
     assert queue.locate("c.sh") is JobState.RUNNING, c
     assert c.extra["slurm_after"] == [queue.read_record("a.sh").backend_id]
     assert not c.extra.get("dependency_failed")
+
+
+def test_gpu_indices_of_a_running_job() -> None:
+    detail = ("JobId=5 JobName=a.sh\n   JOB_GRES=gpu:2\n"
+              "     Nodes=vm CPU_IDs=0 Mem=256 GRES=gpu:2(IDX:0-1)\n")
+    assert parse_gpu_indices(detail) == [0, 1]
+    assert parse_gpu_indices("GRES=gpu:tesla:3(IDX:0,2-3)") == [0, 2, 3]
+    assert parse_gpu_indices("   TRES=cpu=1,mem=256M,node=1") == []

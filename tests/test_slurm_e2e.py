@@ -136,6 +136,7 @@ def test_gpu_jobs_get_distinct_cuda_visible_devices(queue: FolderQueue, prefix: 
     assert (root / "cvd-two").read_text().strip() == "0,1"
 
 
+
 def test_timeout_maps_to_slurm_time_limit_and_ends_as_timeout(queue: FolderQueue,
                                                               prefix: str) -> None:
     slow = add(queue, f"{prefix}-slow.sh", "sleep 300", "#GPUDISPATCH --timeout 50s\n")
@@ -411,3 +412,16 @@ def test_cancel_of_a_job_that_already_ended_in_slurm_says_so(queue: FolderQueue,
     drive(backend, in_states(queue, FINAL, quick), what="the outcome to be recorded")
     rec = queue.read_record(quick)
     assert queue.locate(quick) is JobState.COMPLETED and rec.reason is None, rec
+
+
+def test_the_record_names_the_gpus_slurm_gave_a_running_job(queue: FolderQueue,
+                                                           prefix: str) -> None:
+    gate = queue.layout.root / "gate"
+    one = add(queue, f"{prefix}-gpu.sh", gate_body(gate, "gpu"), "#GPUDISPATCH --gpus 1\n")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, lambda: slurm_state(queue, one) == "RUNNING", what="the job to run")
+    gate.touch()
+    drive(backend, in_states(queue, FINAL, one), what="the job to end")
+    rec = queue.read_record(one)
+    seen = Path(rec.log).read_text().split()[-1]  # "ran gpu on N"
+    assert rec.gpus == [int(seen)], rec  # not [] (shown as "cpu")

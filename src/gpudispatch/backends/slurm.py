@@ -47,6 +47,7 @@ from gpudispatch.backends.slurm_status import (
     WAITING_STATES,
     SlurmStatus,
     outcome,
+    parse_gpu_indices,
     parse_sacct,
     parse_scontrol_config,
     parse_scontrol_job,
@@ -576,6 +577,9 @@ class SlurmBackend:
             record.host = status.node or record.host
             if record.started_at is None:
                 record.started_at = now_iso()
+                if (record.extra.get("directives") or {}).get("gpus"):
+                    res = self._run(["scontrol", "show", "job", "-d", tracked.job_id])
+                    record.gpus = parse_gpu_indices(res.stdout) if res.returncode == 0 else []
                 self.logger.info("Running job %s in Slurm (%s) on %s...", tracked.name,
                                  tracked.job_id, status.node)
         self.queue.write_record(record)

@@ -126,6 +126,21 @@ def parse_scontrol_job(text: str) -> SlurmStatus | None:
     )
 
 
+_GRES_IDX = re.compile(r"\bGRES=[^\s]*?gpu[^\s(]*\(IDX:([0-9,\-]+)\)")
+
+
+def parse_gpu_indices(text: str) -> list[int]:
+    """The GPUs a running job holds, from ``scontrol show job -d``'s
+    ``GRES=gpu:2(IDX:0-1)`` (``IDX:0,2``, ranges and lists), in order; [] when none."""
+    found: list[int] = []
+    for match in _GRES_IDX.finditer(text):
+        for part in match.group(1).split(","):
+            first, _, last = part.partition("-")
+            if first.isdigit() and (not last or last.isdigit()):
+                found.extend(range(int(first), int(last or first) + 1))
+    return sorted(set(found))
+
+
 def parse_scontrol_config(text: str) -> dict[str, str]:
     """``scontrol show config``: ``Key = Value`` lines."""
     config = {}
