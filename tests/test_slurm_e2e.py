@@ -425,3 +425,26 @@ def test_the_record_names_the_gpus_slurm_gave_a_running_job(queue: FolderQueue,
     rec = queue.read_record(one)
     seen = Path(rec.log).read_text().split()[-1]  # "ran gpu on N"
     assert rec.gpus == [int(seen)], rec  # not [] (shown as "cpu")
+
+
+def test_a_job_slurm_requeues_is_another_attempt_with_its_own_log(queue: FolderQueue,
+                                                                  prefix: str) -> None:
+    gate = queue.layout.root / "gate"
+    job = add(queue, f"{prefix}-rq.sh", 'echo "run $GPUDISPATCH_JOB"\n'
+              f"[ -e {gate} ] && exit 0\n" + gate_body(gate, "rq"))
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, lambda: slurm_state(queue, job) == "RUNNING", what="the job to run")
+    first = queue.read_record(job)
+    gate.touch()  # the second run ends at once
+    subprocess.run(["scontrol", "requeue", first.backend_id], check=True)
+    drive(backend, lambda: queue.read_record(job).attempts == 2, what="the requeue")
+    # Slurm holds a requeued job back a while (BeginTime); let it start now.
+    subprocess.run(["scontrol", "update", f"JobId={first.backend_id}", "StartTime=now"],
+                   check=True)
+    drive(backend, in_states(queue, FINAL, job), timeout=90, what="the second run to end")
+    rec = queue.read_record(job)
+    assert queue.locate(job) is JobState.COMPLETED and rec.attempts == 2, rec
+    assert rec.extra["interruptions"] == 1
+    assert Path(rec.log).name == f"{job}.2.log" and Path(first.log).name == f"{job}.log"
+    assert Path(first.log).read_text().startswith("run ")  # the first run's output kept
+    assert Path(rec.log).read_text().startswith("run ")

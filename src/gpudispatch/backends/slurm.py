@@ -569,8 +569,11 @@ class SlurmBackend:
         reason = status.reason if status.state in WAITING_STATES else None
         if status.state == tracked.state and reason == tracked.reason:
             return
+        requeued = tracked.state in ("RUNNING", "COMPLETING") and status.state in WAITING_STATES
         tracked.state, tracked.reason = status.state, reason
         record = self.queue.read_record(tracked.name)
+        if requeued:
+            self._requeued_by_slurm(tracked, record)
         record.extra["slurm_state"] = status.state
         record.extra["slurm_reason"] = reason
         if status.state not in WAITING_STATES:
@@ -583,6 +586,27 @@ class SlurmBackend:
                 self.logger.info("Running job %s in Slurm (%s) on %s...", tracked.name,
                                  tracked.job_id, status.node)
         self.queue.write_record(record)
+
+    def _requeued_by_slurm(self, tracked: _Tracked, record: JobRecord) -> None:
+        """Slurm put a running job back in its queue (``scontrol requeue``, a node that
+        failed): its next run is another attempt, with a log of its own (Slurm would
+        write it over the first), and not the job's failure (``--retries`` untouched)."""
+        record.attempts += 1
+        record.extra["interruptions"] = record.extra.get("interruptions", 0) + 1
+        record.extra["slurm_requeues"] = record.extra.get("slurm_requeues", 0) + 1
+        record.started_at, record.gpus = None, []
+        try:
+            own = script_sbatch_options(_read_head(self.layout.script(JobState.RUNNING,
+                                                                      tracked.name)))
+        except OSError:
+            own = {}
+        if "output" not in own:
+            log = str(self.layout.job_log(tracked.name, record.attempts))
+            res = self._run(["scontrol", "update", f"JobId={tracked.job_id}", f"StdOut={log}"])
+            if res.returncode == 0:
+                record.log = log
+        self.logger.info("%s was requeued by Slurm (job %s); attempt %d", tracked.name,
+                         tracked.job_id, record.attempts)
 
     def _conclude_slurm(self, tracked: _Tracked, status: SlurmStatus) -> None:
         name = tracked.name
