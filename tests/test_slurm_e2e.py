@@ -435,10 +435,17 @@ def test_a_job_slurm_requeues_is_another_attempt_with_its_own_log(queue: FolderQ
     backend = SlurmBackend(queue, poll_interval=0.2)
     drive(backend, lambda: slurm_state(queue, job) == "RUNNING", what="the job to run")
     first = queue.read_record(job)
-    gate.touch()  # the second run ends at once
     subprocess.run(["scontrol", "requeue", first.backend_id], check=True)
     drive(backend, lambda: queue.read_record(job).attempts == 2, what="the requeue")
-    # Slurm holds a requeued job back a while (BeginTime); let it start now.
+    gate.touch()  # the second run ends at once
+    # Slurm holds a requeued job back a while (BeginTime); let it start now, once its
+    # first run's step is gone and the clock has passed the second it was killed in
+    # (slurmd keeps revoked credentials to the second: sooner, it refuses the launch).
+    slurmd_log = SLURM_STATE / "slurmd.log"
+    wait_until(lambda: f"[{first.backend_id}.batch] done with job" in slurmd_log.read_text(),
+               30, message="the first run's step to end")
+    killed_in = int(time.time())
+    wait_until(lambda: time.time() >= killed_in + 1.2, 5, message="the next second")
     subprocess.run(["scontrol", "update", f"JobId={first.backend_id}", "StartTime=now"],
                    check=True)
     drive(backend, in_states(queue, FINAL, job), timeout=90, what="the second run to end")
