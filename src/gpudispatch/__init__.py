@@ -1,53 +1,69 @@
-"""gpudispatch: drop shell scripts into a folder; each runs on a free GPU."""
+"""gpudispatch: drop shell scripts into a folder; each runs on a free GPU.
 
-from gpudispatch.job import Directives, JobRecord, JobState, parse_directives
-from gpudispatch.layout import Layout
-from gpudispatch.params import (
-    choice,
-    constant,
-    create_params_generator,
-    grid,
-    int_uniform,
-    log_uniform,
-    q_uniform,
-    random_search,
-    random_uniform_exponential,
-    uniform,
-)
-from gpudispatch.results import METRICS_ENV, result_rows, rows_to_csv, sort_rows, write_metrics
-from gpudispatch.scripts import create_shell_script
-from gpudispatch.store import FolderQueue, QueueError
-from gpudispatch.sweep import Sweep, SweepError, SweepJob, build_sweep, queue_sweep
+The names below are imported when first used (PEP 562): ``gpudispatch status`` and
+``submit`` need none of the sweep, parameter and results code, nor YAML.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METRICS_ENV",
-    "Directives",
-    "FolderQueue",
-    "JobRecord",
-    "JobState",
-    "Layout",
-    "QueueError",
-    "Sweep",
-    "SweepError",
-    "SweepJob",
-    "build_sweep",
-    "choice",
-    "constant",
-    "create_params_generator",
-    "create_shell_script",
-    "grid",
-    "int_uniform",
-    "log_uniform",
-    "parse_directives",
-    "q_uniform",
-    "queue_sweep",
-    "random_search",
-    "random_uniform_exponential",
-    "result_rows",
-    "rows_to_csv",
-    "sort_rows",
-    "uniform",
-    "write_metrics",
-]
+_WHERE = {
+    "Directives": "job", "JobRecord": "job", "JobState": "job", "parse_directives": "job",
+    "Layout": "layout",
+    "choice": "params", "constant": "params", "create_params_generator": "params",
+    "grid": "params", "int_uniform": "params", "log_uniform": "params",
+    "q_uniform": "params", "random_search": "params",
+    "random_uniform_exponential": "params", "uniform": "params",
+    "METRICS_ENV": "results", "result_rows": "results", "rows_to_csv": "results",
+    "sort_rows": "results", "write_metrics": "results",
+    "create_shell_script": "scripts",
+    "FolderQueue": "store", "QueueError": "store",
+    "Sweep": "sweep", "SweepError": "sweep", "SweepJob": "sweep", "build_sweep": "sweep",
+    "queue_sweep": "sweep",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"gpudispatch.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
+    from gpudispatch.job import Directives, JobRecord, JobState, parse_directives  # noqa: F401
+    from gpudispatch.layout import Layout  # noqa: F401
+    from gpudispatch.params import (  # noqa: F401
+        choice,
+        constant,
+        create_params_generator,
+        grid,
+        int_uniform,
+        log_uniform,
+        q_uniform,
+        random_search,
+        random_uniform_exponential,
+        uniform,
+    )
+    from gpudispatch.results import (  # noqa: F401
+        METRICS_ENV,
+        result_rows,
+        rows_to_csv,
+        sort_rows,
+        write_metrics,
+    )
+    from gpudispatch.scripts import create_shell_script  # noqa: F401
+    from gpudispatch.store import FolderQueue, QueueError  # noqa: F401
+    from gpudispatch.sweep import Sweep, SweepError, SweepJob, build_sweep, queue_sweep  # noqa: F401
