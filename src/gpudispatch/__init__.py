@@ -7,7 +7,10 @@ The names below are imported when first used (PEP 562): ``gpudispatch status`` a
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # (typing's own costs every start a few ms)
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

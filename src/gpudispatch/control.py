@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpudispatch import cgroups, procs
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
@@ -76,6 +75,8 @@ def _require(queue: FolderQueue, name: str) -> JobState:
 
 def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
     """Cancel a job; what happened, in words. Running groups get SIGTERM then SIGKILL."""
+    from gpudispatch import cgroups, procs  # only a cancel needs them
+
     state = _require(queue, name)
     layout = queue.layout
     if state is JobState.QUEUED:

@@ -12,7 +12,10 @@ import re
 import shlex
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+
+TYPE_CHECKING = False  # typing's own costs a CLI start a few ms
+if TYPE_CHECKING:
+    from typing import Any
 
 DIRECTIVE_PREFIX = "#GPUDISPATCH"
 # Directives are read from the header: the lines before the first command.

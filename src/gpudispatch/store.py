@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import logging
 import os
-import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +20,15 @@ from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
 from gpudispatch.monitor import ExitStatus, read_exit_journals
 from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename  # socket.gethostname(), without importing socket
+
+
+def _warn(message: str, *args: object) -> None:
+    """A record set aside, said on ``gpudispatch.store``'s log (imported only then)."""
+    import logging
+
+    logging.getLogger("gpudispatch.store").warning(message, *args)
 RECORD_MAX_BYTES = 1 << 20  # a record is a few hundred bytes; params of a sweep, a few KiB
-_log = logging.getLogger("gpudispatch.store")
 
 
 class QueueError(Exception):
@@ -92,14 +96,14 @@ class FolderQueue:
         except safeio.FileRefused as exc:
             problem = safeio.refusal(exc)
         except (OSError, ValueError) as exc:  # EACCES, ENAMETOOLONG, a NUL: leave it be
-            _log.warning("record of %s %s; using a fresh one", printable(name),
+            _warn("record of %s %s; using a fresh one", printable(name),
                          safeio.refusal(exc) if isinstance(exc, OSError) else exc)
             return JobRecord(name=name)
         else:
             try:
                 data = safeio.read_limited(fd, st.st_size, RECORD_MAX_BYTES)
             except OSError as exc:  # EIO and the like: nothing to set aside
-                _log.warning("record of %s %s; using a fresh one", printable(name),
+                _warn("record of %s %s; using a fresh one", printable(name),
                              safeio.refusal(exc))
                 return JobRecord(name=name)
             finally:
@@ -116,7 +120,7 @@ class FolderQueue:
                     return record       # must not make the next write land on that one
         aside = safeio.set_aside(path, st)
         where = f"set aside as {os.path.basename(aside)}" if aside else "left in place"
-        _log.warning("record of %s %s; %s, using a fresh one", printable(name), problem, where)
+        _warn("record of %s %s; %s, using a fresh one", printable(name), problem, where)
         return JobRecord(name=name)
 
     def write_record(self, record: JobRecord) -> None:
