@@ -294,3 +294,39 @@ def test_cancel_never_signals_a_stale_pid_from_an_old_record(tmp_path, root):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_submit_each_line_queues_one_job_per_line_run_in_line_order(tmp_path, root, launch):
+    order = tmp_path / "order.txt"
+    commands = tmp_path / "commands.txt"
+    lines = [f"echo {word} >> {q(order)}; echo {word} out" for word in
+             ("zulu", "alpha", "mike", "bravo", "yankee", "charlie", "xray", "delta",
+              "whiskey", "echo", "victor")]  # 11: line numbers must sort as numbers
+    commands.write_text("\n".join([lines[0], "", "# a comment", *lines[1:]]) + "\n")
+    out = cli("submit", "--dir", str(root), "--each-line", str(commands), "--retries", "1",
+              cwd=tmp_path, check=True)
+    names = out.stdout.split()
+    assert len(names) == len(lines) and names == sorted(names)
+    proc = launch.run(root, "--slots", "1", "--drain")
+    assert proc.wait(60) == 0, logfile_text(root)
+    assert read_lines(order) == [line.split()[1] for line in lines]
+    for name, line in zip(names, lines, strict=True):
+        assert (root / "logs" / f"{name}.log").read_text() == f"{line.split()[1]} out\n"
+        assert "--retries 1" in (root / "completed" / name).read_text()
+
+
+def test_submit_each_line_from_standard_input_and_bad_input(tmp_path, root):
+    ok = subprocess.run([PYTHON, "-m", "gpudispatch", "submit", "--dir", str(root),
+                         "--each-line", "-"], input="true\ntrue\n", capture_output=True,
+                        text=True, env=job_env(), timeout=30)
+    assert ok.returncode == 0 and len(ok.stdout.split()) == 2, ok.stderr
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\0\1\2")
+    for args, says in ((["--each-line", str(binary)], "is a binary file"),
+                       (["--each-line", str(tmp_path / "missing")], "No such file"),
+                       (["--each-line", str(tmp_path)], "Is a directory"),
+                       (["--each-line", "-", "--name", "x.sh"], "no SCRIPT, -- COMMAND")):
+        result = cli("submit", "--dir", str(root), *args)
+        assert result.returncode != 0 and says in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert len(os.listdir(root / "queue")) == 2  # nothing from the bad ones

@@ -364,7 +364,16 @@ def cmd_submit(args) -> int:
     queue = _queue(args, create=True)
     options = _directive_options(args)
     names = []
-    if args.command:
+    if args.each_line is not None:
+        if args.command or args.scripts or args.name:
+            raise CliError("--each-line takes the commands from its file: no SCRIPT, "
+                           "-- COMMAND or --name with it")
+        lines = control.command_lines(_read_input(args.each_line), args.each_line)
+        cwd = os.getcwd()
+        for name, line in zip(control.each_line_names(lines), lines, strict=True):
+            text = control.with_directives(control.line_script(line, cwd), options)
+            names.append(queue.enqueue_text(name, text, rename=True))
+    elif args.command:
         text = control.with_directives(control.command_script(args.command, os.getcwd()), options)
         name = _check_name(args.name or control.command_name(args.command))
         names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
@@ -376,6 +385,18 @@ def cmd_submit(args) -> int:
     for name in names:
         print(printable(name))
     return 0
+
+
+def _read_input(source: str) -> bytes:
+    """A file's bytes, or standard input's for ``-``; CliError (one line) if unreadable.
+    The user's own file: a symlink or a pipe (``<(seq ...)``) is taken as given."""
+    try:
+        if source == "-":
+            return sys.stdin.buffer.read()
+        with open(source, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise CliError(f"{printable(source)}: {exc.strerror or exc}") from None
 
 
 def _job_arg(queue: FolderQueue, name: str) -> JobState:
@@ -590,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
     p.add_argument("scripts", nargs="*", metavar="SCRIPT")
     p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
+    p.add_argument("--each-line", metavar="FILE",
+                   help="one job per line of FILE (- for standard input), each line a "
+                   "shell command run from here; the jobs run in line order")
     p.add_argument("--rename", action="store_true",
                    help="pick a free name when the name is taken (NAME-2.sh, ...)")
     p.add_argument("--gpus", type=int, metavar="K")

@@ -43,6 +43,46 @@ def command_script(argv: Sequence[str], cwd: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def line_script(line: str, cwd: str | None = None) -> str:
+    """A script that runs one shell command line (as ``sh -c LINE`` would: pipes,
+    redirections and ``&&`` included), from the folder it was submitted in."""
+    lines = ["#!/bin/sh", "# submitted with: gpudispatch submit --each-line"]
+    if cwd:
+        lines.append(f"cd {shlex.quote(cwd)} || exit 1")
+    lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def command_lines(data: bytes, source: str) -> list[str]:
+    """The commands of ``submit --each-line``: one per line; blank lines and ``#``
+    comments skipped, a CRLF ending taken as LF. QueueError (one line) when the input is
+    binary, not UTF-8, or holds no command."""
+    if b"\0" in data:
+        raise QueueError(f"{source} is a binary file, not one command per line")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise QueueError(f"{source} is not UTF-8 text (byte {exc.start})") from None
+    found = [line.removesuffix("\r") for line in text.split("\n")]
+    found = [line for line in found if line.strip() and not line.lstrip().startswith("#")]
+    if not found:
+        raise QueueError(f"{source} holds no command (one per line)")
+    return found
+
+
+def each_line_names(lines: Sequence[str], stamp: str | None = None) -> list[str]:
+    """Job names that sort in line order (the queue runs alphanumerically within a
+    priority): time, line number, then the program's name."""
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    width = max(4, len(str(len(lines))))
+    names = []
+    for number, line in enumerate(lines, 1):
+        words = line.split()
+        stem = command_name([words[0]] if words else []).split("-", 2)[-1]
+        names.append(f"{stamp}-{number:0{width}d}-{stem}")
+    return names
+
+
 def command_name(argv: Sequence[str]) -> str:
     """A file name for a wrapped command: its program's name, made safe."""
     stem = os.path.basename(argv[0]) if argv else "command"
