@@ -32,6 +32,8 @@ from conftest import (
     write_script,
 )
 
+from gpudispatch.store import FolderQueue
+
 pytestmark = pytest.mark.slow
 
 
@@ -330,3 +332,19 @@ def test_submit_each_line_from_standard_input_and_bad_input(tmp_path, root):
         assert result.returncode != 0 and says in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert len(os.listdir(root / "queue")) == 2  # nothing from the bad ones
+
+
+def test_status_shows_the_next_queued_jobs_in_run_order_and_counts_the_rest(root):
+    """A sweep-sized queue: status reads the records of what it shows, not of every
+    queued job; the next ones come in run order (priority first, then name)."""
+    queue = FolderQueue(root)
+    for i in range(30):
+        queue.enqueue_text(f"job{i:02d}.sh", "#!/bin/sh\ntrue\n")
+    queue.enqueue_text("zz-urgent.sh", "#!/bin/sh\n#GPUDISPATCH --priority 5\ntrue\n")
+    table = cli("status", "--dir", str(root), "--queued", "3", check=True).stdout
+    shown = [n for n in ("zz-urgent.sh", "job00.sh", "job01.sh", "job02.sh") if n in table]
+    assert shown == ["zz-urgent.sh", "job00.sh", "job01.sh"], table
+    assert table.index("zz-urgent.sh") < table.index("job00.sh") < table.index("job01.sh")
+    assert "next 3 of 31 queued shown" in table and "queued 31" in table
+    everything = cli("status", "--dir", str(root), "--all", check=True).stdout
+    assert "job29.sh" in everything and "next " not in everything

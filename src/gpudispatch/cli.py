@@ -13,7 +13,13 @@ from pathlib import Path
 from gpudispatch import argcheck, control, safeio
 from gpudispatch.argcheck import OptionError
 from gpudispatch.backends import BACKENDS
-from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe_iso
+from gpudispatch.job import (
+    DirectiveError,
+    JobState,
+    parse_directive_args,
+    parse_directives,
+    safe_iso,
+)
 from gpudispatch.layout import ROOT_ENV, default_root, name_problem, printable
 from gpudispatch.store import FolderQueue, JobView, QueueError
 
@@ -184,9 +190,38 @@ def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
     return [JobView(name, state, queue.read_record(name)) for _, name, state in entries]
 
 
-def status_views(queue: FolderQueue, finished_limit: int | None) -> list[JobView]:
-    active = list(queue.jobs((JobState.RUNNING, JobState.QUEUED)))
-    return active + _recent_finished(queue, finished_limit)
+ORDER_READ_LIMIT = 2000  # queued scripts whose headers status reads to show run order
+
+
+def _queued_in_order(queue: FolderQueue, limit: int | None) -> list[str]:
+    """The first ``limit`` queued names in run order (priority, then name). Priorities
+    live in the scripts' headers: they are read for up to ORDER_READ_LIMIT jobs; on a
+    larger queue the order shown is by name (``status`` says so)."""
+    names = queue.names(JobState.QUEUED)
+    if len(names) > ORDER_READ_LIMIT:
+        return names if limit is None else names[:limit]
+    from gpudispatch.scriptcheck import read_head
+
+    def key(name: str) -> tuple[int, str]:
+        path = queue.layout.script(JobState.QUEUED, name)
+        try:
+            head = read_head(path, os.lstat(path)).decode(errors="replace")
+            return (-parse_directives(head).priority, name)
+        except (OSError, DirectiveError):
+            return (0, name)
+
+    ordered = sorted(names, key=key)
+    return ordered if limit is None else ordered[:limit]
+
+
+def status_views(queue: FolderQueue, finished_limit: int | None,
+                 queued_limit: int | None = None) -> list[JobView]:
+    """Running jobs, the next ``queued_limit`` queued ones in run order, and the newest
+    ``finished_limit`` finished ones: records read stay bounded on a queue of 100,000."""
+    running = list(queue.jobs((JobState.RUNNING,)))
+    queued = [JobView(n, JobState.QUEUED, queue.read_record(n))
+              for n in _queued_in_order(queue, queued_limit)]
+    return running + queued + _recent_finished(queue, finished_limit)
 
 
 def _reason(view: JobView) -> str:
@@ -218,6 +253,13 @@ def status_table(queue: FolderQueue, views: list[JobView], title: str | None = N
 
     counts = {state: len(queue.names(state)) for state in JobState}
     summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
+    shown = sum(v.state is JobState.QUEUED for v in views)
+    if shown < counts[JobState.QUEUED]:
+        by = ""
+        if counts[JobState.QUEUED] > ORDER_READ_LIMIT:
+            by = f" (by name: over {ORDER_READ_LIMIT} queued, priorities are not read)"
+        summary += (f"\nnext {shown} of {counts[JobState.QUEUED]} queued shown{by}; "
+                    "status --all lists every job")
     paused = "  [bold yellow]PAUSED[/]" if queue.is_paused() else ""
     table = Table(title=title or _cell(queue.layout.root),
                   caption=summary + paused + _containment(views))
@@ -270,13 +312,13 @@ def gpu_table(gpus: list[dict]):
     return table
 
 
-def status_view(queue: FolderQueue, limit: int | None):
+def status_view(queue: FolderQueue, limit: int | None, queued_limit: int | None = None):
     """The job table, under the GPU table when a dispatcher has reported its GPUs."""
     from rich.console import Group
 
     from gpudispatch.report import read_gpu_report
 
-    views = status_views(queue, limit)
+    views = status_views(queue, limit, queued_limit)
     jobs = status_table(queue, views)
     gpus = read_gpu_report(queue.layout)
     if gpus:
@@ -304,22 +346,28 @@ def running_table(running: list[JobView]):
 def cmd_status(args) -> int:
     argcheck.seconds(args.interval, "--interval", minimum=0.1)
     argcheck.count(args.recent, "--recent", minimum=0)
+    argcheck.count(args.queued, "--queued", minimum=0)
     queue = _queue(args)
-    if args.json:
-        views = list(queue.jobs())
-        print(json.dumps([v.to_dict() for v in views], indent=1))
+    if args.json:  # streamed, one job at a time: constant memory on any queue
+        separator = "\n"
+        sys.stdout.write("[")
+        for view in queue.jobs():
+            sys.stdout.write(separator + json.dumps(view.to_dict()))
+            separator = ",\n"
+        sys.stdout.write("]\n" if separator == "\n" else "\n]\n")
         return 0
     from rich.console import Console
 
     console = Console()
     limit = None if args.all else args.recent
+    queued_limit = None if args.all else args.queued
     if not args.watch:
-        console.print(status_view(queue, limit))
+        console.print(status_view(queue, limit, queued_limit))
         return 0
     if not console.is_terminal:  # a pipe or file: one table per refresh, not a live view
         try:
             while True:
-                console.print(status_view(queue, limit))
+                console.print(status_view(queue, limit, queued_limit))
                 sys.stdout.flush()
                 time.sleep(args.interval)
         except KeyboardInterrupt:
@@ -329,7 +377,7 @@ def cmd_status(args) -> int:
     with Live(console=console, auto_refresh=False, screen=False) as live:
         try:
             while True:
-                live.update(status_view(queue, limit), refresh=True)
+                live.update(status_view(queue, limit, queued_limit), refresh=True)
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             pass
@@ -606,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="--watch refresh (seconds)")
     p.add_argument("--recent", type=int, default=20, metavar="N",
                    help="finished jobs to show (default 20)")
-    p.add_argument("--all", action="store_true", help="show every finished job")
+    p.add_argument("--queued", type=int, default=20, metavar="N",
+                   help="queued jobs to show, next first (default 20)")
+    p.add_argument("--all", action="store_true", help="show every queued and finished job")
 
     p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
     p.add_argument("scripts", nargs="*", metavar="SCRIPT")
