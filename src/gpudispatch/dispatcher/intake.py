@@ -32,6 +32,9 @@ class _Unready:
     writer_seen: float | None = None  # when /proc last showed it open for writing
 
 
+DISCOVER_BATCH = 2000  # files looked at per step of the loop
+
+
 class Intake:
     def __init__(self, queue: FolderQueue, wait: float,
                  impossible: Callable[[Directives, str], str | None],
@@ -54,6 +57,10 @@ class Intake:
         self._watched = False
         self.gone: list[str] = []  # pending jobs whose file went away (taken by the loop)
         self.next_scan = 0.0
+        # Names seen but not yet looked at: a folder of 100,000 new files is read
+        # DISCOVER_BATCH at a time, with the loop's steps between, so the first jobs start
+        # before the last files are read (their priorities count from then on).
+        self.backlog: list[str] = []
 
     @property
     def waiting(self) -> bool:
@@ -70,11 +77,15 @@ class Intake:
             names = self._scan()
         elif self.events or self._unready or self._blocked:
             names = self.events | set(self._unready) | self._blocked
-        if names is None:
+        if names is None and not self.backlog:
             return [], []
-        self._woken, self.events = self.events, set()
+        if names is not None:
+            self._woken, self.events = self.events, set()
+            fresh = {n for n in names if n not in self.pending}
+            self.backlog = sorted(fresh) + [n for n in self.backlog if n not in fresh]
+        batch, self.backlog = self.backlog[:DISCOVER_BATCH], self.backlog[DISCOVER_BATCH:]
         added, rejected = [], []
-        for name in names:
+        for name in batch:
             self._blocked.discard(name)
             if name in self.pending or not is_job_name(name):
                 continue
@@ -154,8 +165,21 @@ class Intake:
         if reason:
             self._heads.pop(name, None)
             return reason
-        self.pending[name] = QueuedJob(name, directives, now, alone=name in self.run_alone)
+        self.pending[name] = QueuedJob(name, directives, now, alone=self._alone(name, directives))
         return True
+
+    def _alone(self, name: str, directives: Directives) -> bool:
+        """Whether it runs alone on its GPU (it ran out of memory sharing one). Only a job
+        that shares GPUs (``--gpu-mem``) can; only its record says so after a restart, and
+        only its record is read: a queue of 100,000 is not read twice at start."""
+        if name in self.run_alone:
+            return True
+        if directives.gpu_mem is None:
+            return False
+        if self.queue.read_record(name).extra.get("run_alone"):
+            self.run_alone.add(name)
+            return True
+        return False
 
     def _writer_holds(self, name: str, seen: _Unready, st: os.stat_result,
                       now: float) -> bool:

@@ -268,7 +268,8 @@ class Dispatcher:
                 return False
             paused = self.paused
             return not self.running and (paused or (not self.intake.pending
-                                                    and not self.intake.waiting))
+                                                    and not self.intake.waiting
+                                                    and not self.intake.backlog))
         return False
 
     def request_stop(self) -> None:
@@ -899,10 +900,8 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ recovery
     def reconcile(self) -> None:
-        """At start: settle every job that dispatchers which are gone left in ``running/``."""
-        for name in self.queue.names(JobState.QUEUED):
-            if self.queue.read_record(name).extra.get("run_alone"):
-                self.intake.run_alone.add(name)
+        """At start: settle every job that dispatchers which are gone left in ``running/``
+        (a job requeued to run alone says so in its record: ``Intake`` reads it then)."""
         self._settle_orphans(time.monotonic())
 
     def _recheck_unsure(self, now: float) -> None:
@@ -1043,6 +1042,8 @@ class Dispatcher:
             wake_at.append(self._unsure_recheck)
         if self.intake.waiting:
             wake_at.append(now + 0.25)
+        if self.intake.backlog:
+            wake_at.append(now)  # more files to read, between the other steps
         if self.disk.trouble:
             wake_at.append(self.disk.next_probe)
         if self.leftovers.next_due is not None and (self.running or self.leftovers.busy):
