@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpudispatch.job import JobState, parse_directives
+from gpudispatch.results import metric_history
 from gpudispatch.store import FolderQueue
 from gpudispatch.sweep import (
     SweepError,
@@ -222,4 +222,6 @@ def test_example_sweep_runs_and_reports_metrics(tmp_path: Path) -> None:
     metrics = tmp_path / "m.json"
     subprocess.run(["/bin/sh", str(script)], check=True, capture_output=True, timeout=60,
                    env={**os.environ, "GPUDISPATCH_METRICS": str(metrics)})
-    assert set(json.loads(metrics.read_text())) == {"val_loss", "weight"}
+    history = metric_history(metrics)  # one line per epoch
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4, 5]
+    assert set(history[-1]) == {"step", "val_loss", "weight"}

@@ -1,7 +1,8 @@
 """gpudispatch: drop shell scripts into a folder; each runs on a free GPU.
 
 The names below are imported when first used (PEP 562): ``gpudispatch status`` and
-``submit`` need none of the sweep, parameter and results code, nor YAML.
+``submit`` need none of the sweep, parameter and results code, nor YAML, and a job's
+``from gpudispatch import log`` loads one small module.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ _WHERE = {
     "grid": "params", "int_uniform": "params", "log_uniform": "params",
     "q_uniform": "params", "random_search": "params",
     "random_uniform_exponential": "params", "uniform": "params",
-    "METRICS_ENV": "results", "result_rows": "results", "rows_to_csv": "results",
-    "sort_rows": "results", "write_metrics": "results",
+    "METRICS_ENV": "track", "log": "track",
+    "result_rows": "results", "rows_to_csv": "results", "sort_rows": "results",
+    "write_metrics": "results",
     "create_shell_script": "scripts",
     "FolderQueue": "store", "QueueError": "store",
     "Sweep": "sweep", "SweepError": "sweep", "SweepJob": "sweep", "build_sweep": "sweep",
@@ -61,7 +63,6 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
         uniform,
     )
     from gpudispatch.results import (  # noqa: F401
-        METRICS_ENV,
         result_rows,
         rows_to_csv,
         sort_rows,
@@ -70,3 +71,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
     from gpudispatch.scripts import create_shell_script  # noqa: F401
     from gpudispatch.store import FolderQueue, QueueError  # noqa: F401
     from gpudispatch.sweep import Sweep, SweepError, SweepJob, build_sweep, queue_sweep  # noqa: F401
+    from gpudispatch.track import METRICS_ENV, log  # noqa: F401

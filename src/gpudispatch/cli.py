@@ -563,9 +563,40 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _print_history(queue: FolderQueue, args) -> int:
+    """``results --history NAME``: the series a job logged, one row per line it wrote."""
+    from gpudispatch.results import cell_text, history_columns, metric_history, rows_to_csv
+
+    name = args.history
+    if queue.locate(name) is None:
+        raise CliError(f"no job named {name} in {queue.layout.root}")
+    history = metric_history(queue.layout.metrics(name))
+    cols = history_columns(history)
+    if args.json:
+        print(json.dumps(history, indent=1, default=str))
+        return 0
+    if args.csv:
+        sys.stdout.write(rows_to_csv(history, cols) if cols else "")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=_cell(f"{name}: {len(history)} entries"))
+    for col in cols:
+        table.add_column(_cell(col), justify="right")
+    for entry in history:
+        table.add_row(*(_cell(cell_text(entry.get(c))) for c in cols))
+    Console().print(table)
+    return 0
+
+
 def cmd_results(args) -> int:
     from gpudispatch.results import cell_text, columns, result_rows, rows_to_csv, sort_rows
 
+    if args.history is not None:
+        if args.sweep or args.sort or args.top is not None:
+            raise CliError("--history NAME shows one job: it takes no --sweep, --sort or --top")
+        return _print_history(_queue(args), args)
     rows = result_rows(_queue(args), sweep=args.sweep)
     if args.sort:
         rows = sort_rows(rows, args.sort, descending=args.desc)
@@ -701,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="rows as CSV")
     p.add_argument("--sort", metavar="METRIC", help="sort by this column (missing last)")
     p.add_argument("--desc", action="store_true", help="largest first")
+    p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
+    p.add_argument("--history", metavar="NAME",
+                   help="the metrics one job logged over time, a row per line it wrote")
 
     verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
     verb("resume", cmd_resume, "start new jobs again")

@@ -11,13 +11,13 @@ import unicodedata
 from pathlib import Path
 
 from gpudispatch.job import JobState
+from gpudispatch.track import METRICS_ENV  # defined where jobs import it cheaply
 
 ROOT_ENV = "GPUDISPATCH_ROOT"
 # What a job finds in its environment (and the on-finish hook, in HOOK_*).
 JOB_ENV = "GPUDISPATCH_JOB"
 ATTEMPT_ENV = "GPUDISPATCH_ATTEMPT"
 LOG_ENV = "GPUDISPATCH_LOG"
-METRICS_ENV = "GPUDISPATCH_METRICS"
 EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # the journal the monitor appends to; finds it too
 RUN_ENV = "GPUDISPATCH_RUN"  # this run's identity in the journal: script inode and attempt
 CGROUP_ENV = "GPUDISPATCH_CGROUP"  # the run's own cgroup, which its shell joins (if any)

@@ -1,9 +1,10 @@
 """Sweep results: one row per job, its params beside the metrics it reported.
 
-A job reports metrics by writing one JSON object to the file named in the environment
-variable ``GPUDISPATCH_METRICS`` (the local runner sets it to ``logs/NAME.metrics.json``).
-Any language can do that; Python jobs may call :func:`write_metrics`, which writes
-atomically so a reader never sees half a file.
+A job reports metrics in the file named by ``GPUDISPATCH_METRICS`` (every backend sets it
+to ``logs/NAME.metrics.json``): one JSON object (:func:`write_metrics` replaces the file
+atomically), or one object per line appended as it trains (``gpudispatch.log``). Any
+language can do either. A row shows the last value of each key; the lines are the
+history (``results --history NAME``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, safe_iso
-from gpudispatch.layout import METRICS_ENV
 from gpudispatch.store import FolderQueue, write_atomic
+from gpudispatch.track import METRICS_ENV, log
 
-__all__ = ["METRICS_ENV"]  # re-exported: jobs import it from here
+__all__ = ["METRICS_ENV", "log"]  # re-exported: jobs import them from here too
 BASE_COLUMNS = ("name", "state", "duration_s", "gpus")
 PARAM_PREFIX = "param."
 METRIC_PREFIX = "metric."
@@ -44,15 +45,75 @@ def write_metrics(metrics: Mapping[str, Any], path: str | Path | None = None) ->
     return target
 
 
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    """The metrics a job wrote; empty when there are none yet, the file is not an object,
-    or it is not a regular file of at most METRICS_MAX_BYTES (a results table must not
-    fail, hang on a FIFO or fill memory because of what one job left in logs/)."""
+def _read_tail(path: str | Path, limit: int) -> bytes:
+    """At most the last ``limit`` bytes of a regular file, from a line start: a history
+    longer than that keeps its recent end (a table must not read a runaway file into
+    memory, nor hang on a FIFO or follow a symlink someone left in logs/)."""
+    fd, st = safeio.open_regular_stat(path)
     try:
-        data = json.loads(safeio.read_regular(path, METRICS_MAX_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        skip = max(0, st.st_size - limit)
+        if skip:
+            os.lseek(fd, skip - 1, os.SEEK_SET)  # one byte early: is `skip` a line start?
+        chunks, total = [], 0
+        while total < limit + (1 if skip else 0):
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if skip:
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    return data
+
+
+def parse_metrics(data: bytes | str) -> list[dict[str, Any]]:
+    """The objects in a metrics file, in order: the whole text when it is one JSON object
+    (pretty-printed or not), else each line that is one. A line that is not an object
+    (garbage, a half-written last line, an array) is skipped: a job's file must never
+    make ``results`` fail."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    try:
+        whole = json.loads(text)
+    except (ValueError, RecursionError):
+        whole = None
+    if isinstance(whole, dict):
+        return [whole]
+    entries = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def metric_history(path: str | Path) -> list[dict[str, Any]]:
+    """Every object a job reported, oldest first; empty when there is no readable file."""
+    try:
+        return parse_metrics(_read_tail(path, METRICS_MAX_BYTES))
+    except OSError:
+        return []
+
+
+def latest(history: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last value of each key (keys in the order first reported)."""
+    merged: dict[str, Any] = {}
+    for entry in history:
+        merged.update(entry)
+    return merged
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics a job wrote, the last value of each key; empty when there are none yet
+    or the file is not a regular file (see :func:`metric_history`)."""
+    return latest(metric_history(path))
 
 
 def duration_s(record: JobRecord) -> float | None:
@@ -123,6 +184,14 @@ def columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     for row in rows:
         seen.update(dict.fromkeys(row))
     return list(seen)
+
+
+def history_columns(history: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every key of a job's history, ``step`` first, then in the order first reported."""
+    seen: dict[str, None] = {}
+    for entry in history:
+        seen.update(dict.fromkeys(entry))
+    return sorted(seen, key=lambda key: key != "step")  # stable: the rest keep their order
 
 
 def cell_text(value: Any) -> str:
