@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -556,7 +557,8 @@ def cmd_sweep(args) -> int:
         raise CliError(f"sweep {sweep.name} has {len(sweep.jobs):,} runs, more than "
                        f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
     try:
-        names = iter_queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name)
+        names = iter_queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name,
+                                 sweep.metric)
     except SweepError as exc:
         raise CliError(str(exc)) from None
     print("\n".join(printable(line) for line in summary_lines(sweep, names)))
@@ -565,7 +567,7 @@ def cmd_sweep(args) -> int:
 
 def _print_history(queue: FolderQueue, args) -> int:
     """``results --history NAME``: the series a job logged, one row per line it wrote."""
-    from gpudispatch.results import cell_text, history_columns, metric_history, rows_to_csv
+    from gpudispatch.results import history_columns, metric_history, rows_to_csv, table_text
 
     name = args.history
     if queue.locate(name) is None:
@@ -585,38 +587,98 @@ def _print_history(queue: FolderQueue, args) -> int:
     for col in cols:
         table.add_column(_cell(col), justify="right")
     for entry in history:
-        table.add_row(*(_cell(cell_text(entry.get(c))) for c in cols))
+        table.add_row(*(_cell(table_text(entry.get(c))) for c in cols))
     Console().print(table)
     return 0
 
 
+def _known(things: Iterable[str]) -> str:
+    return ", ".join(printable(t) for t in sorted(things)) or "none"
+
+
 def cmd_results(args) -> int:
-    from gpudispatch.results import cell_text, columns, result_rows, rows_to_csv, sort_rows
+    from gpudispatch.results import collect, columns, rows_to_csv, sort_rows
 
     if args.history is not None:
         if args.sweep or args.sort or args.top is not None:
             raise CliError("--history NAME shows one job: it takes no --sweep, --sort or --top")
         return _print_history(_queue(args), args)
-    rows = result_rows(_queue(args), sweep=args.sweep)
+    top = None if args.top is None else argcheck.count(args.top, "--top")
+    found = collect(_queue(args), sweep=args.sweep)
+    if args.sweep is not None and args.sweep not in found.sweeps:
+        raise CliError(f"no sweep named {args.sweep}; known sweeps: {_known(found.sweeps)}")
+    rows, cols = found.rows, columns(found.rows)
+    ranking = found.ranking()
     if args.sort:
-        rows = sort_rows(rows, args.sort, descending=args.desc)
+        # The sweep's metric is known before any run reports it (`sweep` suggests it).
+        known = list(dict.fromkeys([*cols, *(metric for metric, _ in found.goals)]))
+        if args.sort not in known:
+            raise CliError(f"no column {args.sort} to sort by; known columns: "
+                           f"{', '.join(printable(c) for c in known)}")
+        ranking = (args.sort, args.desc)
+    if ranking:
+        rows = sort_rows(rows, *ranking)
+    total = len(rows)
+    rows = rows[:top]
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
     if args.csv:
-        sys.stdout.write(rows_to_csv(rows))
+        sys.stdout.write(rows_to_csv(rows, cols))
         return 0
+    notes = [f"sweep {args.sweep}"] if args.sweep else []
+    if ranking and not args.sort:
+        notes.append(f"best first by {ranking[0]} "
+                     f"({'maximize' if ranking[1] else 'minimize'})")
+    elif ranking:
+        notes.append(f"by {ranking[0]}{', largest first' if ranking[1] else ''}")
+    if top is not None and top < total:
+        notes.append(f"top {top} of {total}")
+    _print_results_table(rows, cols, ranking[0] if ranking else None, "; ".join(notes))
+    return 0
+
+
+def _print_results_table(rows: list[dict], cols: list[str], key: str | None,
+                         title: str) -> None:
+    """The results table, as wide as the terminal: every job's whole name, always (a run
+    that cannot be named cannot be found); other columns are narrowed, then left out (the
+    sort key last), and a caption says which. Wider than the terminal only when one name
+    is."""
+    from rich.cells import cell_len
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=_cell(f"sweep {args.sweep}") if args.sweep else None)
-    cols = columns(rows)
-    for col in cols:
-        table.add_column(_cell(col), justify="left" if col in ("name", "state") else "right")
-    for row in rows:
-        table.add_row(*(_cell(cell_text(row.get(c))) for c in cols))
-    Console().print(table)
-    return 0
+    from gpudispatch.results import BASE_COLUMNS, fit_widths, table_text
+
+    cells = [{c: printable(table_text(row.get(c))) for c in cols} for row in rows]
+    widest = {c: max([0, *(cell_len(r[c]) for r in cells)]) for c in cols}
+    natural = {c: max(cell_len(printable(c)), widest[c]) for c in cols}
+    # A number or a state cut short would mislead: such a column is shown whole or not
+    # at all (only its heading may be cut); long text (a param) may be cut to 6 cells.
+    whole = {c for c in cols if c == "state" or all(
+        row.get(c) is None or isinstance(row.get(c), (int, float)) for row in rows)}
+    least = {c: max(widest[c], min(natural[c], 6)) if c in whole else min(natural[c], 6)
+             for c in cols}
+    rest = [c for c in cols if c not in BASE_COLUMNS]
+    priority = [c for c in dict.fromkeys([key, "state", *rest, "duration_s", "gpus"])
+                if c in natural and c != "name"]
+    console = Console()
+    widths = fit_widths(natural, least, "name", priority, console.width)
+    needed = sum(widths.values()) + 3 * len(widths) + 1
+    if needed > console.width:  # the name alone is wider: let the terminal wrap the line
+        console = Console(width=needed)
+    hidden = [c for c in cols if c not in widths]
+    caption = (f"{len(hidden)} more column(s) not shown: {', '.join(map(printable, hidden))}"
+               " (a wider terminal, --csv or --json show them)") if hidden else None
+    table = Table(title=_cell(title) if title else None, caption=_cell(caption or "")
+                  if caption else None)
+    shown = [c for c in cols if c in widths]
+    for col in shown:
+        table.add_column(_cell(col), justify="left" if col in ("name", "state") else "right",
+                         width=widths[col], no_wrap=True, overflow="ellipsis")
+    for row in cells:
+        table.add_row(*(_cell(row[c]) for c in shown))
+    console.print(table)
 
 
 # ---------------------------------------------------------------------- parser

@@ -15,6 +15,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +138,38 @@ def merge_row(
     return row
 
 
-def result_rows(queue: FolderQueue, sweep: str | None = None) -> list[dict[str, Any]]:
-    """A row per job in every state, in name order (a sweep's run order); with ``sweep``,
-    only the jobs queued by that sweep."""
-    rows = []
+@dataclass
+class Results:
+    """The rows ``results`` shows, and what their sweeps' records say."""
+
+    rows: list[dict[str, Any]]
+    sweeps: set[str]  # every sweep with a job in the queue (to name them when one is wrong)
+    goals: set[tuple[str, str]]  # (metric, goal) of the sweeps of these rows that have one
+
+    def ranking(self) -> tuple[str, bool] | None:
+        """``(metric, descending)`` that puts the best run first: the sweep's ``metric``
+        when the rows' sweeps agree on one; None otherwise (name order, a run order)."""
+        if len(self.goals) != 1:
+            return None
+        (metric, goal), = self.goals
+        return metric, goal == "maximize"
+
+
+def collect(queue: FolderQueue, sweep: str | None = None) -> Results:
+    """:func:`result_rows` plus the sweeps seen, from one pass over the records."""
+    rows: list[dict[str, Any]] = []
+    sweeps: set[str] = set()
+    goals: set[tuple[str, str]] = set()
     for job in queue.jobs():
         record = job.record
-        if sweep is not None and record.extra.get("sweep") != sweep:
+        own = record.extra.get("sweep")
+        if isinstance(own, str):
+            sweeps.add(own)
+        if sweep is not None and own != sweep:
             continue
+        target = record.extra.get("sweep_metric")
+        if isinstance(target, dict) and isinstance(target.get("name"), str):
+            goals.add((target["name"], str(target.get("goal", "minimize"))))
         base = {
             "name": job.name,
             "state": job.state.value,
@@ -153,7 +178,14 @@ def result_rows(queue: FolderQueue, sweep: str | None = None) -> list[dict[str, 
         }
         metrics = read_metrics(queue.layout.metrics(job.name))
         rows.append(merge_row(base, record.params, metrics))
-    return sorted(rows, key=lambda row: row["name"])
+    rows.sort(key=lambda row: row["name"])
+    return Results(rows, sweeps, goals)
+
+
+def result_rows(queue: FolderQueue, sweep: str | None = None) -> list[dict[str, Any]]:
+    """A row per job in every state, in name order (a sweep's run order); with ``sweep``,
+    only the jobs queued by that sweep."""
+    return collect(queue, sweep).rows
 
 
 def _is_number(value: Any) -> bool:
@@ -192,6 +224,43 @@ def history_columns(history: Iterable[Mapping[str, Any]]) -> list[str]:
     for entry in history:
         seen.update(dict.fromkeys(entry))
     return sorted(seen, key=lambda key: key != "step")  # stable: the rest keep their order
+
+
+def fit_widths(natural: Mapping[str, int], least: Mapping[str, int], keep: str,
+               priority: Sequence[str], width: int, *, overhead: int = 3) -> dict[str, int]:
+    """Column widths for a table at most ``width`` cells wide (pure).
+
+    ``keep`` (the job name) always gets its whole ``natural`` width: a run that cannot be
+    named cannot be found. The others join in ``priority`` order while each still fits at
+    its ``least`` width; the room left then widens them, in the same order, towards their
+    natural width. A column that does not fit is left out (absent from the result).
+    ``overhead``: cells a column costs besides its text (padding, a rule); the table's
+    last rule is one more.
+    """
+    used = 1 + overhead + natural[keep]
+    chosen = {keep: natural[keep]}
+    for col in priority:
+        if col in chosen:
+            continue
+        narrow = min(natural[col], least[col])
+        if used + overhead + narrow <= width:
+            chosen[col] = narrow
+            used += overhead + narrow
+    spare = width - used
+    for col in priority:
+        if col in chosen and spare > 0:
+            grow = min(natural[col] - chosen[col], spare)
+            chosen[col] += grow
+            spare -= grow
+    return chosen
+
+
+def table_text(value: Any) -> str:
+    """:func:`cell_text` for a table on screen: floats to 6 significant digits (CSV and
+    JSON keep every digit)."""
+    if isinstance(value, float) and not math.isnan(value) and not math.isinf(value):
+        return f"{value:.6g}"
+    return cell_text(value)
 
 
 def cell_text(value: Any) -> str:

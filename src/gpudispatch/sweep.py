@@ -464,20 +464,26 @@ def build_sweep(
 # --- queueing ----------------------------------------------------------------------------
 
 
-def queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str) -> list[str]:
+def queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str,
+                metric: Mapping[str, Any] | None = None) -> list[str]:
     """Queue every job, or none when a name is taken (checked for all before the first);
     the names queued, in order."""
-    return list(iter_queue_sweep(jobs, queue, sweep_name))
+    return list(iter_queue_sweep(jobs, queue, sweep_name, metric))
 
 
-def iter_queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue,
-                     sweep_name: str) -> Iterator[str]:
+def iter_queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str,
+                     metric: Mapping[str, Any] | None = None) -> Iterator[str]:
     """:func:`queue_sweep` one job at a time: every name is checked now, and each job is
     queued as the iterator is consumed (its name then yielded), so memory does not grow
-    with the sweep."""
+    with the sweep. ``metric`` (the spec's) goes into each record with the sweep's name,
+    so that ``results`` can rank the runs best first without the spec file."""
     check_names(jobs, queue)
-    return (queue.enqueue_text(job.name, job.text, params=job.params,
-                               extra={"sweep": sweep_name}) for job in jobs)
+    extra: dict[str, Any] = {"sweep": sweep_name}
+    if metric:
+        extra["sweep_metric"] = {"name": metric["name"],
+                                 "goal": metric.get("goal", "minimize")}
+    return (queue.enqueue_text(job.name, job.text, params=job.params, extra=extra)
+            for job in jobs)
 
 
 def check_names(jobs: Sequence[SweepJob], queue: FolderQueue) -> None:
