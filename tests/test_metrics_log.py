@@ -21,6 +21,7 @@ from gpudispatch.results import (
     parse_metrics,
     read_metrics,
 )
+from gpudispatch.store import FolderQueue
 from gpudispatch.track import METRICS_ENV, log
 
 
@@ -144,3 +145,15 @@ def test_history_and_last_values_from_a_real_job(root: Path, launch) -> None:
     missing = cli("results", "--dir", str(root), "--history", "nope.sh")
     assert missing.returncode != 0 and "nope.sh" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_history_of_a_job_that_reported_nothing(tmp_path: Path) -> None:
+    queue = FolderQueue(tmp_path / "root")
+    queue.enqueue_text("quiet.sh", "#!/bin/sh\n")
+    args = ("results", "--dir", str(queue.layout.root), "--history", "quiet.sh")
+    out = cli(*args, check=True).stdout
+    assert out.startswith("quiet.sh has reported no metrics (")
+    assert json.loads(cli(*args, "--json", check=True).stdout) == []
+    assert cli(*args, "--csv", check=True).stdout == ""
+    both = cli(*args, "--top", "2")
+    assert both.returncode != 0 and "--history" in both.stderr

@@ -574,6 +574,10 @@ def _print_history(queue: FolderQueue, args) -> int:
         raise CliError(f"no job named {name} in {queue.layout.root}")
     history = metric_history(queue.layout.metrics(name))
     cols = history_columns(history)
+    if not history and not (args.json or args.csv):
+        print(f"{printable(name)} has reported no metrics "
+              f"({printable(queue.layout.metrics(name))})")
+        return 0
     if args.json:
         print(json.dumps(history, indent=1, default=str))
         return 0
