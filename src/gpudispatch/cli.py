@@ -673,9 +673,9 @@ def _print_results_table(rows: list[dict], cols: list[str], key: str | None,
         console = Console(width=needed)
     hidden = [c for c in cols if c not in widths]
     caption = (f"{len(hidden)} more column(s) not shown: {', '.join(map(printable, hidden))}"
-               " (a wider terminal, --csv or --json show them)") if hidden else None
-    table = Table(title=_cell(title) if title else None, caption=_cell(caption or "")
-                  if caption else None)
+               " (a wider terminal, --csv or --json show them)")
+    table = Table(title=_cell(title) if title else None,
+                  caption=_cell(caption) if hidden else None)
     shown = [c for c in cols if c in widths]
     for col in shown:
         table.add_column(_cell(col), justify="left" if col in ("name", "state") else "right",
@@ -796,8 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="rows as a JSON array")
     fmt.add_argument("--csv", action="store_true", help="rows as CSV")
-    p.add_argument("--sort", metavar="METRIC", help="sort by this column (missing last)")
-    p.add_argument("--desc", action="store_true", help="largest first")
+    p.add_argument("--sort", metavar="COLUMN", help="sort by this column (missing last; "
+                   "default: by the sweep's metric, best first, where its file names one)")
+    p.add_argument("--desc", action="store_true", help="with --sort: largest first")
     p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
     p.add_argument("--history", metavar="NAME",
                    help="the metrics one job logged over time, a row per line it wrote")
