@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing's own import costs every job and verb a few ms
+if TYPE_CHECKING:
+    from typing import Any
 
 # The variable naming the file (re-exported by gpudispatch.layout, where the others live).
 METRICS_ENV = "GPUDISPATCH_METRICS"
