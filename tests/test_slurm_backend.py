@@ -12,6 +12,7 @@ import pytest
 
 from gpudispatch.backends.sbatch import (
     COMMENT_PREFIX,
+    export_value,
     is_transient,
     parse_sbatch_output,
     sbatch_command,
@@ -34,7 +35,7 @@ from gpudispatch.backends.slurm_status import (
     sacct_base,
 )
 from gpudispatch.job import JobState, parse_directives
-from gpudispatch.layout import Layout
+from gpudispatch.layout import PUBLIC_JOB_VARS, Layout
 from gpudispatch.store import FolderQueue
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -75,6 +76,10 @@ SBATCH_CASES = {
         partition="gpu",
         extra=["-A", "lab", "--partition=other", "--nodes=2"],
     ),
+    # --export is merged: the script's (else the site's) value plus our variables' names.
+    "script_export_none": dict(script="#!/bin/sh\n#SBATCH --export=NONE\necho\n",
+                               extra=["--export=ALL,SITE=1"]),
+    "site_export": dict(script="#!/bin/sh\necho\n", extra=["--export", "PATH,HOME"]),
 }
 
 
@@ -96,6 +101,22 @@ def test_sbatch_command_golden(case: str) -> None:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text(), shlex.join(argv)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, "ALL,{ours}"),
+        ("ALL", "ALL,{ours}"),
+        ("NONE", "{ours}"),  # Slurm takes no variables after NONE; SLURM_* + ours, as NONE
+        ("PATH,A=1", "PATH,A=1,{ours}"),
+        ("ALL,GPUDISPATCH_JOB=mine", "ALL,GPUDISPATCH_JOB=mine,{rest}"),  # theirs kept
+    ],
+)
+def test_export_value_adds_every_public_variable(given: str | None, expected: str) -> None:
+    ours = ",".join(PUBLIC_JOB_VARS)
+    rest = ",".join(v for v in PUBLIC_JOB_VARS if v != "GPUDISPATCH_JOB")
+    assert export_value(given) == expected.format(ours=ours, rest=rest)
 
 
 def test_script_sbatch_lines_override_every_option_of_ours() -> None:

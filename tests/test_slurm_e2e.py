@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import cli, job_env, wait_until
 
 from gpudispatch.backends.sbatch import COMMENT_PREFIX, sbatch_command
 from gpudispatch.backends.slurm import SlurmBackend, cancel_slurm, run_slurm
 from gpudispatch.job import JobState, now_iso, parse_directives
+from gpudispatch.layout import LOCAL_ONLY_VARS, PUBLIC_JOB_VARS
 from gpudispatch.store import FolderQueue
 
 pytestmark = [
@@ -358,7 +359,7 @@ def test_slurm_jobs_see_what_local_jobs_see_and_their_metrics_reach_results(
         queue: FolderQueue, prefix: str) -> None:
     name = add(queue, f"{prefix}-env.sh",
                'for v in GPUDISPATCH_JOB GPUDISPATCH_ATTEMPT GPUDISPATCH_ROOT GPUDISPATCH_LOG '
-               'GPUDISPATCH_METRICS GPUDISPATCH_EXIT_FILE GPUDISPATCH_RUN CUDA_DEVICE_ORDER; do\n'
+               'GPUDISPATCH_METRICS CUDA_DEVICE_ORDER; do\n'
                '  eval "echo $v=\\${$v-UNSET}"; done\n'
                'echo \'{"acc": 0.75}\' > "$GPUDISPATCH_METRICS"')
     backend = SlurmBackend(queue, poll_interval=0.2)
@@ -435,6 +436,9 @@ def test_a_job_slurm_requeues_is_another_attempt_with_its_own_log(queue: FolderQ
     backend = SlurmBackend(queue, poll_interval=0.2)
     drive(backend, lambda: slurm_state(queue, job) == "RUNNING", what="the job to run")
     first = queue.read_record(job)
+    # Slurm says RUNNING once it has allocated the job; slurmd may not have launched it.
+    wait_until(lambda: Path(first.log).exists() and "run " in Path(first.log).read_text(),
+               30, message="the first run to start")
     subprocess.run(["scontrol", "requeue", first.backend_id], check=True)
     drive(backend, lambda: queue.read_record(job).attempts == 2, what="the requeue")
     gate.touch()  # the second run ends at once
@@ -455,3 +459,47 @@ def test_a_job_slurm_requeues_is_another_attempt_with_its_own_log(queue: FolderQ
     assert Path(rec.log).name == f"{job}.2.log" and Path(first.log).name == f"{job}.log"
     assert Path(first.log).read_text().startswith("run ")  # the first run's output kept
     assert Path(rec.log).read_text().startswith("run ")
+ENV_DUMP = "env | grep '^GPUDISPATCH_' | sort > {out}/env-$GPUDISPATCH_JOB\n"
+METRIC = """printf '{"step": 2, "val_loss": 0.25}\\n' > "$GPUDISPATCH_METRICS"\n"""
+
+
+def dumped_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines())
+
+
+def test_slurm_job_sees_every_variable_a_local_job_sees(
+        queue: FolderQueue, prefix: str, launch, tmp_path: Path) -> None:
+    """The same script run by the local dispatcher and on Slurm (also under an
+    ``#SBATCH --export=NONE`` line): same variable names, less the local monitor's own."""
+    out = tmp_path / "envs"
+    out.mkdir()
+    local_root = tmp_path / "local"
+    local = FolderQueue(local_root)
+    add(local, "local.sh", ENV_DUMP.format(out=out))
+    proc = launch.run(local_root, "--slots", "1", "--drain")
+    assert proc.wait(30) == 0, proc.output()
+    plain = add(queue, f"{prefix}-plain.sh", ENV_DUMP.format(out=out))
+    bare = add(queue, f"{prefix}-bare.sh", ENV_DUMP.format(out=out), "#SBATCH --export=NONE\n")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, plain, bare), what="both jobs to end")
+    assert queue.names(JobState.COMPLETED) == sorted([plain, bare])
+
+    seen_locally = set(dumped_env(out / "env-local.sh")) - set(LOCAL_ONLY_VARS)
+    assert seen_locally == set(PUBLIC_JOB_VARS)
+    for name in (plain, bare):
+        env = dumped_env(out / f"env-{name}")
+        assert set(env) == seen_locally, name
+        assert env == queue.layout.public_job_env(name, 1, queue.layout.job_log(name, 1))
+
+
+def test_metrics_a_slurm_job_writes_reach_results(queue: FolderQueue, prefix: str) -> None:
+    job = add(queue, f"{prefix}-metric.sh", METRIC)
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, job), what="the job to end")
+    assert queue.locate(job) is JobState.COMPLETED, queue.read_record(job).reason
+    root = str(queue.layout.root)
+    rows = json.loads(cli("results", "--dir", root, "--json", check=True).stdout)
+    assert [(r["name"], r["step"], r["val_loss"]) for r in rows] == [(job, 2, 0.25)]
+    table = cli("results", "--dir", root, env={**job_env(), "COLUMNS": "200"},
+                check=True).stdout
+    assert "val_loss" in table and "0.25" in table

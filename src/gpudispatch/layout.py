@@ -21,6 +21,10 @@ LOG_ENV = "GPUDISPATCH_LOG"
 EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # the journal the monitor appends to; finds it too
 RUN_ENV = "GPUDISPATCH_RUN"  # this run's identity in the journal: script inode and attempt
 CGROUP_ENV = "GPUDISPATCH_CGROUP"  # the run's own cgroup, which its shell joins (if any)
+# Every backend gives a job these (Slurm too); the local monitor's own bookkeeping
+# (EXIT_FILE, RUN, CGROUP) means nothing on a Slurm node and is local only.
+PUBLIC_JOB_VARS = (JOB_ENV, ROOT_ENV, ATTEMPT_ENV, LOG_ENV, METRICS_ENV)
+LOCAL_ONLY_VARS = (EXIT_FILE_ENV, RUN_ENV, CGROUP_ENV)
 HOOK_STATE_ENV = "GPUDISPATCH_STATE"
 HOOK_EXIT_CODE_ENV = "GPUDISPATCH_EXIT_CODE"
 HOOK_REASON_ENV = "GPUDISPATCH_REASON"
@@ -156,16 +160,24 @@ class Layout:
     def metrics(self, name: str) -> str:
         return f"{self._logs}{name}.metrics.json"
 
-    def job_env(self, name: str, attempt: int, gpus: list[int], log: str,
-                inode: int = 0) -> dict[str, str]:
-        """What a job's environment adds to the dispatcher's (``inode``: its script's)."""
+    def public_job_env(self, name: str, attempt: int, log: str) -> dict[str, str]:
+        """The :data:`PUBLIC_JOB_VARS` of one run: built here alone, so that a job sees
+        the same names and values whichever backend runs it."""
         return {
-            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
             JOB_ENV: name,
             ROOT_ENV: str(self.root),
             ATTEMPT_ENV: str(attempt),
             LOG_ENV: log,
             METRICS_ENV: self.metrics(name),
+        }
+
+    def job_env(self, name: str, attempt: int, gpus: list[int], log: str,
+                inode: int = 0) -> dict[str, str]:
+        """What a local job's environment adds to the dispatcher's (``inode``: its
+        script's): the public variables plus the local monitor's bookkeeping."""
+        return {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            **self.public_job_env(name, attempt, log),
             EXIT_FILE_ENV: self.exit_journal(),
             RUN_ENV: f"{inode}.{attempt}",
         }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gpudispatch.job import Directives
-from gpudispatch.layout import Layout
+from gpudispatch.layout import PUBLIC_JOB_VARS, Layout
 
 COMMENT_PREFIX = "gpudispatch:"
 
@@ -113,17 +113,36 @@ def script_sbatch_options(text: str) -> dict[str, str | None]:
         except ValueError:
             words = rest.split()
         for key, group in split_sbatch_args(words):
-            if not key:
-                continue
-            if len(group) == 2:
-                options[key] = group[1]
-            elif "=" in group[0] and group[0].startswith("--"):
-                options[key] = group[0].split("=", 1)[1]
-            elif not group[0].startswith("--") and len(group[0]) > 2:
-                options[key] = group[0][2:]
-            else:
-                options[key] = None
+            if key:
+                options[key] = _value_of(group)
     return options
+
+
+def _value_of(group: Sequence[str]) -> str | None:
+    """The value in one option's words (``--opt V``, ``--opt=V``, ``-oV``); None: a flag."""
+    if len(group) == 2:
+        return group[1]
+    if "=" in group[0] and group[0].startswith("--"):
+        return group[0].split("=", 1)[1]
+    if not group[0].startswith("--") and len(group[0]) > 2:
+        return group[0][2:]
+    return None
+
+
+def export_value(given: str | None) -> str:
+    """``--export`` that keeps what the script (or site) asked for and adds the names of
+    :data:`PUBLIC_JOB_VARS`, whose values sbatch takes from its own environment.
+
+    Without it a job would see them only while sbatch's default (``ALL``) holds: an
+    ``--export=NONE`` line or ``SBATCH_EXPORT`` would silently take the metrics path away.
+    ``NONE`` takes no variables in Slurm, so it becomes the bare list of ours (as NONE:
+    only ``SLURM_*`` and these); names comma-separated because values may hold commas.
+    """
+    words = [w for w in (given or "ALL").split(",") if w]
+    if words and words[0].upper() == "NONE":
+        words = []
+    named = {w.split("=", 1)[0] for w in words}
+    return ",".join(words + [v for v in PUBLIC_JOB_VARS if v not in named])
 
 
 def time_limit(seconds: float) -> str:
@@ -153,7 +172,8 @@ def sbatch_command(
     over ``extra_args``. ``after_ids`` are the Slurm ids of the ``--after`` jobs still
     to finish. ``script_path`` None means the script comes on stdin.
     """
-    in_script = set(script_sbatch_options(script_text))
+    script_options = script_sbatch_options(script_text)
+    in_script = set(script_options)
     ours: list[tuple[str, str]] = [
         ("job-name", f"--job-name={slurm_job_name(name)}"),
         ("output", f"--output={layout.job_log(name, attempt)}"),
@@ -174,8 +194,15 @@ def sbatch_command(
     taken = set()
     for key, _ in kept:
         taken |= _OVERRIDDEN_BY.get(key, {key})
+    extra = split_sbatch_args(list(extra_args))
+    # --export is merged, not overridden: the script's value, else the site's, plus ours.
+    site_export = [_value_of(g) for k, g in extra if k == "export"]
+    given = script_options.get("export") if "export" in in_script else (
+        site_export[-1] if site_export else None)
+    kept.append(("export", f"--export={export_value(given)}"))
+    taken.add("export")
     argv = ["sbatch", "--parsable"] + [w for _, w in kept]
-    for key, group in split_sbatch_args(list(extra_args)):
+    for key, group in extra:
         if key and key in in_script or (key in taken and key != "partition"):
             continue
         argv.extend(group)

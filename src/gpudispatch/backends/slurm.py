@@ -327,7 +327,7 @@ class SlurmBackend:
         argv = sbatch_command(None if stdin else path, name, directives, self.layout,
                               self.partition, self.sbatch_args, script_text=text,
                               after_ids=after_ids, attempt=record.attempts, token=token)
-        env = self._job_env(name, record, path)
+        env = self._job_env(name, record)
         res = self._run(argv, stdin, env)
         if res.returncode == 0:
             try:
@@ -347,18 +347,14 @@ class SlurmBackend:
             self.logger.warning("%s failed: Slurm refused it: %s", name, record.reason)
             self._finish_failed(name, record)
 
-    def _job_env(self, name: str, record: JobRecord, path: Path) -> dict[str, str]:
-        """What a local job's environment holds, for sbatch to pass on (``--export=ALL``,
-        its default): every ``GPUDISPATCH_*`` variable and the GPUs' order. Slurm sets
-        ``CUDA_VISIBLE_DEVICES`` itself for a job with GPUs; one without gets none, as a
-        local CPU slot's."""
-        try:
-            inode = os.lstat(path).st_ino
-        except OSError:
-            inode = 0
+    def _job_env(self, name: str, record: JobRecord) -> dict[str, str]:
+        """sbatch's environment: the job's public ``GPUDISPATCH_*`` variables (sbatch's
+        ``--export`` names them, whatever the script exports) and the GPUs' order. Not the
+        local monitor's own (its exit journal, run, cgroup): wrong on a Slurm node. Slurm
+        sets ``CUDA_VISIBLE_DEVICES`` itself."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("GPUDISPATCH_")}
         return {**base, "CUDA_DEVICE_ORDER": base.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
-                **self.layout.job_env(name, record.attempts, [], record.log or "", inode)}
+                **self.layout.public_job_env(name, record.attempts, record.log or "")}
 
     def _adopt(self, name: str, record: JobRecord, job_id: str, text: str) -> None:
         record.backend_id = job_id
