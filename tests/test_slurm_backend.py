@@ -80,6 +80,7 @@ SBATCH_CASES = {
     "script_export_none": dict(script="#!/bin/sh\n#SBATCH --export=NONE\necho\n",
                                extra=["--export=ALL,SITE=1"]),
     "site_export": dict(script="#!/bin/sh\necho\n", extra=["--export", "PATH,HOME"]),
+    "env_export": dict(script="#!/bin/sh\necho\n", env_export="NONE"),  # $SBATCH_EXPORT
 }
 
 
@@ -93,7 +94,7 @@ def test_sbatch_command_golden(case: str) -> None:
         path, name, parse_directives(spec["script"]), layout,
         partition=spec.get("partition"), extra_args=spec.get("extra", ()),
         script_text=spec["script"], after_ids=spec.get("after_ids", ()),
-        attempt=spec.get("attempt", 1), token="TOKEN",
+        attempt=spec.get("attempt", 1), token="TOKEN", env_export=spec.get("env_export"),
     )
     text = "\n".join(argv) + "\n"
     golden = GOLDEN / "sbatch" / f"{case}.txt"

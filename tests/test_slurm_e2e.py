@@ -492,6 +492,22 @@ def test_slurm_job_sees_every_variable_a_local_job_sees(
         assert env == queue.layout.public_job_env(name, 1, queue.layout.job_log(name, 1))
 
 
+def test_sbatch_export_none_in_the_environment_is_kept_with_our_variables(
+        queue: FolderQueue, prefix: str, monkeypatch, tmp_path: Path) -> None:
+    """``SBATCH_EXPORT=NONE`` where the backend runs: the job gets ours and not the rest
+    of the backend's environment (our ``--export`` must not turn it into ALL)."""
+    monkeypatch.setenv("SBATCH_EXPORT", "NONE")
+    monkeypatch.setenv("GPUDISPATCH_TEST_NOT_EXPORTED", "1")
+    out = tmp_path / "envs"
+    out.mkdir()
+    job = add(queue, f"{prefix}-env.sh", ENV_DUMP.format(out=out))
+    drive(SlurmBackend(queue, poll_interval=0.2), in_states(queue, FINAL, job),
+          what="the job to end")
+    assert queue.locate(job) is JobState.COMPLETED, queue.read_record(job).reason
+    assert dumped_env(out / f"env-{job}") == queue.layout.public_job_env(
+        job, 1, queue.layout.job_log(job, 1))
+
+
 def test_metrics_a_slurm_job_writes_reach_results(queue: FolderQueue, prefix: str) -> None:
     job = add(queue, f"{prefix}-metric.sh", METRIC)
     backend = SlurmBackend(queue, poll_interval=0.2)

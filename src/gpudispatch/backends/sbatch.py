@@ -162,6 +162,7 @@ def sbatch_command(
     after_ids: Sequence[str] = (),
     attempt: int = 1,
     token: str | None = None,
+    env_export: str | None = None,
 ) -> list[str]:
     """The sbatch argv that submits one job (pure).
 
@@ -170,7 +171,9 @@ def sbatch_command(
     specific word, so every option of ours (and of ``extra_args``, the site-wide
     ``--sbatch-arg``) that they set is left out. Directive-derived options likewise win
     over ``extra_args``. ``after_ids`` are the Slurm ids of the ``--after`` jobs still
-    to finish. ``script_path`` None means the script comes on stdin.
+    to finish. ``script_path`` None means the script comes on stdin. ``env_export`` is
+    ``$SBATCH_EXPORT`` where set: ``--export`` is the script's, else the site's, else that,
+    plus our variables (:func:`export_value`).
     """
     script_options = script_sbatch_options(script_text)
     in_script = set(script_options)
@@ -198,7 +201,7 @@ def sbatch_command(
     # --export is merged, not overridden: the script's value, else the site's, plus ours.
     site_export = [_value_of(g) for k, g in extra if k == "export"]
     given = script_options.get("export") if "export" in in_script else (
-        site_export[-1] if site_export else None)
+        site_export[-1] if site_export else env_export)
     kept.append(("export", f"--export={export_value(given)}"))
     taken.add("export")
     argv = ["sbatch", "--parsable"] + [w for _, w in kept]

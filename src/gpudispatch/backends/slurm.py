@@ -326,7 +326,8 @@ class SlurmBackend:
         stdin = None if text.startswith("#!") else "#!/bin/sh\n" + text
         argv = sbatch_command(None if stdin else path, name, directives, self.layout,
                               self.partition, self.sbatch_args, script_text=text,
-                              after_ids=after_ids, attempt=record.attempts, token=token)
+                              after_ids=after_ids, attempt=record.attempts, token=token,
+                              env_export=os.environ.get("SBATCH_EXPORT"))
         env = self._job_env(name, record)
         res = self._run(argv, stdin, env)
         if res.returncode == 0:
