@@ -38,6 +38,8 @@ from gpudispatch.track import METRICS_ENV, log
         ("[" * 100_000, []),  # deeper than the parser goes: still no traceback
         ("", []),
         (b'{"a": 1}\n\xff\xfe\n{"a": 2}\n', [{"a": 1}, {"a": 2}]),
+        # a writer that does not escape U+2028 (JSON allows it raw): still one line
+        ('{"a": 1, "note": "x\u2028y"}\n{"a": 2}\r\n', [{"a": 1, "note": "x\u2028y"}, {"a": 2}]),
     ],
 )
 def test_parse_metrics(text: str | bytes, expected: list) -> None:

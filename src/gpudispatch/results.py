@@ -55,7 +55,8 @@ def _read_tail(path: str | Path, limit: int) -> bytes:
         skip = max(0, st.st_size - limit)
         if skip:
             os.lseek(fd, skip - 1, os.SEEK_SET)  # one byte early: is `skip` a line start?
-        chunks, total = [], 0
+        chunks: list[bytes] = []
+        total = 0
         while total < limit + (1 if skip else 0):
             chunk = os.read(fd, min(1 << 20, limit + 1 - total))
             if not chunk:
@@ -83,7 +84,7 @@ def parse_metrics(data: bytes | str) -> list[dict[str, Any]]:
     if isinstance(whole, dict):
         return [whole]
     entries = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a raw U+2028 in a string is no break
         if not line.strip():
             continue
         try:
