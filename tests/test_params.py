@@ -179,3 +179,16 @@ def test_distributions_work_as_generator_callables() -> None:
 def test_bad_distributions(make) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+def test_the_package_names_load_on_first_use_and_submodules_stay_attributes() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, gpudispatch\n"
+            "assert 'gpudispatch.sweep' not in sys.modules and 'yaml' not in sys.modules\n"
+            "assert gpudispatch.create_params_generator and gpudispatch.sweep.build_sweep\n"
+            "try:\n    gpudispatch.no_such_name\nexcept AttributeError:\n    pass\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

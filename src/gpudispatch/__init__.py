@@ -36,7 +36,12 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
-    if module is None:
+    if module is None:  # a submodule (``gpudispatch.sweep``), as before names were lazy
+        try:
+            return importlib.import_module(f"gpudispatch.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"gpudispatch.{name}":
+                raise
         raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"gpudispatch.{module}"), name)
     globals()[name] = value
