@@ -159,3 +159,20 @@ def test_history_of_a_job_that_reported_nothing(tmp_path: Path) -> None:
     assert cli(*args, "--csv", check=True).stdout == ""
     both = cli(*args, "--top", "2")
     assert both.returncode != 0 and "--history" in both.stderr
+
+
+def test_log_never_fails_the_training_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A symlink planted at the metrics path is not followed, and a file that cannot be
+    written costs the line (said once on stderr), not the run."""
+    import gpudispatch.track as track
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    planted = tmp_path / "job.metrics.json"
+    planted.symlink_to(victim)
+    monkeypatch.setenv("GPUDISPATCH_METRICS", str(planted))
+    monkeypatch.setattr(track, "_warned", False)
+    assert track.log(step=1, loss=0.5) is None
+    assert track.log(step=2, loss=0.4) is None
+    assert victim.read_text() == "untouched\n"
+    assert capsys.readouterr().err.count("metrics not written") == 1
