@@ -92,6 +92,21 @@ class JobRecord:
         return self.attempts - (earlier if _is_int(earlier) and 0 <= earlier <= self.attempts
                                 else 0)
 
+    @property
+    def interruptions(self) -> int:
+        """Runs ended by no fault of the job (its machine, or Slurm, lost it)."""
+        count = self.extra.get("interruptions", 0)
+        return count if _is_int(count) and count >= 0 else 0
+
+    def interrupted(self) -> None:
+        """Count one more interruption: the next run is another attempt, not a retry."""
+        self.extra["interruptions"] = min(self.interruptions + 1, max(self.attempts, 1))
+
+    @property
+    def failed_attempts(self) -> int:
+        """What ``--retries`` is measured against: own attempts, less interruptions."""
+        return self.own_attempts - self.interruptions
+
     def dropped_again(self) -> JobRecord:
         """The record of the next run of a name dropped again after it ended: its runs go
         on from ``attempts`` (run N+1 writes ``NAME.N+1.log``; earlier logs stay), and how

@@ -521,7 +521,7 @@ class SlurmBackend:
         if sure and not lost and not record.extra.get("cancel_requested"):
             self.logger.warning("%s: %s; submitting it again", name, why)
             record.extra["slurm_lost"] = 1
-            record.extra["interruptions"] = record.extra.get("interruptions", 0) + 1
+            record.interrupted()
             record.reason = f"resubmitted: {why}"
             record.backend_id, record.extra["slurm_state"] = None, "LOST"
             self.queue.requeue(name, record)
@@ -554,7 +554,7 @@ class SlurmBackend:
                 # A dependency Slurm lost was submitted again: wait for that run instead.
                 self._run(["scancel", tracked.job_id])
                 self._tracked.pop(tracked.name, None)
-                record.extra["interruptions"] = record.extra.get("interruptions", 0) + 1
+                record.interrupted()
                 record.reason, record.backend_id = "requeued: its dependency runs again", None
                 self.queue.requeue(tracked.name, record)
                 return
@@ -589,7 +589,7 @@ class SlurmBackend:
         failed): its next run is another attempt, with a log of its own (Slurm would
         write it over the first), and not the job's failure (``--retries`` untouched)."""
         record.attempts += 1
-        record.extra["interruptions"] = record.extra.get("interruptions", 0) + 1
+        record.interrupted()
         record.extra["slurm_requeues"] = record.extra.get("slurm_requeues", 0) + 1
         record.started_at, record.gpus = None, []
         try:
@@ -634,8 +634,7 @@ class SlurmBackend:
         retries = record.extra.get("directives", {}).get("retries", 0)
         retryable = status.state != "CANCELLED" and not (
             record.extra.get("cancel_requested") or record.extra.get("dependency_failed"))
-        failures = record.own_attempts - record.extra.get("interruptions", 0)
-        if retryable and failures <= retries:
+        if retryable and record.failed_attempts <= retries:
             self.logger.info("%s: retry %d of %d", name, record.own_attempts, retries)
             record.reason = f"{record.reason}; retrying"
             self.queue.requeue(name, record)
@@ -711,7 +710,7 @@ class SlurmBackend:
 def _may_retry(record: JobRecord) -> bool:
     """Whether this run, should it fail, is not the job's last (``--retries`` left)."""
     retries = (record.extra.get("directives") or {}).get("retries", 0)
-    return record.own_attempts - record.extra.get("interruptions", 0) <= retries
+    return record.failed_attempts <= retries
 
 
 def _id_key(job_id: str) -> tuple[int, str]:

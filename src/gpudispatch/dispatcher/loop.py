@@ -746,16 +746,15 @@ class Dispatcher:
         record.ended_at = now_iso()
         record.exit_code = code
         extra = record.extra
-        interruptions = extra.get("interruptions", 0)
         verdict = decide(
             Ending(code, job.kill_reason, self.queue.cancel_requested(job.name),
                    bool(code) and self._oom_in_log(record.log), interrupted_by),
-            job.directives, record.own_attempts, interruptions,
+            job.directives, record.own_attempts, record.interruptions,
             extra.get("oom_retries_used", 0),
         )
         record.reason = verdict.reason
         if verdict.interrupted:
-            extra["interruptions"] = min(interruptions + 1, record.attempts)
+            record.interrupted()
         if verdict.oom_retry:
             extra["oom_retries_used"] = extra.get("oom_retries_used", 0) + 1
         if verdict.run_alone:
@@ -771,8 +770,7 @@ class Dispatcher:
             self.log.warning("%s returned %s", job.name, code if code is not None
                              else verdict.reason)
         if verdict.state is JobState.QUEUED and not verdict.interrupted:
-            self.log.info("%s: retry %d of %d", job.name,
-                          record.own_attempts - extra.get("interruptions", 0),
+            self.log.info("%s: retry %d of %d", job.name, record.failed_attempts,
                           job.directives.retries)
             record.reason = f"{verdict.reason}; retrying"
         self._ending.append(Settlement(job.name, record, verdict.state, lock_fd))
