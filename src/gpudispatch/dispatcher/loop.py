@@ -986,8 +986,10 @@ class Dispatcher:
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self.watcher is not None:
             selector.register(self.watcher.fileno(), selectors.EVENT_READ, "files")
-        self.writer.run(rotate_journal, self.layout.exit_journal())
-        self.writer.run(reserve_journal, self.layout.exit_journal())
+        # Before the first start, not on the writer thread: a first job that fills the disk
+        # at once must find the journal's room reserved for its monitor's status line.
+        rotate_journal(self.layout.exit_journal())
+        reserve_journal(self.layout.exit_journal())
         try:
             self.reconcile()
             while True:
