@@ -70,3 +70,18 @@ def test_record_round_trip_ignores_unknown_fields():
     again = JobRecord.from_json(record.to_json())
     assert again == record
     assert JobRecord.from_dict({"name": "b.sh", "future_field": 1}).name == "b.sh"
+
+
+def test_an_interruption_never_outnumbers_the_recorded_attempts() -> None:
+    """A run whose start record was never written (its dispatcher died at once) is not an
+    interruption too: that would give the job's next failure a free retry (chaos seed
+    3910707609 ran a failing job without --retries twice)."""
+    record = JobRecord(name="a.sh")
+    record.interrupted()
+    assert record.interruptions == 0 and record.failed_attempts == 0
+    record.attempts = 1
+    record.interrupted()
+    record.interrupted()
+    assert record.interruptions == 1 and record.failed_attempts == 0
+    record.attempts = 2
+    assert record.failed_attempts == 1

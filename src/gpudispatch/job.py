@@ -99,8 +99,11 @@ class JobRecord:
         return count if _is_int(count) and count >= 0 else 0
 
     def interrupted(self) -> None:
-        """Count one more interruption: the next run is another attempt, not a retry."""
-        self.extra["interruptions"] = min(self.interruptions + 1, max(self.attempts, 1))
+        """Count one more interruption: the next run is another attempt, not a retry.
+        Never more than the attempts recorded: a run whose start record was never written
+        (its dispatcher died at once) runs again under the same attempt number, and must
+        not count as an interruption too (it would give the next failure a free retry)."""
+        self.extra["interruptions"] = min(self.interruptions + 1, self.attempts)
 
     @property
     def failed_attempts(self) -> int:
