@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from datetime import datetime
 
@@ -263,3 +264,19 @@ def test_polls_every_wait_seconds_without_file_events(tmp_path, root, launch):
     wait_state(root, "a.sh", "completed", timeout=5, proc=proc)
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
+
+
+def test_a_failed_jobs_reason_says_why(root, launch):
+    """The reason carries the last line of the log that says why: a Python exception, a
+    command that is not there (issue 12: not just "exit code 1")."""
+    write_script(root / "queue" / "a_py.sh", job_text(
+        f"{q(sys.executable)} -c \"raise ValueError('bogus activation')\" || exit $?"))
+    write_script(root / "queue" / "b_cmd.sh", job_text("no-such-command-here --lr 3 || exit $?"))
+    write_script(root / "queue" / "c_quiet.sh", job_text("echo fine", exit_code=4))
+    proc = launch.run(root, "--slots", "1", "--drain")
+    assert proc.wait(30) == 1
+    assert record(root, "a_py.sh")["reason"] == "exit code 1: ValueError: bogus activation"
+    reason = record(root, "b_cmd.sh")["reason"]
+    assert reason.startswith("exit code 127: ") and "no-such-command-here" in reason, reason
+    assert reason.endswith("not found"), reason
+    assert record(root, "c_quiet.sh")["reason"] == "exit code 4"

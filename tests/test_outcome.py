@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gpudispatch.job import Directives, JobState
-from gpudispatch.outcome import MAX_INTERRUPTIONS, Ending, decide, describe_status, oom_in_tail
+from gpudispatch.outcome import (
+    MAX_INTERRUPTIONS,
+    Ending,
+    decide,
+    describe_status,
+    last_error_line,
+    oom_in_tail,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +74,32 @@ def test_decide(ending, directives, attempts, interruptions, used, state, reason
 def test_out_of_memory_retry_runs_alone():
     verdict = decide(Ending(1, oom=True), Directives(oom_retries=1), 1, 0, 0)
     assert verdict.oom_retry and verdict.run_alone
+
+
+@pytest.mark.parametrize(("tail", "line"), [
+    (b"Traceback (most recent call last):\n  File \"t.py\", line 3\n"
+     b"ValueError: bogus activation\n", "ValueError: bogus activation"),
+    (b"torch.cuda.OutOfMemoryError: CUDA out of memory.\n",
+     "torch.cuda.OutOfMemoryError: CUDA out of memory."),
+    (b"RuntimeError: CUDA error: device-side assert triggered\nCUDA kernel errors might be "
+     b"asynchronously reported\n", "RuntimeError: CUDA error: device-side assert triggered"),
+    (b"x.sh: 3: nosuchcmd: not found\n", "x.sh: 3: nosuchcmd: not found"),
+    (b"x.sh: line 3: foo: command not found\n", "x.sh: line 3: foo: command not found"),
+    (b"x.sh: line 2:  1234 Killed    python train.py\n",
+     "x.sh: line 2:  1234 Killed    python train.py"),
+    (b"ls: cannot access '/x': No such file or directory\n", None),
+    (b"an Error happened in prose\n", None),
+    (b"", None),
+])
+def test_the_last_error_line_of_a_log(tail: bytes, line: str | None) -> None:
+    assert last_error_line(tail) == line
+
+
+def test_a_failure_reason_carries_its_error_line_and_retries_still_count() -> None:
+    ending = Ending(1, error_line="ValueError: bogus activation")
+    verdict = decide(ending, Directives(), 1, 0, 0)
+    assert verdict.reason == "exit code 1: ValueError: bogus activation"
+    assert verdict.state is JobState.FAILED
+    assert decide(Ending(0, error_line="ValueError: x"), Directives(), 1, 0, 0).reason is None
+    long = "E: " + "x" * 500
+    assert len(last_error_line(f"ValueError{long}\n".encode()) or "") <= 200

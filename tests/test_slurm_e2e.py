@@ -519,3 +519,11 @@ def test_metrics_a_slurm_job_writes_reach_results(queue: FolderQueue, prefix: st
     table = cli("results", "--dir", root, env={**job_env(), "COLUMNS": "200"},
                 check=True).stdout
     assert "val_loss" in table and "0.25" in table
+
+
+def test_a_failed_slurm_jobs_reason_says_why(queue: FolderQueue, prefix: str) -> None:
+    bad = add(queue, f"{prefix}-why.sh", "no-such-command-here --lr 3 || exit $?")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, bad), what="the job to end")
+    reason = queue.read_record(bad).reason
+    assert reason.startswith("FAILED: exit code 127: ") and reason.endswith("not found"), reason

@@ -7,7 +7,10 @@ log, and how many attempts and interruptions came before.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import stat
 from dataclasses import dataclass
 
 from gpudispatch.job import Directives, JobState
@@ -46,8 +49,52 @@ def describe_status(code: int) -> str | None:
     return f"exit code {code}"
 
 
+def log_tail(log_path: str | None) -> bytes:
+    """The end of a failed job's log: what says why (out of memory, an exception). Only a
+    regular file is read (the path comes from a record), never through a symlink."""
+    if not log_path:
+        return b""
+    try:
+        fd = os.open(log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b""
+        return os.pread(fd, OOM_TAIL_BYTES, max(0, st.st_size - OOM_TAIL_BYTES))
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
 def oom_in_tail(tail: bytes) -> bool:
     return any(pattern in tail for pattern in OOM_PATTERNS)
+
+
+# Lines that say why a job failed, as its log ends: a Python exception (``ValueError:
+# bogus activation``, ``torch.cuda.OutOfMemoryError: …``), the shell's ``Killed`` or
+# ``Segmentation fault``, a CUDA error, a command that is not there.
+_ERROR_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b(?::.*)?"
+    r"|.*\bKilled\b.*|.*\bSegmentation fault\b.*|.*\bCUDA error\b.*"
+    r"|.*: (?:command )?not found)$")
+ERROR_LINE_CHARS = 200
+
+
+def last_error_line(tail: bytes, script: str | None = None) -> str | None:
+    """The last line of a log's end that says why the job failed (see ``_ERROR_LINE``),
+    shortened to ERROR_LINE_CHARS; None when none does. ``script``: the job's path, which
+    the shell names in its messages (``/…/running/a.sh: 2: foo: not found``): shown as
+    its name."""
+    for raw in reversed(tail.decode(errors="replace").splitlines()[-200:]):
+        line = raw.strip()
+        if script:
+            line = line.replace(script, script.rsplit("/", 1)[-1])
+        if line and _ERROR_LINE.match(line):
+            return line if len(line) <= ERROR_LINE_CHARS else line[:ERROR_LINE_CHARS - 1] + "…"
+    return None
 
 
 @dataclass(frozen=True)
@@ -58,6 +105,7 @@ class Ending:
     kill_reason: str | None = None  # "timeout", "cold stop" or "cancelled", if we signalled it
     cancelled: bool = False  # a cancel request is on disk
     oom: bool = False  # its log ends with a CUDA out-of-memory error
+    error_line: str | None = None  # the last line of its log that says why it failed
     interrupted_by: str = "its monitor ended without an exit status"
 
 
@@ -91,6 +139,8 @@ def decide(ending: Ending, directives: Directives, attempts: int, interruptions:
         reason = "oom"
     else:
         reason = describe_status(ending.code)
+        if reason is not None and ending.error_line:
+            reason = f"{reason}: {ending.error_line}"
     if reason is None:
         return Verdict(None, JobState.COMPLETED)
     failures = attempts - interruptions

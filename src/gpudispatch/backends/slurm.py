@@ -66,6 +66,7 @@ from gpudispatch.job import (
     parse_directives,
 )
 from gpudispatch.layout import Layout
+from gpudispatch.outcome import last_error_line, log_tail
 from gpudispatch.scriptcheck import content_problem, owner_problem
 from gpudispatch.store import HOST, FolderQueue, write_atomic
 from gpudispatch.watch import read_if_complete
@@ -612,6 +613,11 @@ class SlurmBackend:
         result = outcome(status)
         record.exit_code = result.exit_code
         record.reason = result.reason
+        if result.state is JobState.FAILED and result.exit_code:  # what says why, as locally
+            why = last_error_line(log_tail(record.log),
+                                  str(self.layout.script(JobState.RUNNING, name)))
+            if why:
+                record.reason = f"{record.reason}: {why}"
         if record.extra.get("dependency_failed"):
             record.reason = "dependency failed (a job it runs --after failed)"
         elif status.state == "CANCELLED" and (

@@ -62,7 +62,7 @@ from gpudispatch.keeper import (
 )
 from gpudispatch.layout import printable
 from gpudispatch.monitor import rotate_journal
-from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, oom_in_tail
+from gpudispatch.outcome import Ending, decide, last_error_line, log_tail, oom_in_tail
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
     QueuedJob,
@@ -746,9 +746,12 @@ class Dispatcher:
         record.ended_at = now_iso()
         record.exit_code = code
         extra = record.extra
+        tail = log_tail(record.log) if code else b""
         verdict = decide(
             Ending(code, job.kill_reason, self.queue.cancel_requested(job.name),
-                   bool(code) and self._oom_in_log(record.log), interrupted_by),
+                   oom=oom_in_tail(tail), interrupted_by=interrupted_by,
+                   error_line=last_error_line(
+                       tail, str(self.layout.script(JobState.RUNNING, job.name)))),
             job.directives, record.own_attempts, record.interruptions,
             extra.get("oom_retries_used", 0),
         )
@@ -775,21 +778,6 @@ class Dispatcher:
             record.reason = f"{verdict.reason}; retrying"
         self._ending.append(Settlement(job.name, record, verdict.state, lock_fd))
         self._settling.add(job.name)
-
-    def _oom_in_log(self, log_path: str | None) -> bool:
-        if not log_path:
-            return False
-        try:
-            fd = os.open(log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return False
-        try:
-            size = os.fstat(fd).st_size
-            return oom_in_tail(os.pread(fd, OOM_TAIL_BYTES, max(0, size - OOM_TAIL_BYTES)))
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
 
     def _fail_queued(self, name: str, reason: str) -> None:
         """Fail a queued job that can never run (bad directives, impossible, dependency)."""
