@@ -194,11 +194,10 @@ def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
 ORDER_READ_LIMIT = 2000  # queued scripts whose headers status reads to show run order
 
 
-def _queued_in_order(queue: FolderQueue, limit: int | None) -> list[str]:
-    """The first ``limit`` queued names in run order (priority, then name). Priorities
-    live in the scripts' headers: they are read for up to ORDER_READ_LIMIT jobs; on a
-    larger queue the order shown is by name (``status`` says so)."""
-    names = queue.names(JobState.QUEUED)
+def _queued_in_order(queue: FolderQueue, names: list[str], limit: int | None) -> list[str]:
+    """The first ``limit`` of the queued ``names`` in run order (priority, then name).
+    Priorities live in the scripts' headers: they are read for up to ORDER_READ_LIMIT
+    jobs; on a larger queue the order shown is by name (``status`` says so)."""
     if len(names) > ORDER_READ_LIMIT:
         return names if limit is None else names[:limit]
     from gpudispatch.scriptcheck import read_head
@@ -215,13 +214,16 @@ def _queued_in_order(queue: FolderQueue, limit: int | None) -> list[str]:
     return ordered if limit is None else ordered[:limit]
 
 
-def status_views(queue: FolderQueue, finished_limit: int | None,
-                 queued_limit: int | None = None) -> list[JobView]:
+def status_views(queue: FolderQueue, listed: dict[JobState, list[str]],
+                 finished_limit: int | None, queued_limit: int | None = None
+                 ) -> list[JobView]:
     """Running jobs, the next ``queued_limit`` queued ones in run order, and the newest
-    ``finished_limit`` finished ones: records read stay bounded on a queue of 100,000."""
-    running = list(queue.jobs((JobState.RUNNING,)))
+    ``finished_limit`` finished ones: records read stay bounded on a queue of 100,000.
+    ``listed``: each state folder's names, listed once for the whole table."""
+    running = [JobView(n, JobState.RUNNING, queue.read_record(n))
+               for n in listed[JobState.RUNNING]]
     queued = [JobView(n, JobState.QUEUED, queue.read_record(n))
-              for n in _queued_in_order(queue, queued_limit)]
+              for n in _queued_in_order(queue, listed[JobState.QUEUED], queued_limit)]
     return running + queued + _recent_finished(queue, finished_limit)
 
 
@@ -249,10 +251,10 @@ def _containment(views: list[JobView]) -> str:
     return f"\ncontained by {' and '.join(shown)}" if shown else ""
 
 
-def status_table(queue: FolderQueue, views: list[JobView], title: str | None = None):
+def status_table(queue: FolderQueue, views: list[JobView], counts: dict[JobState, int],
+                 title: str | None = None):
     from rich.table import Table
 
-    counts = {state: len(queue.names(state)) for state in JobState}
     summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
     shown = sum(v.state is JobState.QUEUED for v in views)
     if shown < counts[JobState.QUEUED]:
@@ -319,8 +321,9 @@ def status_view(queue: FolderQueue, limit: int | None, queued_limit: int | None 
 
     from gpudispatch.report import read_gpu_report
 
-    views = status_views(queue, limit, queued_limit)
-    jobs = status_table(queue, views)
+    listed = {state: queue.names(state) for state in JobState}
+    views = status_views(queue, listed, limit, queued_limit)
+    jobs = status_table(queue, views, {state: len(names) for state, names in listed.items()})
     gpus = read_gpu_report(queue.layout)
     if gpus:
         try:

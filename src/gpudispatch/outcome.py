@@ -7,10 +7,8 @@ log, and how many attempts and interruptions came before.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import stat
 from dataclasses import dataclass
 
 from gpudispatch.job import Directives, JobState
@@ -47,26 +45,6 @@ def describe_status(code: int) -> str | None:
         except ValueError:
             pass
     return f"exit code {code}"
-
-
-def log_tail(log_path: str | None) -> bytes:
-    """The end of a failed job's log: what says why (out of memory, an exception). Only a
-    regular file is read (the path comes from a record), never through a symlink."""
-    if not log_path:
-        return b""
-    try:
-        fd = os.open(log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return b""
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return b""
-        return os.pread(fd, OOM_TAIL_BYTES, max(0, st.st_size - OOM_TAIL_BYTES))
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
 
 
 def oom_in_tail(tail: bytes) -> bool:

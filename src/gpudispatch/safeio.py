@@ -89,6 +89,23 @@ def open_regular_stat(path: str | os.PathLike[str]) -> tuple[int, os.stat_result
     return fd, st
 
 
+def read_tail(path: str | os.PathLike[str] | None, size: int) -> bytes:
+    """The last ``size`` bytes of the regular file at ``path`` (a log whose path comes
+    from a record): b"" when there is none, or it is a symlink or not a regular file."""
+    if not path:
+        return b""
+    try:
+        fd, st = open_regular_stat(path)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, size, max(0, st.st_size - size))
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
 def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
     """The whole content of the regular file at ``path``, refused (:class:`FileRefused`)
     when it is a symlink, not a regular file, or larger than ``limit`` bytes."""

@@ -66,7 +66,8 @@ from gpudispatch.job import (
     parse_directives,
 )
 from gpudispatch.layout import Layout
-from gpudispatch.outcome import last_error_line, log_tail
+from gpudispatch.outcome import OOM_TAIL_BYTES, last_error_line
+from gpudispatch.safeio import read_tail
 from gpudispatch.scriptcheck import content_problem, owner_problem
 from gpudispatch.store import HOST, FolderQueue, write_atomic
 from gpudispatch.watch import read_if_complete
@@ -614,7 +615,7 @@ class SlurmBackend:
         record.exit_code = result.exit_code
         record.reason = result.reason
         if result.state is JobState.FAILED and result.exit_code:  # what says why, as locally
-            why = last_error_line(log_tail(record.log),
+            why = last_error_line(read_tail(record.log, OOM_TAIL_BYTES),
                                   str(self.layout.script(JobState.RUNNING, name)))
             if why:
                 record.reason = f"{record.reason}: {why}"

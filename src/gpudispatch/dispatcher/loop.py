@@ -62,7 +62,7 @@ from gpudispatch.keeper import (
 )
 from gpudispatch.layout import printable
 from gpudispatch.monitor import rotate_journal
-from gpudispatch.outcome import Ending, decide, last_error_line, log_tail, oom_in_tail
+from gpudispatch.outcome import OOM_TAIL_BYTES, Ending, decide, last_error_line, oom_in_tail
 from gpudispatch.scheduler import (
     DEFAULT_RESERVE_AFTER,
     QueuedJob,
@@ -746,7 +746,7 @@ class Dispatcher:
         record.ended_at = now_iso()
         record.exit_code = code
         extra = record.extra
-        tail = log_tail(record.log) if code else b""
+        tail = safeio.read_tail(record.log, OOM_TAIL_BYTES) if code else b""
         verdict = decide(
             Ending(code, job.kill_reason, self.queue.cancel_requested(job.name),
                    oom=oom_in_tail(tail), interrupted_by=interrupted_by,
