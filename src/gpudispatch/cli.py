@@ -1,16 +1,17 @@
-"""``gpudispatch VERB ...``: one thin function per verb; parsing and formatting only."""
+"""``gpudispatch VERB ...``: one thin function per verb; parsing and formatting only.
+
+Each verb imports what only it uses inside its function: a shell loop of ``submit`` calls
+pays the interpreter's start and little more (tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
 
-from gpudispatch import argcheck, control, safeio
+from gpudispatch import argcheck, safeio
 from gpudispatch.argcheck import OptionError
 from gpudispatch.backends import BACKENDS
 from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe_iso
@@ -145,6 +146,8 @@ def _duration(view: JobView) -> str:
     start = safe_iso(view.record.started_at)
     if start is None or view.state is JobState.QUEUED:
         return ""
+    from datetime import datetime
+
     end = safe_iso(view.record.ended_at) if view.state.is_final else None
     seconds = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
     return format_seconds(seconds)
@@ -306,9 +309,13 @@ def cmd_status(args) -> int:
     argcheck.count(args.recent, "--recent", minimum=0)
     queue = _queue(args)
     if args.json:
+        import json
+
         views = list(queue.jobs())
         print(json.dumps([v.to_dict() for v in views], indent=1))
         return 0
+    import time
+
     from rich.console import Console
 
     console = Console()
@@ -361,6 +368,8 @@ def _check_name(name: str) -> str:
 
 
 def cmd_submit(args) -> int:
+    from gpudispatch import control
+
     queue = _queue(args, create=True)
     options = _directive_options(args)
     names = []
@@ -410,6 +419,8 @@ def _open_log(queue: FolderQueue, name: str, state: JobState) -> int:
 
 
 def cmd_logs(args) -> int:
+    import time
+
     queue = _queue(args)
     state = _job_arg(queue, args.name)
     with os.fdopen(_open_log(queue, args.name, state), "rb") as fh:
@@ -427,6 +438,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
+    from gpudispatch import control
+
     argcheck.seconds(args.grace, "--grace", zero_ok=True)
     queue = _queue(args)
     status = 0
@@ -441,6 +454,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_retry(args) -> int:
+    from gpudispatch import control
+
     queue = _queue(args)
     status = 0
     for name in args.names:
@@ -495,6 +510,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_results(args) -> int:
+    import json
+
     from gpudispatch.results import cell_text, columns, result_rows, rows_to_csv, sort_rows
 
     rows = result_rows(_queue(args), sweep=args.sweep)
@@ -520,117 +537,163 @@ def cmd_results(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then the
+    terminal, else 80), without importing shutil (and bz2, lzma) on every start."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, given the width so that it does not import shutil: argparse
+    makes one for every parser it builds, also when no help is printed."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every verb, or with ``only`` of that verb alone: building the
+    options of all ten costs a one-job ``submit`` a noticeable share of its time."""
     parser = argparse.ArgumentParser(
         prog="gpudispatch",
+        formatter_class=_HelpFormatter,
         description="Drop shell scripts into a folder; each runs on a free GPU.",
         epilog=f"ROOT defaults to ${ROOT_ENV}, else ~/gpudispatch.",
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    def want(name: str) -> bool:
+        return only is None or name == only
+
     def verb(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=_HelpFormatter)
         p.add_argument("--dir", metavar="ROOT", help=f"queue root (default: ${ROOT_ENV} or "
                        "~/gpudispatch)")
         p.set_defaults(func=func)
         return p
 
-    p = verb("run", cmd_run, "run the dispatcher on ROOT's queue")
-    p.add_argument("--gpus", metavar="LIST|all", help="GPU slots: 0,1,3 or 0-3 or all "
-                   "(default: all, unless only --slots is given)")
-    p.add_argument("--slots", type=int, metavar="K", help="K CPU-only slots "
-                   "(jobs see CUDA_VISIBLE_DEVICES='')")
-    p.add_argument("--wait", type=float, default=1.0, metavar="SEC",
-                   help="seconds between queue scans when file events are unavailable "
-                   "(default 1)")
-    p.add_argument("--drain", action="store_true",
-                   help="exit once nothing is queued or running (status 1 if a job failed)")
-    p.add_argument("--on-finish", metavar="COMMAND",
-                   help="shell command run after each job, with GPUDISPATCH_JOB, "
-                   "GPUDISPATCH_STATE, GPUDISPATCH_EXIT_CODE, GPUDISPATCH_LOG set")
-    p.add_argument("--kill-grace", type=float, default=10.0, metavar="SEC",
-                   help="seconds between SIGTERM and SIGKILL when stopping a job (default 10)")
-    p.add_argument("--reserve-after", type=float, default=300.0, metavar="SEC",
-                   help="a job that does not fit may be passed by smaller ones for this long, "
-                   "then holds the line (default 300)")
-    p.add_argument("--respect-foreign", action=argparse.BooleanOptionalAction, default=True,
-                   help="treat a GPU as busy while processes outside the queue hold at least "
-                   "--foreign-threshold of its memory (needs NVML; default on)")
-    p.add_argument("--foreign-threshold", default="1G", metavar="SIZE",
-                   help="memory held by others that makes a GPU busy (default 1G)")
-    p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
-                   help="seconds between GPU readings (NVML) (default 5)")
-    p.add_argument("--heartbeat", type=float, default=15.0, metavar="SEC",
-                   help="how often a dispatcher says it is alive; dispatchers on other hosts "
-                   "sharing ROOT take over its jobs after 3 missed beats (default 15; use "
-                   "the same value on every host)")
-    p.add_argument("--allow-other-users", action="store_true",
-                   help="run scripts in queue/ that other users own (they run as this "
-                   "dispatcher's user); without it they fail with a reason naming the owner")
-    p.add_argument("--containment", choices=("auto", "cgroup", "process-group"),
-                   default="auto",
-                   help="how every process of a job is ended with it: a cgroup v2 per job "
-                   "(where one can be made: root, or a delegated cgroup), else its process "
-                   "group and the daemons the dispatcher finds (default auto: the first "
-                   "that works; `status` says which)")
-    p.add_argument("--backend", choices=BACKENDS, default="local")
-    p.add_argument("--partition", help="Slurm partition (--backend slurm)")
-    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="extra sbatch option, repeatable (--backend slurm)")
-    p.add_argument("-q", "--quiet", action="store_true", help="log to logfile.txt only")
+    if want("run"):
+        p = verb("run", cmd_run, "run the dispatcher on ROOT's queue")
+        p.add_argument("--gpus", metavar="LIST|all", help="GPU slots: 0,1,3 or 0-3 or all "
+                       "(default: all, unless only --slots is given)")
+        p.add_argument("--slots", type=int, metavar="K", help="K CPU-only slots "
+                       "(jobs see CUDA_VISIBLE_DEVICES='')")
+        p.add_argument("--wait", type=float, default=1.0, metavar="SEC",
+                       help="seconds between queue scans when file events are unavailable "
+                       "(default 1)")
+        p.add_argument("--drain", action="store_true",
+                       help="exit once nothing is queued or running (status 1 if a job failed)")
+        p.add_argument("--on-finish", metavar="COMMAND",
+                       help="shell command run after each job, with GPUDISPATCH_JOB, "
+                       "GPUDISPATCH_STATE, GPUDISPATCH_EXIT_CODE, GPUDISPATCH_LOG set")
+        p.add_argument("--kill-grace", type=float, default=10.0, metavar="SEC",
+                       help="seconds between SIGTERM and SIGKILL when stopping a job (default 10)")
+        p.add_argument("--reserve-after", type=float, default=300.0, metavar="SEC",
+                       help="a job that does not fit may be passed by smaller ones for this long, "
+                       "then holds the line (default 300)")
+        p.add_argument("--respect-foreign", action=argparse.BooleanOptionalAction, default=True,
+                       help="treat a GPU as busy while processes outside the queue hold at least "
+                       "--foreign-threshold of its memory (needs NVML; default on)")
+        p.add_argument("--foreign-threshold", default="1G", metavar="SIZE",
+                       help="memory held by others that makes a GPU busy (default 1G)")
+        p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
+                       help="seconds between GPU readings (NVML) (default 5)")
+        p.add_argument("--heartbeat", type=float, default=15.0, metavar="SEC",
+                       help="how often a dispatcher says it is alive; dispatchers on other hosts "
+                       "sharing ROOT take over its jobs after 3 missed beats (default 15; use "
+                       "the same value on every host)")
+        p.add_argument("--allow-other-users", action="store_true",
+                       help="run scripts in queue/ that other users own (they run as this "
+                       "dispatcher's user); without it they fail with a reason naming the owner")
+        p.add_argument("--containment", choices=("auto", "cgroup", "process-group"),
+                       default="auto",
+                       help="how every process of a job is ended with it: a cgroup v2 per job "
+                       "(where one can be made: root, or a delegated cgroup), else its process "
+                       "group and the daemons the dispatcher finds (default auto: the first "
+                       "that works; `status` says which)")
+        p.add_argument("--backend", choices=BACKENDS, default="local")
+        p.add_argument("--partition", help="Slurm partition (--backend slurm)")
+        p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                       help="extra sbatch option, repeatable (--backend slurm)")
+        p.add_argument("-q", "--quiet", action="store_true", help="log to logfile.txt only")
 
-    p = verb("status", cmd_status, "jobs by state")
-    p.add_argument("--json", action="store_true", help="every job as a JSON array")
-    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh (seconds)")
-    p.add_argument("--recent", type=int, default=20, metavar="N",
-                   help="finished jobs to show (default 20)")
-    p.add_argument("--all", action="store_true", help="show every finished job")
+    if want("status"):
+        p = verb("status", cmd_status, "jobs by state")
+        p.add_argument("--json", action="store_true", help="every job as a JSON array")
+        p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+        p.add_argument("--interval", type=float, default=1.0, help="--watch refresh (seconds)")
+        p.add_argument("--recent", type=int, default=20, metavar="N",
+                       help="finished jobs to show (default 20)")
+        p.add_argument("--all", action="store_true", help="show every finished job")
 
-    p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
-    p.add_argument("scripts", nargs="*", metavar="SCRIPT")
-    p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
-    p.add_argument("--rename", action="store_true",
-                   help="pick a free name when the name is taken (NAME-2.sh, ...)")
-    p.add_argument("--gpus", type=int, metavar="K")
-    p.add_argument("--timeout", metavar="DURATION")
-    p.add_argument("--retries", type=int, metavar="N")
-    p.add_argument("--priority", type=int, metavar="P")
-    p.add_argument("--after", nargs="+", metavar="NAME")
-    p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory the job needs; such jobs "
-                   "share a GPU while their sums fit")
-    p.add_argument("--oom-retries", type=int, metavar="N",
-                   help="after a CUDA out-of-memory failure, run again alone, up to N times")
+    if want("submit"):
+        p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
+        p.add_argument("scripts", nargs="*", metavar="SCRIPT")
+        p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
+        p.add_argument("--rename", action="store_true",
+                       help="pick a free name when the name is taken (NAME-2.sh, ...)")
+        p.add_argument("--gpus", type=int, metavar="K")
+        p.add_argument("--timeout", metavar="DURATION")
+        p.add_argument("--retries", type=int, metavar="N")
+        p.add_argument("--priority", type=int, metavar="P")
+        p.add_argument("--after", nargs="+", metavar="NAME")
+        p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory the job needs; such jobs "
+                       "share a GPU while their sums fit")
+        p.add_argument("--oom-retries", type=int, metavar="N",
+                       help="after a CUDA out-of-memory failure, run again alone, up to N times")
 
-    p = verb("logs", cmd_logs, "print a job's output")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
+    if want("logs"):
+        p = verb("logs", cmd_logs, "print a job's output")
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
 
-    p = verb("cancel", cmd_cancel, "cancel queued or running jobs")
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--grace", type=float, default=10.0, metavar="SEC",
-                   help="seconds between SIGTERM and SIGKILL (default 10)")
+    if want("cancel"):
+        p = verb("cancel", cmd_cancel, "cancel queued or running jobs")
+        p.add_argument("names", nargs="+", metavar="NAME")
+        p.add_argument("--grace", type=float, default=10.0, metavar="SEC",
+                       help="seconds between SIGTERM and SIGKILL (default 10)")
 
-    p = verb("retry", cmd_retry, "put failed jobs back in the queue")
-    p.add_argument("names", nargs="+", metavar="NAME")
+    if want("retry"):
+        p = verb("retry", cmd_retry, "put failed jobs back in the queue")
+        p.add_argument("names", nargs="+", metavar="NAME")
 
-    p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
-    p.add_argument("spec", type=Path, metavar="SPEC.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
-    p.add_argument("--yes", action="store_true",
-                   help="queue a sweep of more than 100,000 runs (refused without it)")
+    if want("sweep"):
+        p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
+        p.add_argument("spec", type=Path, metavar="SPEC.yaml")
+        p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
+        p.add_argument("--yes", action="store_true",
+                       help="queue a sweep of more than 100,000 runs (refused without it)")
 
-    p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
-    p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="rows as a JSON array")
-    fmt.add_argument("--csv", action="store_true", help="rows as CSV")
-    p.add_argument("--sort", metavar="METRIC", help="sort by this column (missing last)")
-    p.add_argument("--desc", action="store_true", help="largest first")
+    if want("results"):
+        p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
+        p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")
+        fmt = p.add_mutually_exclusive_group()
+        fmt.add_argument("--json", action="store_true", help="rows as a JSON array")
+        fmt.add_argument("--csv", action="store_true", help="rows as CSV")
+        p.add_argument("--sort", metavar="METRIC", help="sort by this column (missing last)")
+        p.add_argument("--desc", action="store_true", help="largest first")
 
-    verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
-    verb("resume", cmd_resume, "start new jobs again")
+    if want("pause"):
+        verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
+    if want("resume"):
+        verb("resume", cmd_resume, "start new jobs again")
     return parser
+
+
+VERBS = ("run", "status", "submit", "logs", "cancel", "retry", "sweep", "results", "pause",
+         "resume")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -639,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:  # submit -- COMMAND ARGS...: everything after -- is the command
         cut = argv.index("--")
         argv, command = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    # The verb comes first (the top level has no options but -h): build its parser alone.
+    args = build_parser(argv[0] if argv and argv[0] in VERBS else None).parse_args(argv)
     args.command = command
     for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 must not crash a print
         reconfigure = getattr(stream, "reconfigure", None)

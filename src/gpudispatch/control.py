@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpudispatch import cgroups, procs
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
@@ -106,6 +104,10 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         return f"{name}: was not running any more (cancelled)"
     if record.host not in (None, HOST):
         return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
+    import signal
+
+    from gpudispatch import cgroups, procs  # here: submit imports this module, not these
+
     started = record.extra.get("monitor_started")
     cgroup = cgroups.checked(record.extra.get("cgroup"))
     if procs.same_process(record.pid, started):

@@ -7,7 +7,6 @@ dispatcher bookkeeping that users never touch lives in the hidden ``.gpudispatch
 from __future__ import annotations
 
 import os
-import socket
 import unicodedata
 from pathlib import Path
 
@@ -174,7 +173,7 @@ class Layout:
     def exit_journal(self, host: str | None = None) -> str:
         """Where this host's monitors append exit statuses (one line per run, no file
         created per job: a file creation costs more than a trivial job here)."""
-        return f"{self.exits}/{host or socket.gethostname()}.log"
+        return f"{self.exits}/{host or os.uname().nodename}.log"
 
     def cancel_request(self, name: str) -> str:
         return f"{self.cancels}/{name}"

@@ -14,14 +14,12 @@ so a symlink planted at a name we would write never redirects the write.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import socket
 import stat
 import time
 
-_HOST = socket.gethostname()
+_HOST = os.uname().nodename  # socket.gethostname() without importing socket
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -231,12 +229,23 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
 
 _RENAME_NOREPLACE = 1  # linux/fs.h
 _AT_FDCWD = -100
-try:
-    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                           ctypes.c_uint)
-except (AttributeError, OSError):  # not glibc >= 2.28 (or not Linux)
-    _renameat2 = None
+_renameat2: object = ...  # looked up on first use: ctypes is not needed by submit/status
+
+
+def _libc_renameat2():
+    """libc's ``renameat2`` (None where it is missing), found once."""
+    global _renameat2
+    if _renameat2 is ...:
+        import ctypes
+
+        try:
+            func = ctypes.CDLL(None, use_errno=True).renameat2
+            func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                             ctypes.c_uint)
+        except (AttributeError, OSError):  # not glibc >= 2.28 (or not Linux)
+            func = None
+        _renameat2 = func
+    return _renameat2
 
 
 def rename_noreplace(src: str, dst: str) -> None:
@@ -247,10 +256,13 @@ def rename_noreplace(src: str, dst: str) -> None:
     ``RENAME_NOREPLACE`` decides atomically; where the filesystem or libc lacks it (NFS,
     old glibc) a check precedes the rename, leaving a race of a few microseconds.
     """
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                      _RENAME_NOREPLACE) == 0:
+    renameat2 = _libc_renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                     _RENAME_NOREPLACE) == 0:
             return
+        import ctypes
+
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise OSError(err, os.strerror(err), src, None, dst)

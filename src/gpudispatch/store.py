@@ -8,36 +8,58 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import logging
 import os
-import socket
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
 from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
-from gpudispatch.monitor import ExitStatus, read_exit_journals
 from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
-HOST = socket.gethostname()
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (CLI start)
+if TYPE_CHECKING:
+    from gpudispatch.monitor import ExitStatus
+
+HOST = os.uname().nodename  # socket.gethostname(), without importing socket (CLI start)
 RECORD_MAX_BYTES = 1 << 20  # a record is a few hundred bytes; params of a sweep, a few KiB
-_log = logging.getLogger("gpudispatch.store")
+
+
+def _warn(message: str, *args: object) -> None:
+    """A warning on the ``gpudispatch.store`` logger; logging is imported only when one is
+    given (``submit`` and ``status`` start faster without it)."""
+    import logging
+
+    logging.getLogger("gpudispatch.store").warning(message, *args)
 
 
 class QueueError(Exception):
     """A request the queue refuses (unknown job, name taken, no such root)."""
 
 
-@dataclass
 class JobView:
-    """A job as ``status`` shows it: where its script lies, and its record."""
+    """A job as ``status`` shows it: where its script lies, and its record.
 
-    name: str
-    state: JobState
-    record: JobRecord
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect`` and costs the
+    command line more than the rest of ``status``."""
+
+    __slots__ = ("name", "record", "state")
+
+    def __init__(self, name: str, state: JobState, record: JobRecord) -> None:
+        self.name = name
+        self.state = state
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"JobView(name={self.name!r}, state={self.state!r}, record={self.record!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobView):
+            return NotImplemented
+        return (self.name, self.state, self.record) == (other.name, other.state, other.record)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     def to_dict(self) -> dict:
         rec = self.record
@@ -92,14 +114,14 @@ class FolderQueue:
         except safeio.FileRefused as exc:
             problem = safeio.refusal(exc)
         except (OSError, ValueError) as exc:  # EACCES, ENAMETOOLONG, a NUL: leave it be
-            _log.warning("record of %s %s; using a fresh one", printable(name),
+            _warn("record of %s %s; using a fresh one", printable(name),
                          safeio.refusal(exc) if isinstance(exc, OSError) else exc)
             return JobRecord(name=name)
         else:
             try:
                 data = safeio.read_limited(fd, st.st_size, RECORD_MAX_BYTES)
             except OSError as exc:  # EIO and the like: nothing to set aside
-                _log.warning("record of %s %s; using a fresh one", printable(name),
+                _warn("record of %s %s; using a fresh one", printable(name),
                              safeio.refusal(exc))
                 return JobRecord(name=name)
             finally:
@@ -116,7 +138,7 @@ class FolderQueue:
                     return record       # must not make the next write land on that one
         aside = safeio.set_aside(path, st)
         where = f"set aside as {os.path.basename(aside)}" if aside else "left in place"
-        _log.warning("record of %s %s; %s, using a fresh one", printable(name), problem, where)
+        _warn("record of %s %s; %s, using a fresh one", printable(name), problem, where)
         return JobRecord(name=name)
 
     def write_record(self, record: JobRecord) -> None:
@@ -307,6 +329,8 @@ class FolderQueue:
         except OSError:
             return None
         if journal is None:
+            from gpudispatch.monitor import read_exit_journals
+
             journal = read_exit_journals(str(self.layout.exits))
         return journal.get((name, inode))
 
