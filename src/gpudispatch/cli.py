@@ -367,9 +367,61 @@ def _check_name(name: str) -> str:
     return name
 
 
+def read_command_lines(source: str) -> list[str]:
+    """The non-blank lines of ``source`` (a file, or ``-`` for standard input), each a
+    shell command; CliError (one line) for input that cannot be a list of commands."""
+    shown = "standard input" if source == "-" else printable(source)
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise CliError(f"--each-line: cannot read {shown}: {exc.strerror or exc}") from None
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise CliError(f"--each-line: {shown} is binary (a NUL byte on line {line}); "
+                       "give one shell command per line")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CliError(f"--each-line: {shown} is not UTF-8 text (line {line})") from None
+    # "\n" only: a command may hold other characters that str.splitlines() would split on.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    commands = [line for line in lines if line.strip()]
+    if not commands:
+        raise CliError(f"--each-line: {shown} holds no command (every line is blank)")
+    return commands
+
+
+def _submit_each_line(args, options: list[str]) -> int:
+    """One job per line, as ``submit -- sh -c LINE`` would make it, queued in line order
+    (each name printed as soon as it is queued, so a failure midway says what went in)."""
+    from gpudispatch import control
+
+    if args.command or args.scripts:
+        raise CliError("--each-line takes the commands from its file: give no SCRIPT or "
+                       "-- COMMAND with it")
+    if args.name:
+        raise CliError("--each-line names each job itself (STAMP-LINE-PROGRAM.sh); "
+                       "--name is for one command")
+    lines = read_command_lines(args.each_line)
+    queue = _queue(args, create=True)  # after the input is known good: nothing made for none
+    cwd = os.getcwd()
+    for name, line in zip(control.each_line_names(lines), lines, strict=True):
+        text = control.with_directives(control.command_script(["sh", "-c", line], cwd),
+                                       options)
+        print(printable(queue.enqueue_text(_check_name(name), text, rename=True)))
+    return 0
+
+
 def cmd_submit(args) -> int:
     from gpudispatch import control
 
+    if args.each_line is not None:
+        return _submit_each_line(args, _directive_options(args))
     queue = _queue(args, create=True)
     options = _directive_options(args)
     names = []
@@ -644,6 +696,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
         p.add_argument("--rename", action="store_true",
                        help="pick a free name when the name is taken (NAME-2.sh, ...)")
+        p.add_argument("--each-line", metavar="FILE",
+                       help="one job per non-blank line of FILE (- for standard input), each "
+                       "line a shell command as `submit -- sh -c LINE` takes it; they run in "
+                       "line order")
         p.add_argument("--gpus", type=int, metavar="K")
         p.add_argument("--timeout", metavar="DURATION")
         p.add_argument("--retries", type=int, metavar="N")

@@ -45,8 +45,36 @@ def command_script(argv: Sequence[str], cwd: str | None = None) -> str:
 def command_name(argv: Sequence[str]) -> str:
     """A file name for a wrapped command: its program's name, made safe."""
     stem = os.path.basename(argv[0]) if argv else "command"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "cmd"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}.sh"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_stem(stem)}.sh"
+
+
+def safe_stem(stem: str) -> str:
+    """``stem`` made safe for a file name: letters, digits, ``-_.``; never empty."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "cmd"
+
+
+def line_program(line: str) -> str:
+    """The program a shell line starts (its first word's base name), for a job's name."""
+    words = line.split(None, 1)
+    return os.path.basename(words[0]) if words else "line"
+
+
+def each_line_names(lines: Sequence[str], stamp: str | None = None) -> list[str]:
+    """Job names for one command per line, unique and sorting in line order.
+
+    ``STAMP-NNNN-PROGRAM.sh``: the stamp has microseconds, so a later batch sorts after
+    an earlier one (and after ``submit --`` jobs of the same second); the zero-padded
+    line number keeps the batch in line order, and the program makes ``status`` legible.
+    """
+    if stamp is None:
+        now = time.time()
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}"
+    width = len(str(len(lines)))
+    names = []
+    for number, line in enumerate(lines, 1):
+        program = safe_stem(line_program(line)[:40])
+        names.append(f"{stamp}-{number:0{width}d}-{program}.sh")
+    return names
 
 
 def submit_file(
