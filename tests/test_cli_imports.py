@@ -72,7 +72,6 @@ def test_submit_of_a_script_imports_only_what_it_uses(tmp_path) -> None:
     assert loaded & NEVER_ON_SUBMIT == set()
 
 
-@pytest.mark.xfail(strict=True, reason="status still renders its table with rich")
 def test_status_imports_only_what_it_uses(tmp_path) -> None:
     root = tmp_path / "q"
     for name in ("a.sh", "b.sh"):

@@ -192,17 +192,23 @@ def status_views(queue: FolderQueue, finished_limit: int | None) -> list[JobView
     return active + _recent_finished(queue, finished_limit)
 
 
+def _plain(text: object) -> str:
+    """A value from the folder as a status cell: non-printable characters escaped (the
+    status tables interpret no markup, so ``[red]`` shows as typed)."""
+    return printable(str(text))
+
+
 def _reason(view: JobView) -> str:
     """The reason, and for Slurm jobs their id, node and pending reason."""
     rec = view.record
     if rec.backend != "slurm" or not rec.backend_id:
-        return _cell(rec.reason or "")
+        return _plain(rec.reason or "")
     slurm = f"slurm {rec.backend_id} {rec.extra.get('slurm_state', '')}".strip()
     if rec.extra.get("slurm_reason"):
         slurm += f" ({rec.extra['slurm_reason']})"
     elif rec.host and view.state is not JobState.QUEUED:
         slurm += f" on {rec.host}"
-    return _cell(f"{slurm}: {rec.reason}" if rec.reason else slurm)
+    return _plain(f"{slurm}: {rec.reason}" if rec.reason else slurm)
 
 
 CONTAINMENT_SHOWN = {"cgroup": "a cgroup v2 per job",
@@ -216,23 +222,26 @@ def _containment(views: list[JobView]) -> str:
     return f"\ncontained by {' and '.join(shown)}" if shown else ""
 
 
+STATE_STYLES = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
+
+
 def status_table(queue: FolderQueue, views: list[JobView], title: str | None = None):
-    from rich.table import Table
+    from gpudispatch.plaintable import Table
 
     counts = {state: len(queue.names(state)) for state in JobState}
     summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
-    paused = "  [bold yellow]PAUSED[/]" if queue.is_paused() else ""
-    table = Table(title=title or _cell(queue.layout.root),
-                  caption=summary + paused + _containment(views))
+    caption = [(summary, "")]
+    if queue.is_paused():
+        caption.append(("  PAUSED", "bold yellow"))
+    caption.append((_containment(views), ""))
+    table = Table(title=title or _plain(queue.layout.root), caption=caption)
     for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
-        table.add_column(column, overflow="fold")
-    styles = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
+        table.add_column(column)
     for view in views:
         rec = view.record
         table.add_row(
-            _cell(view.name),
-            f"[{styles[view.state.value]}]{view.state.value}[/]" if styles[view.state.value]
-            else view.state.value,
+            _plain(view.name),
+            (view.state.value, STATE_STYLES[view.state.value]),
             ",".join(map(str, rec.gpus)) if rec.gpus else ("cpu" if rec.started_at else ""),
             str(rec.attempts or ""),
             "" if rec.exit_code is None else str(rec.exit_code),
@@ -244,39 +253,38 @@ def status_table(queue: FolderQueue, views: list[JobView], title: str | None = N
 
 
 def gpu_table(gpus: list[dict]):
-    from rich.table import Table
-
     from gpudispatch.gpus import format_bytes
+    from gpudispatch.plaintable import Table
 
     table = Table(title="GPUs")
     for column in ("gpu", "memory", "util", "jobs (declared memory)", "others"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column)
     for gpu in gpus:
-        jobs = _cell(", ".join(
+        jobs = _plain(", ".join(
             f"{j['name']} ({format_bytes(j['gpu_mem'])})" if j["gpu_mem"] else j["name"]
             for j in gpu["jobs"]
         ))
-        others = _cell("; ".join(
+        others = _plain("; ".join(
             f"{p['user'] or '?'} pid {p['pid']} {p['command'] or ''} {format_bytes(p['used'])}"
             for p in gpu["processes"] if p["foreign"]
         ))
+        others_cell = (others, "")
         if gpu["blocked"]:
-            others = (f"[bold red]busy[/]: {_cell(gpu['blocked'])}"
-                      + (f" ({others})" if others else ""))
+            others_cell = (f"busy: {_plain(gpu['blocked'])}" + (f" ({others})" if others
+                                                                 else ""), "bold red")
         table.add_row(
-            _cell(f"{gpu['index']} {gpu['name']}"),
+            _plain(f"{gpu['index']} {gpu['name']}"),
             f"{format_bytes(gpu['memory_used'])} / {format_bytes(gpu['memory_total'])}",
             "" if gpu["utilization"] is None else f"{gpu['utilization']}%",
             jobs,
-            others,
+            others_cell,
         )
     return table
 
 
-def status_view(queue: FolderQueue, limit: int | None):
-    """The job table, under the GPU table when a dispatcher has reported its GPUs."""
-    from rich.console import Group
-
+def status_view(queue: FolderQueue, limit: int | None) -> list:
+    """The job table, under the GPU table when a dispatcher has reported its GPUs (else
+    under a table of what runs where)."""
     from gpudispatch.report import read_gpu_report
 
     views = status_views(queue, limit)
@@ -284,24 +292,32 @@ def status_view(queue: FolderQueue, limit: int | None):
     gpus = read_gpu_report(queue.layout)
     if gpus:
         try:
-            return Group(gpu_table(gpus), jobs)
+            return [gpu_table(gpus), jobs]
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             pass  # a report of another shape (edited, or another version): jobs only
     running = [v for v in views if v.state is JobState.RUNNING]
-    return Group(running_table(running), jobs) if running else jobs
+    return [running_table(running), jobs] if running else [jobs]
 
 
 def running_table(running: list[JobView]):
     """What runs where, and for how long (when no GPU report is available)."""
-    from rich.table import Table
+    from gpudispatch.plaintable import Table
 
     table = Table(title="running")
     for column in ("gpu", "job", "for"):
         table.add_column(column)
     for view in sorted(running, key=lambda v: (v.record.gpus or [-1], v.name)):
         gpus = ",".join(map(str, view.record.gpus)) or "cpu"
-        table.add_row(gpus, _cell(view.name), _duration(view))
+        table.add_row(gpus, _plain(view.name), _duration(view))
     return table
+
+
+def render_status(queue: FolderQueue, limit: int | None, stream=None) -> str:
+    """The status tables as text for ``stream`` (its width; colours on a terminal)."""
+    from gpudispatch.plaintable import terminal_width, use_color
+
+    width, color = terminal_width(stream), use_color(stream)
+    return "".join(table.render(width, color) for table in status_view(queue, limit))
 
 
 def cmd_status(args) -> int:
@@ -314,29 +330,28 @@ def cmd_status(args) -> int:
         views = list(queue.jobs())
         print(json.dumps([v.to_dict() for v in views], indent=1))
         return 0
-    import time
-
-    from rich.console import Console
-
-    console = Console()
     limit = None if args.all else args.recent
     if not args.watch:
-        console.print(status_view(queue, limit))
+        sys.stdout.write(render_status(queue, limit))
         return 0
-    if not console.is_terminal:  # a pipe or file: one table per refresh, not a live view
+    import time
+
+    if not sys.stdout.isatty():  # a pipe or file: one table per refresh, not a live view
         try:
             while True:
-                console.print(status_view(queue, limit))
+                sys.stdout.write(render_status(queue, limit))
                 sys.stdout.flush()
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             return 0
+    from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
-    with Live(console=console, auto_refresh=False, screen=False) as live:
+    with Live(console=Console(), auto_refresh=False, screen=False) as live:
         try:
             while True:
-                live.update(status_view(queue, limit), refresh=True)
+                live.update(Text.from_ansi(render_status(queue, limit)), refresh=True)
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             pass
