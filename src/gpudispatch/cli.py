@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from gpudispatch import argcheck, safeio
 from gpudispatch.argcheck import OptionError
 from gpudispatch.backends import BACKENDS
 from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe_iso
-from gpudispatch.layout import ROOT_ENV, default_root, name_problem, printable
+from gpudispatch.layout import ROOT_ENV, default_root_str, name_problem, printable
 from gpudispatch.store import FolderQueue, JobView, QueueError
 
 EXIT_USAGE = 2
@@ -26,9 +25,10 @@ class CliError(Exception):
     """A message for the user; the command exits non-zero."""
 
 
-def _root(args) -> Path:
-    """ROOT from ``--dir`` or the default; a path that exists must be a folder."""
-    root = Path(args.dir) if args.dir else default_root()
+def _root(args) -> str:
+    """ROOT from ``--dir`` or the default; a path that exists must be a folder. A string:
+    ``submit`` and ``status`` do not import pathlib."""
+    root = args.dir if args.dir else default_root_str()
     if os.path.exists(root) and not os.path.isdir(root):
         raise CliError(f"{root} is not a folder")
     return root
@@ -173,7 +173,7 @@ def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
     entries = []
     for state in (JobState.COMPLETED, JobState.FAILED):
         try:
-            found = list(os.scandir(queue.layout.state_dir(state)))
+            found = list(os.scandir(queue.layout.state_folder(state)))
         except OSError:  # gone, or not a folder: nothing finished there to show
             continue
         for entry in found:
@@ -234,7 +234,7 @@ def status_table(queue: FolderQueue, views: list[JobView], title: str | None = N
     if queue.is_paused():
         caption.append(("  PAUSED", "bold yellow"))
     caption.append((_containment(views), ""))
-    table = Table(title=title or _plain(queue.layout.root), caption=caption)
+    table = Table(title=title or _plain(queue.layout.where("root")), caption=caption)
     for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
         table.add_column(column)
     for view in views:
@@ -448,6 +448,8 @@ def cmd_submit(args) -> int:
         if not args.scripts:
             raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
         for path in args.scripts:
+            from pathlib import Path
+
             names.append(control.submit_file(queue, Path(path), options, rename=args.rename))
     for name in names:
         print(printable(name))
@@ -742,6 +744,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if want("sweep"):
         p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
+        from pathlib import Path
+
         p.add_argument("spec", type=Path, metavar="SPEC.yaml")
         p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
         p.add_argument("--yes", action="store_true",

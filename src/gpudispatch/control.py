@@ -10,11 +10,14 @@ import os
 import shlex
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def directive_line(options: Sequence[str]) -> str:

@@ -60,7 +60,7 @@ def read_gpu_report(layout: Layout, max_age: float = 60.0) -> list[dict[str, Any
     not one (not a regular file, too large, another shape): ``status`` shows the jobs then.
     """
     try:
-        data = json.loads(safeio.read_regular(layout.gpu_report, REPORT_MAX_BYTES))
+        data = json.loads(safeio.read_regular(layout.where("gpu_report"), REPORT_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("at"), (int, float)):

@@ -11,7 +11,6 @@ import itertools
 import os
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
@@ -20,6 +19,8 @@ from gpudispatch.safeio import write_atomic  # re-exported: writers import it fr
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (CLI start)
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from gpudispatch.monitor import ExitStatus
 
 HOST = os.uname().nodename  # socket.gethostname(), without importing socket (CLI start)
@@ -85,7 +86,7 @@ class JobView:
 
 class FolderQueue:
     def __init__(self, root: Path | str | Layout, create: bool = True) -> None:
-        self.layout = root if isinstance(root, Layout) else Layout(Path(root))
+        self.layout = root if isinstance(root, Layout) else Layout(root)
         if not create and not self.layout.exists():
             raise QueueError(f"{self.layout.root} is not a gpudispatch queue (no queue/ folder)")
         try:  # an existing root may lack folders (made by hand, or by the seed tool)
@@ -142,13 +143,14 @@ class FolderQueue:
         return JobRecord(name=name)
 
     def write_record(self, record: JobRecord) -> None:
-        write_atomic(self.layout.record(record.name), record.to_json().encode(), self.layout.tmp)
+        write_atomic(self.layout.record(record.name), record.to_json().encode(),
+                     self.layout.where("tmp"))
 
     # --- where jobs are ----------------------------------------------------------------
     def names(self, state: JobState) -> list[str]:
         """Job names in one state folder, in run order (alphanumeric)."""
         try:
-            return sorted(e.name for e in os.scandir(self.layout.state_dir(state))
+            return sorted(e.name for e in os.scandir(self.layout.state_folder(state))
                           if is_job_name(e.name))
         except FileNotFoundError:
             return []
@@ -221,7 +223,7 @@ class FolderQueue:
         record = JobRecord(name=name, submitted_at=now_iso(), params=dict(params or {}),
                            extra=dict(extra or {}))
         self.write_record(record)
-        tmp = safeio.write_temp(self.layout.tmp, data, 0o755, ".sh")
+        tmp = safeio.write_temp(self.layout.where("tmp"), data, 0o755, ".sh")
         # link() fails if the name was taken meanwhile, where rename() would overwrite.
         try:
             os.link(tmp, self.layout.script(JobState.QUEUED, name))
@@ -345,7 +347,7 @@ class FolderQueue:
 
     # --- flags -------------------------------------------------------------------------
     def is_paused(self) -> bool:
-        return os.path.exists(self.layout.paused_flag)
+        return os.path.exists(self.layout.where("paused_flag"))
 
     def set_paused(self, paused: bool) -> None:
         if paused:
