@@ -66,3 +66,29 @@ def test_caption_lines_and_an_empty_table() -> None:
     text = table(caption=[("counts", ""), ("\ncontained by x", "")]).render(80)
     assert [line.strip() for line in text.splitlines()[-2:]] == ["counts", "contained by x"]
     assert "┡━━━━━━╇━━━━━━━┩" in text
+
+
+def test_status_draws_the_gpu_table_from_a_fresh_report(tmp_path, monkeypatch) -> None:
+    import json
+    import time
+
+    from gpudispatch.cli import render_status
+    from gpudispatch.store import FolderQueue
+
+    queue = FolderQueue(tmp_path / "q")
+    report = {"at": time.time(), "gpus": [
+        {"index": 0, "name": "Fake A100", "memory_total": 80 * 2**30, "memory_used": 2**30,
+         "utilization": 7, "blocked": None, "jobs": [{"name": "a.sh", "gpu_mem": 2**30}],
+         "processes": [{"pid": 42, "user": "bob", "command": "[red]py", "used": 2**29,
+                        "foreign": True}]},
+        {"index": 1, "name": "Fake A100", "memory_total": 80 * 2**30, "memory_used": 0,
+         "utilization": None, "blocked": "held by bob", "jobs": [], "processes": []},
+    ]}
+    (tmp_path / "q" / ".gpudispatch" / "gpus.json").write_text(json.dumps(report))
+    monkeypatch.setenv("COLUMNS", "300")  # no cell folded: whole phrases to look for
+    text = render_status(queue, 20)
+    assert text.splitlines()[0].strip() == "GPUs"
+    flat = " ".join(text.split())
+    assert "0 Fake A100" in flat and "1.0 GiB / 80.0 GiB" in flat and "7%" in flat
+    assert "a.sh (1.0 GiB)" in flat and "bob pid 42 [red]py 512.0 MiB" in flat
+    assert "busy: held by bob" in flat and "queued 0 running 0" in flat
