@@ -96,5 +96,6 @@ def test_sweep_still_loads_what_it_needs(tmp_path) -> None:
 
     assert gpudispatch.build_sweep.__module__ == "gpudispatch.sweep"
     assert set(gpudispatch.__all__) <= set(dir(gpudispatch))
+    assert gpudispatch.params.grid is gpudispatch.grid  # submodules, as the eager package
     with pytest.raises(AttributeError):
         gpudispatch.no_such_name  # noqa: B018

@@ -78,10 +78,19 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """Import the module defining ``name`` the first time it is asked for."""
+    """Import the module defining ``name`` the first time it is asked for; a submodule
+    (``gpudispatch.sweep``) is imported too, as the eager package once did."""
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}")
+        if not name.isidentifier() or name.startswith("__"):
+            raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}")
+        try:
+            __import__(f"gpudispatch.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"gpudispatch.{name}":
+                raise
+            raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}") from None
+        return sys.modules[f"gpudispatch.{name}"]
     __import__(f"gpudispatch.{module}")
     value = getattr(sys.modules[f"gpudispatch.{module}"], name)
     globals()[name] = value  # later look-ups skip this function
