@@ -609,16 +609,9 @@ def cmd_results(args) -> int:
 def _columns() -> int:
     """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then the
     terminal, else 80), without importing shutil (and bz2, lzma) on every start."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
+    from gpudispatch.plaintable import terminal_width
+
+    return terminal_width(sys.__stdout__)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
