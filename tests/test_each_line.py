@@ -131,3 +131,29 @@ def test_a_folder_or_a_command_with_it_is_refused(tmp_path, source) -> None:
     assert result.returncode != 0 and fragment in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(root / "queue") or names_in(root, "queue") == []
+
+
+def test_a_failure_midway_names_what_was_queued(tmp_path, monkeypatch, capsys) -> None:
+    """In-process: the third enqueue fails (as on a full disk); the two before it are
+    printed and stay queued, and the error says so in one line."""
+    from gpudispatch import cli
+    from gpudispatch.store import FolderQueue
+
+    real = FolderQueue.enqueue_text
+    calls = []
+
+    def failing(self, name, text, **kwargs):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, name, text, **kwargs)
+
+    monkeypatch.setattr(FolderQueue, "enqueue_text", failing)
+    source = tmp_path / "c.txt"
+    source.write_text("echo 1\necho 2\necho 3\necho 4\n")
+    root = tmp_path / "q"
+    assert cli.main(["submit", "--dir", str(root), "--each-line", str(source)]) == 1
+    out, err = capsys.readouterr()
+    assert out.split() == names_in(root, "queue") and len(out.split()) == 2
+    assert err.strip() == ("gpudispatch submit: command 3 of 4 not queued: No space left "
+                           "on device; the 2 before it were")

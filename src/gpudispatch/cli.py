@@ -412,8 +412,11 @@ def read_command_lines(source: str) -> list[str]:
 
 
 def _submit_each_line(args, options: list[str]) -> int:
-    """One job per line, as ``submit -- sh -c LINE`` would make it, queued in line order
-    (each name printed as soon as it is queued, so a failure midway says what went in)."""
+    """One job per line, as ``submit -- sh -c LINE`` would make it, queued in line order.
+
+    The names are printed once every line is queued (a reader that goes away early must
+    not stop the queueing); when a line cannot be queued, those before it are printed
+    and the error says how many went in."""
     from gpudispatch import control
 
     if args.command or args.scripts:
@@ -425,10 +428,19 @@ def _submit_each_line(args, options: list[str]) -> int:
     lines = read_command_lines(args.each_line)
     queue = _queue(args, create=True)  # after the input is known good: nothing made for none
     cwd = os.getcwd()
-    for name, line in zip(control.each_line_names(lines), lines, strict=True):
-        text = control.with_directives(control.command_script(["sh", "-c", line], cwd),
-                                       options)
-        print(printable(queue.enqueue_text(_check_name(name), text, rename=True)))
+    queued: list[str] = []
+    try:
+        for name, line in zip(control.each_line_names(lines), lines, strict=True):
+            text = control.with_directives(control.command_script(["sh", "-c", line], cwd),
+                                           options)
+            queued.append(queue.enqueue_text(_check_name(name), text, rename=True))
+    except (QueueError, OSError) as exc:
+        if queued:
+            print("\n".join(printable(name) for name in queued), flush=True)
+        problem = exc if isinstance(exc, QueueError) else (exc.strerror or exc)
+        raise QueueError(f"command {len(queued) + 1} of {len(lines)} not queued: "
+                         f"{problem}; the {len(queued)} before it were") from None
+    print("\n".join(printable(name) for name in queued))
     return 0
 
 
