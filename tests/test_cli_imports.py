@@ -74,11 +74,12 @@ def test_submit_of_a_script_imports_only_what_it_uses(tmp_path) -> None:
     assert loaded & NEVER_ON_SUBMIT == set()
 
 
-def test_status_imports_only_what_it_uses(tmp_path) -> None:
+@pytest.mark.parametrize("flags", [(), ("--all",), ("--json",)])
+def test_status_imports_only_what_it_uses(tmp_path, flags) -> None:
     root = tmp_path / "q"
     for name in ("a.sh", "b.sh"):
         modules_after(tmp_path, "submit", "--dir", str(root), "--name", name, "--", "true")
-    loaded = roots_of(modules_after(tmp_path, "status", "--dir", str(root)))
+    loaded = roots_of(modules_after(tmp_path, "status", "--dir", str(root), *flags))
     assert loaded & NEVER_ON_STATUS == set()
 
 
