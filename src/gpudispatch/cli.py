@@ -367,6 +367,8 @@ def _directive_options(args) -> list[str]:
             options += [f"--{flag.replace('_', '-')}", str(value)]
     if args.after:
         options += ["--after", *args.after]
+    if not options:  # nothing to check; the directive parser is not even built
+        return options
     try:
         parse_directive_args(options)
     except (DirectiveError, ValueError) as exc:
