@@ -1,12 +1,17 @@
-"""CLI start and bulk submission against the interpreter and task-spooler (issue 16).
+"""How fast the command line starts, against the bare interpreter, in one run (issue 16).
 
-    .venv/bin/python bench/cli_start.py [--reps 15] [--jobs 2000] [--bulk-reps 3]
+    .venv/bin/python bench/cli_start.py [--reps 30] [--bulk 2000] [--no-bulk]
 
-1. Median wall time of ``python -I -c pass`` (the same interpreter), ``gpudispatch
-   submit -- true`` and ``gpudispatch status`` on a small queue, and their ratios.
-2. ``gpudispatch submit --each-line`` of N commands with a dispatcher running, until the
-   N-th is in ``completed/``, against N ``tsp sh -c true`` calls until ``tsp -w`` of the
-   last returns (task-spooler's own way to queue many), in the same run, alternating.
+1. Median wall time of ``python -I -c pass`` (the same interpreter as the venv's
+   ``gpudispatch`` script), ``gpudispatch submit -- true`` and ``gpudispatch status`` on a
+   small queue (10 queued, 10 finished), each started the way a shell starts it (the
+   console script, with ``posix_spawn``); the three alternate within every repetition so
+   they share the machine's noise. Requirement: submit <= 3x, status <= 4x the bare start.
+2. Unless ``--no-bulk``: N commands (``sh -c true``) queued with one
+   ``gpudispatch submit --each-line FILE`` and drained by ``gpudispatch run --drain``,
+   against N ``tsp sh -c true`` calls and ``tsp -w`` on the last (task-spooler, one slot).
+   Also N scripts (written beforehand) renamed into ``queue/`` and drained the same way.
+   Requirement: each takes no longer than task-spooler's.
 """
 
 from __future__ import annotations
@@ -20,79 +25,150 @@ import tempfile
 import time
 from pathlib import Path
 
-from notify import Inotify
-from peers import GpuDispatch, RunDirs, gpudispatch_command
-from run_all import tsp_drain, wait_count
+from peers import TaskSpooler, gpudispatch_command, write_script
+
+NS = 1e9
+_QUIET = [
+    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+]
 
 
-def median_ms(argv: list[str], reps: int, env: dict[str, str]) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def spawn_time(argv: list[str], env: dict[bytes, bytes]) -> float:
+    """Seconds from spawning ``argv`` (output to /dev/null) to its exit; it must exit 0."""
+    t0 = time.perf_counter_ns()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=_QUIET)
+    _, status = os.waitpid(pid, 0)
+    elapsed = (time.perf_counter_ns() - t0) / NS
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {os.waitstatus_to_exitcode(status)}")
+    return elapsed
 
 
-def cli_start(reps: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="gd-cli-") as tmp:
-        env = dict(os.environ, GPUDISPATCH_ROOT=f"{tmp}/root")
-        gd = gpudispatch_command()
-        subprocess.run([*gd, "submit", "--", "true"], env=env, capture_output=True,
-                       check=True)
-        bare = median_ms([sys.executable, "-I", "-c", "pass"], reps, env)
-        submit = median_ms([*gd, "submit", "--", "true"], reps, env)
-        status = median_ms([*gd, "status"], reps, env)
-    print(f"python -I -c pass   {bare:6.1f} ms")
-    print(f"gpudispatch submit  {submit:6.1f} ms  {submit / bare:4.1f}x  (issue 16: <= 3x)")
-    print(f"gpudispatch status  {status:6.1f} ms  {status / bare:4.1f}x  (issue 16: <= 4x)")
+def small_queue(root: Path, cli: list[str]) -> None:
+    """A queue with 10 queued jobs and 10 finished ones (made by a drained dispatcher)."""
+    done = root / "done"
+    for i in range(10):
+        subprocess.run([*cli, "submit", "--dir", str(done), "--name", f"d{i:02d}.sh", "--",
+                        "true"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*cli, "run", "--dir", str(done), "--slots", "1", "--drain", "-q"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for i in range(10):
+        subprocess.run([*cli, "submit", "--dir", str(done), "--name", f"q{i:02d}.sh", "--",
+                        "true"], check=True, stdout=subprocess.DEVNULL)
 
 
-def each_line_drain(run: Path, n: int) -> float:
-    """s from starting ``submit --each-line`` to the n-th job in completed/."""
-    node = GpuDispatch(run)
-    node.start()
+def bench_start(reps: int, work: Path) -> dict[str, list[float]]:
+    cli = gpudispatch_command()
+    python = str(Path(sys.executable))
+    small_queue(work, cli)
+    env = {k.encode(): v.encode() for k, v in os.environ.items()
+           if not k.startswith(("GPUDISPATCH", "PYTHON"))}
+    commands = {
+        "python -I -c pass": [python, "-I", "-c", "pass"],
+        "gpudispatch submit -- true": [*cli, "submit", "--dir", str(work / "sub"), "--",
+                                       "true"],
+        "gpudispatch status (small queue)": [*cli, "status", "--dir", str(work / "done")],
+    }
+    if not os.path.isabs(commands["gpudispatch status (small queue)"][0]):
+        raise SystemExit("bench: gpudispatch must be an installed console script")
+    for argv in commands.values():  # warm the page cache; not timed
+        spawn_time(argv, env)
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    keys = list(commands)
+    for rep in range(reps):
+        for key in keys[rep % 3:] + keys[: rep % 3]:
+            times[key].append(spawn_time(commands[key], env))
+    return times
+
+
+def drain(cli: list[str], root: Path, n: int) -> None:
+    """``run --slots 1 --drain`` on ``root``; all n jobs must complete."""
+    done = subprocess.run([*cli, "run", "--dir", str(root), "--slots", "1", "--drain", "-q"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    completed = sum(1 for p in (root / "completed").iterdir() if p.name.endswith(".sh"))
+    if done.returncode != 0 or completed != n:
+        raise RuntimeError(f"run --drain exited {done.returncode}; {completed} of {n} done")
+
+
+def bench_bulk(n: int, work: Path) -> tuple[float, float, float, float]:
+    """Seconds for n trivial commands: submit --each-line + drain, its submit part,
+    n files dropped into queue/ + drain, and n tsp calls + tsp -w."""
+    cli = gpudispatch_command()
+    lines = work / "commands.txt"
+    lines.write_text("true\n" * n)
+    root = work / "bulk"
+    os.sync()
+    t0 = time.perf_counter_ns()
+    subprocess.run([*cli, "submit", "--dir", str(root), "--each-line", str(lines)],
+                   check=True, stdout=subprocess.DEVNULL)
+    t_sub = time.perf_counter_ns()
+    drain(cli, root, n)
+    ours, submit = (time.perf_counter_ns() - t0) / NS, (t_sub - t0) / NS
+
+    dropped = work / "dropped"
+    (dropped / "queue").mkdir(parents=True)
+    staging = work / "staging"
+    staging.mkdir()
+    for i in range(n):  # written beforehand, as run_all.py's drain does; not timed
+        write_script(staging / f"job{i:05d}.sh", "true")
+    os.sync()
+    t0 = time.perf_counter_ns()
+    for i in range(n):
+        os.rename(staging / f"job{i:05d}.sh", dropped / "queue" / f"job{i:05d}.sh")
+    drain(cli, dropped, n)
+    files = (time.perf_counter_ns() - t0) / NS
+
+    tsp = TaskSpooler(work / "tsp")
+    tsp.start()
     try:
-        commands = run / "commands.txt"
-        commands.write_text("true\n" * n)
-        with Inotify(node.done_dirs) as ino:
-            t0 = time.perf_counter_ns()
-            subprocess.run([*gpudispatch_command(), "submit", "--dir", str(node.root),
-                            "--each-line", str(commands)], stdout=subprocess.DEVNULL,
-                           check=True)
-            t_end = wait_count(ino, node.done_dirs, n, timeout=max(120, n * 0.05))
+        os.sync()
+        t0 = time.perf_counter_ns()
+        for _ in range(n - 1):
+            tsp.submit("sh", "-c", "true")
+        last = tsp.tsp("sh", "-c", "true", capture=True).strip()
+        tsp.tsp("-w", last)
+        theirs = (time.perf_counter_ns() - t0) / NS
     finally:
-        node.stop()
-    return (t_end - t0) / 1e9
+        tsp.stop()
+    return ours, submit, files, theirs
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--bulk-reps", type=int, default=3)
-    args = parser.parse_args()
-    cli_start(args.reps)
-    base = Path(tempfile.mkdtemp(prefix="gd-bulk-"))
-    dirs = RunDirs(base)
-    ours, theirs = [], []
-    for rep in range(args.bulk_reps):
-        for who in (("gd", "tsp") if rep % 2 == 0 else ("tsp", "gd")):
-            run = dirs.fresh(f"bulk-{who}")
-            if who == "gd":
-                ours.append(each_line_drain(run, args.jobs))
-            else:
-                theirs.append(tsp_drain(run, args.jobs, 1)[0])
-        print(f"  rep {rep + 1}: submit --each-line + drain {ours[-1]:6.2f} s, "
-              f"{args.jobs} tsp calls + drain {theirs[-1]:6.2f} s")
-    dirs.cleanup()
-    base.rmdir()
-    a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"{args.jobs} jobs: --each-line {a:.2f} s, tsp {b:.2f} s, ratio {a / b:.2f}x "
-          "(issue 16: <= 1)")
-    return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--bulk", type=int, default=2000, metavar="N")
+    ap.add_argument("--no-bulk", action="store_true")
+    args = ap.parse_args()
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="cli-start-") as tmp:
+        work = Path(tmp)
+        (work / "tsp").mkdir()
+        times = bench_start(args.reps, work)
+        bare = statistics.median(times["python -I -c pass"])
+        print(f"CLI start, median of {args.reps} (min-max), {sys.executable}:")
+        for key, limit in zip(times, (None, 3.0, 4.0), strict=True):
+            med = statistics.median(times[key])
+            ratio = med / bare
+            verdict = "" if limit is None else (
+                f"  ratio {ratio:4.2f} (<= {limit:g}: {'PASS' if ratio <= limit else 'FAIL'})")
+            failed |= limit is not None and ratio > limit
+            print(f"  {key:34s} {med * 1e3:6.1f} ms ({min(times[key]) * 1e3:.1f}-"
+                  f"{max(times[key]) * 1e3:.1f}){verdict}")
+        if not args.no_bulk:
+            ours, submit, files, theirs = bench_bulk(args.bulk, work)
+            print(f"{args.bulk} trivial commands (true), queued and drained (one slot):")
+            print(f"  {f'{args.bulk} tsp calls + tsp -w':52s} {theirs:6.2f} s")
+            for label, value in ((f"submit --each-line + run --drain (submit {submit:.2f} s)",
+                                  ours),
+                                 (f"{args.bulk} files into queue/ + run --drain", files)):
+                ok = value <= theirs
+                failed |= not ok
+                print(f"  {label:52s} {value:6.2f} s  ratio {value / theirs:4.2f} "
+                      f"(<= 1: {'PASS' if ok else 'FAIL'})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -317,23 +317,6 @@ def test_submit_each_line_queues_one_job_per_line_run_in_line_order(tmp_path, ro
         assert "--retries 1" in (root / "completed" / name).read_text()
 
 
-def test_submit_each_line_from_standard_input_and_bad_input(tmp_path, root):
-    ok = subprocess.run([PYTHON, "-m", "gpudispatch", "submit", "--dir", str(root),
-                         "--each-line", "-"], input="true\ntrue\n", capture_output=True,
-                        text=True, env=job_env(), timeout=30)
-    assert ok.returncode == 0 and len(ok.stdout.split()) == 2, ok.stderr
-    binary = tmp_path / "binary"
-    binary.write_bytes(b"\0\1\2")
-    for args, says in ((["--each-line", str(binary)], "is a binary file"),
-                       (["--each-line", str(tmp_path / "missing")], "No such file"),
-                       (["--each-line", str(tmp_path)], "Is a directory"),
-                       (["--each-line", "-", "--name", "x.sh"], "no SCRIPT, -- COMMAND")):
-        result = cli("submit", "--dir", str(root), *args)
-        assert result.returncode != 0 and says in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
-    assert len(os.listdir(root / "queue")) == 2  # nothing from the bad ones
-
-
 def test_status_shows_the_next_queued_jobs_in_run_order_and_counts_the_rest(root):
     """A sweep-sized queue: status reads the records of what it shows, not of every
     queued job; the next ones come in run order (priority first, then name)."""

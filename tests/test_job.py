@@ -85,3 +85,58 @@ def test_an_interruption_never_outnumbers_the_recorded_attempts() -> None:
     assert record.interruptions == 1 and record.failed_attempts == 0
     record.attempts = 2
     assert record.failed_attempts == 1
+
+
+# --- written by hand, not as dataclasses (CLI start): they behave as the dataclasses did
+def test_record_and_directives_behave_as_the_dataclasses_did():
+    import copy
+    import pickle
+
+    rec = JobRecord("a.sh", attempts=2, params={"lr": 0.1})
+    assert rec == JobRecord(name="a.sh", attempts=2, params={"lr": 0.1})
+    assert rec != JobRecord(name="a.sh") and rec != "a.sh"
+    assert repr(rec).startswith("JobRecord(name='a.sh', gpus=[], host=None")
+    assert JobRecord("x.sh").gpus is not JobRecord("y.sh").gpus  # fresh lists and dicts
+    with pytest.raises(TypeError):
+        hash(rec)
+    assert pickle.loads(pickle.dumps(rec)) == rec == copy.deepcopy(rec)
+
+    d = Directives(gpus=2, after=("a.sh",))
+    assert d == Directives(2, None, 0, 0, ("a.sh",)) and hash(d) == hash(copy.copy(d))
+    assert {d: 1}[Directives(gpus=2, after=("a.sh",))] == 1
+    assert pickle.loads(pickle.dumps(d)) == d
+    assert d.to_dict() == {"gpus": 2, "after": ("a.sh",)} and Directives().to_dict() == {}
+    with pytest.raises(AttributeError):
+        d.gpus = 3
+    assert repr(Directives()) == ("Directives(gpus=None, timeout=None, retries=0, priority=0,"
+                                  " after=(), gpu_mem=None, oom_retries=0)")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "America/St_Johns", "Europe/Berlin"])
+def test_now_iso_is_what_datetime_gives(monkeypatch, zone):
+    import time
+    from datetime import datetime, timezone
+
+    from gpudispatch.job import now_iso, parse_iso
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        ours = now_iso()
+        theirs = datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+        assert len(ours) == len(theirs) and ours[-6:] == theirs[-6:]
+        assert abs((parse_iso(theirs) - parse_iso(ours)).total_seconds()) < 1
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_each_line_names_sort_in_line_order():
+    from gpudispatch.control import each_line_names
+
+    lines = [f"python run.py --seed {i}" for i in range(1, 12)] + ["", "x/y/ä b", "'q' c"]
+    names = each_line_names(lines, stamp="20260101-000000.000001")
+    assert sorted(names) == names and len(set(names)) == len(names)
+    assert names[0] == "20260101-000000.000001-01-python.sh"
+    assert names[-3:] == ["20260101-000000.000001-12-line.sh",
+                          "20260101-000000.000001-13-ä.sh", "20260101-000000.000001-14-q.sh"]

@@ -7,7 +7,7 @@ The names below are imported when first used (PEP 562): ``gpudispatch status`` a
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 TYPE_CHECKING = False  # (typing's own costs every start a few ms)
 if TYPE_CHECKING:
@@ -37,13 +37,17 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:  # a submodule (``gpudispatch.sweep``), as before names were lazy
+        if not name.isidentifier() or name.startswith("__"):
+            raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}")
         try:
-            return importlib.import_module(f"gpudispatch.{name}")
+            __import__(f"gpudispatch.{name}")
         except ModuleNotFoundError as exc:
             if exc.name != f"gpudispatch.{name}":
                 raise
-        raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"gpudispatch.{module}"), name)
+            raise AttributeError(f"module 'gpudispatch' has no attribute {name!r}") from None
+        return sys.modules[f"gpudispatch.{name}"]
+    __import__(f"gpudispatch.{module}")
+    value = getattr(sys.modules[f"gpudispatch.{module}"], name)
     globals()[name] = value
     return value
 

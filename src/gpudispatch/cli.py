@@ -1,27 +1,20 @@
-"""``gpudispatch VERB ...``: one thin function per verb; parsing and formatting only."""
+"""``gpudispatch VERB ...``: one thin function per verb; parsing and formatting only.
+
+Each verb imports what only it uses inside its function: a shell loop of ``submit`` calls
+pays the interpreter's start and little more (tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from collections.abc import Iterable
-from datetime import datetime
-from pathlib import Path
 
-from gpudispatch import argcheck, control, safeio
+from gpudispatch import argcheck, safeio
 from gpudispatch.argcheck import OptionError
 from gpudispatch.backends import BACKENDS
-from gpudispatch.job import (
-    DirectiveError,
-    JobState,
-    parse_directive_args,
-    parse_directives,
-    safe_iso,
-)
-from gpudispatch.layout import ROOT_ENV, default_root, name_problem, printable
+from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe_iso
+from gpudispatch.layout import ROOT_ENV, default_root_str, name_problem, printable
 from gpudispatch.store import FolderQueue, JobView, QueueError
 
 EXIT_USAGE = 2
@@ -32,9 +25,10 @@ class CliError(Exception):
     """A message for the user; the command exits non-zero."""
 
 
-def _root(args) -> Path:
-    """ROOT from ``--dir`` or the default; a path that exists must be a folder."""
-    root = Path(args.dir) if args.dir else default_root()
+def _root(args) -> str:
+    """ROOT from ``--dir`` or the default; a path that exists must be a folder. A string:
+    ``submit`` and ``status`` do not import pathlib."""
+    root = args.dir if args.dir else default_root_str()
     if os.path.exists(root) and not os.path.isdir(root):
         raise CliError(f"{root} is not a folder")
     return root
@@ -152,6 +146,8 @@ def _duration(view: JobView) -> str:
     start = safe_iso(view.record.started_at)
     if start is None or view.state is JobState.QUEUED:
         return ""
+    from datetime import datetime
+
     end = safe_iso(view.record.ended_at) if view.state.is_final else None
     seconds = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
     return format_seconds(seconds)
@@ -177,7 +173,7 @@ def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
     entries = []
     for state in (JobState.COMPLETED, JobState.FAILED):
         try:
-            found = list(os.scandir(queue.layout.state_dir(state)))
+            found = list(os.scandir(queue.layout.state_folder(state)))
         except OSError:  # gone, or not a folder: nothing finished there to show
             continue
         for entry in found:
@@ -200,6 +196,7 @@ def _queued_in_order(queue: FolderQueue, names: list[str], limit: int | None) ->
     jobs; on a larger queue the order shown is by name (``status`` says so)."""
     if len(names) > ORDER_READ_LIMIT:
         return names if limit is None else names[:limit]
+    from gpudispatch.job import parse_directives
     from gpudispatch.scriptcheck import read_head
 
     def key(name: str) -> tuple[int, str]:
@@ -227,17 +224,23 @@ def status_views(queue: FolderQueue, listed: dict[JobState, list[str]],
     return running + queued + _recent_finished(queue, finished_limit)
 
 
+def _plain(text: object) -> str:
+    """A value from the folder as a status cell: non-printable characters escaped (the
+    status tables interpret no markup, so ``[red]`` shows as typed)."""
+    return printable(str(text))
+
+
 def _reason(view: JobView) -> str:
     """The reason, and for Slurm jobs their id, node and pending reason."""
     rec = view.record
     if rec.backend != "slurm" or not rec.backend_id:
-        return _cell(rec.reason or "")
+        return _plain(rec.reason or "")
     slurm = f"slurm {rec.backend_id} {rec.extra.get('slurm_state', '')}".strip()
     if rec.extra.get("slurm_reason"):
         slurm += f" ({rec.extra['slurm_reason']})"
     elif rec.host and view.state is not JobState.QUEUED:
         slurm += f" on {rec.host}"
-    return _cell(f"{slurm}: {rec.reason}" if rec.reason else slurm)
+    return _plain(f"{slurm}: {rec.reason}" if rec.reason else slurm)
 
 
 CONTAINMENT_SHOWN = {"cgroup": "a cgroup v2 per job",
@@ -251,9 +254,12 @@ def _containment(views: list[JobView]) -> str:
     return f"\ncontained by {' and '.join(shown)}" if shown else ""
 
 
+STATE_STYLES = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
+
+
 def status_table(queue: FolderQueue, views: list[JobView], counts: dict[JobState, int],
                  title: str | None = None):
-    from rich.table import Table
+    from gpudispatch.plaintable import Table
 
     summary = "  ".join(f"{state.value} {counts[state]}" for state in JobState)
     shown = sum(v.state is JobState.QUEUED for v in views)
@@ -263,18 +269,18 @@ def status_table(queue: FolderQueue, views: list[JobView], counts: dict[JobState
             by = f" (by name: over {ORDER_READ_LIMIT} queued, priorities are not read)"
         summary += (f"\nnext {shown} of {counts[JobState.QUEUED]} queued shown{by}; "
                     "status --all lists every job")
-    paused = "  [bold yellow]PAUSED[/]" if queue.is_paused() else ""
-    table = Table(title=title or _cell(queue.layout.root),
-                  caption=summary + paused + _containment(views))
+    caption = [(summary, "")]
+    if queue.is_paused():
+        caption.append(("  PAUSED", "bold yellow"))
+    caption.append((_containment(views), ""))
+    table = Table(title=title or _plain(queue.layout.where("root")), caption=caption)
     for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
-        table.add_column(column, overflow="fold")
-    styles = {"running": "cyan", "queued": "", "completed": "green", "failed": "red"}
+        table.add_column(column)
     for view in views:
         rec = view.record
         table.add_row(
-            _cell(view.name),
-            f"[{styles[view.state.value]}]{view.state.value}[/]" if styles[view.state.value]
-            else view.state.value,
+            _plain(view.name),
+            (view.state.value, STATE_STYLES[view.state.value]),
             ",".join(map(str, rec.gpus)) if rec.gpus else ("cpu" if rec.started_at else ""),
             str(rec.attempts or ""),
             "" if rec.exit_code is None else str(rec.exit_code),
@@ -286,39 +292,39 @@ def status_table(queue: FolderQueue, views: list[JobView], counts: dict[JobState
 
 
 def gpu_table(gpus: list[dict]):
-    from rich.table import Table
-
     from gpudispatch.gpus import format_bytes
+    from gpudispatch.plaintable import Table
 
     table = Table(title="GPUs")
     for column in ("gpu", "memory", "util", "jobs (declared memory)", "others"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column)
     for gpu in gpus:
-        jobs = _cell(", ".join(
+        jobs = _plain(", ".join(
             f"{j['name']} ({format_bytes(j['gpu_mem'])})" if j["gpu_mem"] else j["name"]
             for j in gpu["jobs"]
         ))
-        others = _cell("; ".join(
+        others = _plain("; ".join(
             f"{p['user'] or '?'} pid {p['pid']} {p['command'] or ''} {format_bytes(p['used'])}"
             for p in gpu["processes"] if p["foreign"]
         ))
+        others_cell = (others, "")
         if gpu["blocked"]:
-            others = (f"[bold red]busy[/]: {_cell(gpu['blocked'])}"
-                      + (f" ({others})" if others else ""))
+            others_cell = (f"busy: {_plain(gpu['blocked'])}" + (f" ({others})" if others
+                                                                 else ""), "bold red")
         table.add_row(
-            _cell(f"{gpu['index']} {gpu['name']}"),
+            _plain(f"{gpu['index']} {gpu['name']}"),
             f"{format_bytes(gpu['memory_used'])} / {format_bytes(gpu['memory_total'])}",
             "" if gpu["utilization"] is None else f"{gpu['utilization']}%",
             jobs,
-            others,
+            others_cell,
         )
     return table
 
 
-def status_view(queue: FolderQueue, limit: int | None, queued_limit: int | None = None):
-    """The job table, under the GPU table when a dispatcher has reported its GPUs."""
-    from rich.console import Group
-
+def status_view(queue: FolderQueue, limit: int | None,
+                queued_limit: int | None = None) -> list:
+    """The job table, under the GPU table when a dispatcher has reported its GPUs (else
+    under a table of what runs where)."""
     from gpudispatch.report import read_gpu_report
 
     listed = {state: queue.names(state) for state in JobState}
@@ -327,24 +333,34 @@ def status_view(queue: FolderQueue, limit: int | None, queued_limit: int | None 
     gpus = read_gpu_report(queue.layout)
     if gpus:
         try:
-            return Group(gpu_table(gpus), jobs)
+            return [gpu_table(gpus), jobs]
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             pass  # a report of another shape (edited, or another version): jobs only
     running = [v for v in views if v.state is JobState.RUNNING]
-    return Group(running_table(running), jobs) if running else jobs
+    return [running_table(running), jobs] if running else [jobs]
 
 
 def running_table(running: list[JobView]):
     """What runs where, and for how long (when no GPU report is available)."""
-    from rich.table import Table
+    from gpudispatch.plaintable import Table
 
     table = Table(title="running")
     for column in ("gpu", "job", "for"):
         table.add_column(column)
     for view in sorted(running, key=lambda v: (v.record.gpus or [-1], v.name)):
         gpus = ",".join(map(str, view.record.gpus)) or "cpu"
-        table.add_row(gpus, _cell(view.name), _duration(view))
+        table.add_row(gpus, _plain(view.name), _duration(view))
     return table
+
+
+def render_status(queue: FolderQueue, limit: int | None, queued_limit: int | None = None,
+                  stream=None) -> str:
+    """The status tables as text for ``stream`` (its width; colours on a terminal)."""
+    from gpudispatch.plaintable import terminal_width, use_color
+
+    width, color = terminal_width(stream), use_color(stream)
+    return "".join(table.render(width, color) for table in status_view(queue, limit,
+                                                                     queued_limit))
 
 
 def cmd_status(args) -> int:
@@ -353,6 +369,8 @@ def cmd_status(args) -> int:
     argcheck.count(args.queued, "--queued", minimum=0)
     queue = _queue(args)
     if args.json:  # streamed, one job at a time: constant memory on any queue
+        import json
+
         separator = "\n"
         sys.stdout.write("[")
         for view in queue.jobs():
@@ -360,28 +378,29 @@ def cmd_status(args) -> int:
             separator = ",\n"
         sys.stdout.write("]\n" if separator == "\n" else "\n]\n")
         return 0
-    from rich.console import Console
-
-    console = Console()
     limit = None if args.all else args.recent
     queued_limit = None if args.all else args.queued
     if not args.watch:
-        console.print(status_view(queue, limit, queued_limit))
+        sys.stdout.write(render_status(queue, limit, queued_limit))
         return 0
-    if not console.is_terminal:  # a pipe or file: one table per refresh, not a live view
+    import time
+
+    if not sys.stdout.isatty():  # a pipe or file: one table per refresh, not a live view
         try:
             while True:
-                console.print(status_view(queue, limit, queued_limit))
+                sys.stdout.write(render_status(queue, limit, queued_limit))
                 sys.stdout.flush()
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             return 0
+    from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
-    with Live(console=console, auto_refresh=False, screen=False) as live:
+    with Live(console=Console(), auto_refresh=False, screen=False) as live:
         try:
             while True:
-                live.update(status_view(queue, limit, queued_limit), refresh=True)
+                live.update(Text.from_ansi(render_status(queue, limit, queued_limit)), refresh=True)
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             pass
@@ -397,6 +416,8 @@ def _directive_options(args) -> list[str]:
             options += [f"--{flag.replace('_', '-')}", str(value)]
     if args.after:
         options += ["--after", *args.after]
+    if not options:  # nothing to check; the directive parser is not even built
+        return options
     try:
         parse_directive_args(options)
     except (DirectiveError, ValueError) as exc:
@@ -412,20 +433,79 @@ def _check_name(name: str) -> str:
     return name
 
 
+def read_command_lines(source: str) -> list[str]:
+    """The lines of ``source`` (a file, or ``-`` for standard input) that are neither blank
+    nor ``#`` comments, each a shell command; CliError (one line) for input that cannot
+    be a list of commands."""
+    shown = "standard input" if source == "-" else printable(source)
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise CliError(f"--each-line: cannot read {shown}: {exc.strerror or exc}") from None
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise CliError(f"--each-line: {shown} is binary (a NUL byte on line {line}); "
+                       "give one shell command per line")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CliError(f"--each-line: {shown} is not UTF-8 text (line {line})") from None
+    # "\n" only: a command may hold other characters that str.splitlines() would split on.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    commands = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not commands:
+        raise CliError(f"--each-line: {shown} holds no command (every line is blank or a "
+                       "# comment)")
+    return commands
+
+
+def _submit_each_line(args, options: list[str]) -> int:
+    """One job per line, as ``submit -- sh -c LINE`` would make it, queued in line order.
+
+    The names are printed once every line is queued (a reader that goes away early must
+    not stop the queueing); when a line cannot be queued, those before it are printed
+    and the error says how many went in."""
+    from gpudispatch import control
+
+    if args.command or args.scripts:
+        raise CliError("--each-line takes the commands from its file: give no SCRIPT or "
+                       "-- COMMAND with it")
+    if args.name:
+        raise CliError("--each-line names each job itself (STAMP-LINE-PROGRAM.sh); "
+                       "--name is for one command")
+    lines = read_command_lines(args.each_line)
+    queue = _queue(args, create=True)  # after the input is known good: nothing made for none
+    cwd = os.getcwd()
+    queued: list[str] = []
+    try:
+        for name, line in zip(control.each_line_names(lines), lines, strict=True):
+            text = control.with_directives(control.command_script(["sh", "-c", line], cwd),
+                                           options)
+            queued.append(queue.enqueue_text(_check_name(name), text, rename=True))
+    except (QueueError, OSError) as exc:
+        if queued:
+            print("\n".join(printable(name) for name in queued), flush=True)
+        problem = exc if isinstance(exc, QueueError) else (exc.strerror or exc)
+        raise QueueError(f"command {len(queued) + 1} of {len(lines)} not queued: "
+                         f"{problem}; the {len(queued)} before it were") from None
+    print("\n".join(printable(name) for name in queued))
+    return 0
+
+
 def cmd_submit(args) -> int:
+    from gpudispatch import control
+
+    if args.each_line is not None:
+        return _submit_each_line(args, _directive_options(args))
     queue = _queue(args, create=True)
     options = _directive_options(args)
     names = []
-    if args.each_line is not None:
-        if args.command or args.scripts or args.name:
-            raise CliError("--each-line takes the commands from its file: no SCRIPT, "
-                           "-- COMMAND or --name with it")
-        lines = control.command_lines(_read_input(args.each_line), args.each_line)
-        cwd = os.getcwd()
-        for name, line in zip(control.each_line_names(lines), lines, strict=True):
-            text = control.with_directives(control.line_script(line, cwd), options)
-            names.append(queue.enqueue_text(name, text, rename=True))
-    elif args.command:
+    if args.command:
         text = control.with_directives(control.command_script(args.command, os.getcwd()), options)
         name = _check_name(args.name or control.command_name(args.command))
         names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
@@ -433,22 +513,13 @@ def cmd_submit(args) -> int:
         if not args.scripts:
             raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
         for path in args.scripts:
+            from pathlib import Path
+
             names.append(control.submit_file(queue, Path(path), options, rename=args.rename))
     for name in names:
         print(printable(name))
     return 0
 
-
-def _read_input(source: str) -> bytes:
-    """A file's bytes, or standard input's for ``-``; CliError (one line) if unreadable.
-    The user's own file: a symlink or a pipe (``<(seq ...)``) is taken as given."""
-    try:
-        if source == "-":
-            return sys.stdin.buffer.read()
-        with open(source, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise CliError(f"{printable(source)}: {exc.strerror or exc}") from None
 
 
 def _job_arg(queue: FolderQueue, name: str) -> JobState:
@@ -483,6 +554,8 @@ def _open_log(queue: FolderQueue, name: str, state: JobState) -> int:
 
 
 def cmd_logs(args) -> int:
+    import time
+
     queue = _queue(args)
     state = _job_arg(queue, args.name)
     with os.fdopen(_open_log(queue, args.name, state), "rb") as fh:
@@ -500,6 +573,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
+    from gpudispatch import control
+
     argcheck.seconds(args.grace, "--grace", zero_ok=True)
     queue = _queue(args)
     status = 0
@@ -514,6 +589,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_retry(args) -> int:
+    from gpudispatch import control
+
     queue = _queue(args)
     status = 0
     for name in args.names:
@@ -570,6 +647,8 @@ def cmd_sweep(args) -> int:
 
 def _print_history(queue: FolderQueue, args) -> int:
     """``results --history NAME``: the series a job logged, one row per line it wrote."""
+    import json
+
     from gpudispatch.results import history_columns, metric_history, rows_to_csv, table_text
 
     name = args.history
@@ -599,11 +678,13 @@ def _print_history(queue: FolderQueue, args) -> int:
     return 0
 
 
-def _known(things: Iterable[str]) -> str:
+def _known(things: list[str] | set[str] | dict[str, object]) -> str:
     return ", ".join(printable(t) for t in sorted(things)) or "none"
 
 
 def cmd_results(args) -> int:
+    import json
+
     from gpudispatch.results import collect, columns, rows_to_csv, sort_rows
 
     if args.history is not None:
@@ -689,126 +770,168 @@ def _print_results_table(rows: list[dict], cols: list[str], key: str | None,
 
 
 # ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then the
+    terminal, else 80), without importing shutil (and bz2, lzma) on every start."""
+    from gpudispatch.plaintable import terminal_width
+
+    return terminal_width(sys.__stdout__)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, given the width so that it does not import shutil: argparse
+    makes one for every parser it builds, also when no help is printed."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every verb, or with ``only`` of that verb alone: building the
+    options of all ten costs a one-job ``submit`` a noticeable share of its time."""
     parser = argparse.ArgumentParser(
         prog="gpudispatch",
+        formatter_class=_HelpFormatter,
         description="Drop shell scripts into a folder; each runs on a free GPU.",
         epilog=f"ROOT defaults to ${ROOT_ENV}, else ~/gpudispatch.",
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    def want(name: str) -> bool:
+        return only is None or name == only
+
     def verb(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=_HelpFormatter)
         p.add_argument("--dir", metavar="ROOT", help=f"queue root (default: ${ROOT_ENV} or "
                        "~/gpudispatch)")
         p.set_defaults(func=func)
         return p
 
-    p = verb("run", cmd_run, "run the dispatcher on ROOT's queue")
-    p.add_argument("--gpus", metavar="LIST|all", help="GPU slots: 0,1,3 or 0-3 or all "
-                   "(default: all, unless only --slots is given)")
-    p.add_argument("--slots", type=int, metavar="K", help="K CPU-only slots "
-                   "(jobs see CUDA_VISIBLE_DEVICES='')")
-    p.add_argument("--wait", type=float, default=1.0, metavar="SEC",
-                   help="seconds between queue scans when file events are unavailable "
-                   "(default 1)")
-    p.add_argument("--drain", action="store_true",
-                   help="exit once nothing is queued or running (status 1 if a job failed)")
-    p.add_argument("--on-finish", metavar="COMMAND",
-                   help="shell command run after each job, with GPUDISPATCH_JOB, "
-                   "GPUDISPATCH_STATE, GPUDISPATCH_EXIT_CODE, GPUDISPATCH_LOG set")
-    p.add_argument("--kill-grace", type=float, default=10.0, metavar="SEC",
-                   help="seconds between SIGTERM and SIGKILL when stopping a job (default 10)")
-    p.add_argument("--reserve-after", type=float, default=300.0, metavar="SEC",
-                   help="a job that does not fit may be passed by smaller ones for this long, "
-                   "then holds the line (default 300)")
-    p.add_argument("--respect-foreign", action=argparse.BooleanOptionalAction, default=True,
-                   help="treat a GPU as busy while processes outside the queue hold at least "
-                   "--foreign-threshold of its memory (needs NVML; default on)")
-    p.add_argument("--foreign-threshold", default="1G", metavar="SIZE",
-                   help="memory held by others that makes a GPU busy (default 1G)")
-    p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
-                   help="seconds between GPU readings (NVML) (default 5)")
-    p.add_argument("--heartbeat", type=float, default=15.0, metavar="SEC",
-                   help="how often a dispatcher says it is alive; dispatchers on other hosts "
-                   "sharing ROOT take over its jobs after 3 missed beats (default 15; use "
-                   "the same value on every host)")
-    p.add_argument("--allow-other-users", action="store_true",
-                   help="run scripts in queue/ that other users own (they run as this "
-                   "dispatcher's user); without it they fail with a reason naming the owner")
-    p.add_argument("--containment", choices=("auto", "cgroup", "process-group"),
-                   default="auto",
-                   help="how every process of a job is ended with it: a cgroup v2 per job "
-                   "(where one can be made: root, or a delegated cgroup), else its process "
-                   "group and the daemons the dispatcher finds (default auto: the first "
-                   "that works; `status` says which)")
-    p.add_argument("--backend", choices=BACKENDS, default="local")
-    p.add_argument("--partition", help="Slurm partition (--backend slurm)")
-    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="extra sbatch option, repeatable (--backend slurm)")
-    p.add_argument("-q", "--quiet", action="store_true", help="log to logfile.txt only")
+    if want("run"):
+        p = verb("run", cmd_run, "run the dispatcher on ROOT's queue")
+        p.add_argument("--gpus", metavar="LIST|all", help="GPU slots: 0,1,3 or 0-3 or all "
+                       "(default: all, unless only --slots is given)")
+        p.add_argument("--slots", type=int, metavar="K", help="K CPU-only slots "
+                       "(jobs see CUDA_VISIBLE_DEVICES='')")
+        p.add_argument("--wait", type=float, default=1.0, metavar="SEC",
+                       help="seconds between queue scans when file events are unavailable "
+                       "(default 1)")
+        p.add_argument("--drain", action="store_true",
+                       help="exit once nothing is queued or running (status 1 if a job failed)")
+        p.add_argument("--on-finish", metavar="COMMAND",
+                       help="shell command run after each job, with GPUDISPATCH_JOB, "
+                       "GPUDISPATCH_STATE, GPUDISPATCH_EXIT_CODE, GPUDISPATCH_LOG set")
+        p.add_argument("--kill-grace", type=float, default=10.0, metavar="SEC",
+                       help="seconds between SIGTERM and SIGKILL when stopping a job (default 10)")
+        p.add_argument("--reserve-after", type=float, default=300.0, metavar="SEC",
+                       help="a job that does not fit may be passed by smaller ones for this long, "
+                       "then holds the line (default 300)")
+        p.add_argument("--respect-foreign", action=argparse.BooleanOptionalAction, default=True,
+                       help="treat a GPU as busy while processes outside the queue hold at least "
+                       "--foreign-threshold of its memory (needs NVML; default on)")
+        p.add_argument("--foreign-threshold", default="1G", metavar="SIZE",
+                       help="memory held by others that makes a GPU busy (default 1G)")
+        p.add_argument("--gpu-poll", type=float, default=5.0, metavar="SEC",
+                       help="seconds between GPU readings (NVML) (default 5)")
+        p.add_argument("--heartbeat", type=float, default=15.0, metavar="SEC",
+                       help="how often a dispatcher says it is alive; dispatchers on other hosts "
+                       "sharing ROOT take over its jobs after 3 missed beats (default 15; use "
+                       "the same value on every host)")
+        p.add_argument("--allow-other-users", action="store_true",
+                       help="run scripts in queue/ that other users own (they run as this "
+                       "dispatcher's user); without it they fail with a reason naming the owner")
+        p.add_argument("--containment", choices=("auto", "cgroup", "process-group"),
+                       default="auto",
+                       help="how every process of a job is ended with it: a cgroup v2 per job "
+                       "(where one can be made: root, or a delegated cgroup), else its process "
+                       "group and the daemons the dispatcher finds (default auto: the first "
+                       "that works; `status` says which)")
+        p.add_argument("--backend", choices=BACKENDS, default="local")
+        p.add_argument("--partition", help="Slurm partition (--backend slurm)")
+        p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                       help="extra sbatch option, repeatable (--backend slurm)")
+        p.add_argument("-q", "--quiet", action="store_true", help="log to logfile.txt only")
 
-    p = verb("status", cmd_status, "jobs by state")
-    p.add_argument("--json", action="store_true", help="every job as a JSON array")
-    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh (seconds)")
-    p.add_argument("--recent", type=int, default=20, metavar="N",
-                   help="finished jobs to show (default 20)")
-    p.add_argument("--queued", type=int, default=20, metavar="N",
-                   help="queued jobs to show, next first (default 20)")
-    p.add_argument("--all", action="store_true", help="show every queued and finished job")
+    if want("status"):
+        p = verb("status", cmd_status, "jobs by state")
+        p.add_argument("--json", action="store_true", help="every job as a JSON array")
+        p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+        p.add_argument("--interval", type=float, default=1.0, help="--watch refresh (seconds)")
+        p.add_argument("--recent", type=int, default=20, metavar="N",
+                       help="finished jobs to show (default 20)")
+        p.add_argument("--queued", type=int, default=20, metavar="N",
+                       help="queued jobs to show, next first (default 20)")
+        p.add_argument("--all", action="store_true", help="show every queued and finished job")
 
-    p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
-    p.add_argument("scripts", nargs="*", metavar="SCRIPT")
-    p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
-    p.add_argument("--each-line", metavar="FILE",
-                   help="one job per line of FILE (- for standard input), each line a "
-                   "shell command run from here; the jobs run in line order")
-    p.add_argument("--rename", action="store_true",
-                   help="pick a free name when the name is taken (NAME-2.sh, ...)")
-    p.add_argument("--gpus", type=int, metavar="K")
-    p.add_argument("--timeout", metavar="DURATION")
-    p.add_argument("--retries", type=int, metavar="N")
-    p.add_argument("--priority", type=int, metavar="P")
-    p.add_argument("--after", nargs="+", metavar="NAME")
-    p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory the job needs; such jobs "
-                   "share a GPU while their sums fit")
-    p.add_argument("--oom-retries", type=int, metavar="N",
-                   help="after a CUDA out-of-memory failure, run again alone, up to N times")
+    if want("submit"):
+        p = verb("submit", cmd_submit, "copy scripts (or wrap a command) into the queue")
+        p.add_argument("scripts", nargs="*", metavar="SCRIPT")
+        p.add_argument("--name", help="job name for a wrapped command (must end in .sh)")
+        p.add_argument("--rename", action="store_true",
+                       help="pick a free name when the name is taken (NAME-2.sh, ...)")
+        p.add_argument("--each-line", metavar="FILE",
+                       help="one job per non-blank line of FILE (- for standard input), each "
+                       "line a shell command as `submit -- sh -c LINE` takes it; they run in "
+                       "line order")
+        p.add_argument("--gpus", type=int, metavar="K")
+        p.add_argument("--timeout", metavar="DURATION")
+        p.add_argument("--retries", type=int, metavar="N")
+        p.add_argument("--priority", type=int, metavar="P")
+        p.add_argument("--after", nargs="+", metavar="NAME")
+        p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory the job needs; such jobs "
+                       "share a GPU while their sums fit")
+        p.add_argument("--oom-retries", type=int, metavar="N",
+                       help="after a CUDA out-of-memory failure, run again alone, up to N times")
 
-    p = verb("logs", cmd_logs, "print a job's output")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
+    if want("logs"):
+        p = verb("logs", cmd_logs, "print a job's output")
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
 
-    p = verb("cancel", cmd_cancel, "cancel queued or running jobs")
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--grace", type=float, default=10.0, metavar="SEC",
-                   help="seconds between SIGTERM and SIGKILL (default 10)")
+    if want("cancel"):
+        p = verb("cancel", cmd_cancel, "cancel queued or running jobs")
+        p.add_argument("names", nargs="+", metavar="NAME")
+        p.add_argument("--grace", type=float, default=10.0, metavar="SEC",
+                       help="seconds between SIGTERM and SIGKILL (default 10)")
 
-    p = verb("retry", cmd_retry, "put failed jobs back in the queue")
-    p.add_argument("names", nargs="+", metavar="NAME")
+    if want("retry"):
+        p = verb("retry", cmd_retry, "put failed jobs back in the queue")
+        p.add_argument("names", nargs="+", metavar="NAME")
 
-    p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
-    p.add_argument("spec", type=Path, metavar="SPEC.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
-    p.add_argument("--yes", action="store_true",
-                   help="queue a sweep of more than 100,000 runs (refused without it)")
+    if want("sweep"):
+        p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
+        from pathlib import Path
 
-    p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
-    p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="rows as a JSON array")
-    fmt.add_argument("--csv", action="store_true", help="rows as CSV")
-    p.add_argument("--sort", metavar="COLUMN", help="sort by this column (missing last; "
-                   "default: by the sweep's metric, best first, where its file names one)")
-    p.add_argument("--desc", action="store_true", help="with --sort: largest first")
-    p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
-    p.add_argument("--history", metavar="NAME",
-                   help="the metrics one job logged over time, a row per line it wrote")
+        p.add_argument("spec", type=Path, metavar="SPEC.yaml")
+        p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
+        p.add_argument("--yes", action="store_true",
+                       help="queue a sweep of more than 100,000 runs (refused without it)")
 
-    verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
-    verb("resume", cmd_resume, "start new jobs again")
+    if want("results"):
+        p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
+        p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")
+        fmt = p.add_mutually_exclusive_group()
+        fmt.add_argument("--json", action="store_true", help="rows as a JSON array")
+        fmt.add_argument("--csv", action="store_true", help="rows as CSV")
+        p.add_argument("--sort", metavar="COLUMN", help="sort by this column (missing last; "
+                       "default: by the sweep's metric, best first, where its file names one)")
+        p.add_argument("--desc", action="store_true", help="with --sort: largest first")
+        p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
+        p.add_argument("--history", metavar="NAME",
+                       help="the metrics one job logged over time, a row per line it wrote")
+
+    if want("pause"):
+        verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
+    if want("resume"):
+        verb("resume", cmd_resume, "start new jobs again")
     return parser
+
+
+VERBS = ("run", "status", "submit", "logs", "cancel", "retry", "sweep", "results", "pause",
+         "resume")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,7 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:  # submit -- COMMAND ARGS...: everything after -- is the command
         cut = argv.index("--")
         argv, command = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    # The verb comes first (the top level has no options but -h): build its parser alone.
+    args = build_parser(argv[0] if argv and argv[0] in VERBS else None).parse_args(argv)
     args.command = command
     for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 must not crash a print
         reconfigure = getattr(stream, "reconfigure", None)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from gpudispatch.job import DIRECTIVE_PREFIX, JobState, now_iso
 from gpudispatch.layout import name_problem, printable
 from gpudispatch.store import HOST, FolderQueue, QueueError, write_atomic
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def directive_line(options: Sequence[str]) -> str:
@@ -43,51 +45,39 @@ def command_script(argv: Sequence[str], cwd: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def line_script(line: str, cwd: str | None = None) -> str:
-    """A script that runs one shell command line (as ``sh -c LINE`` would: pipes,
-    redirections and ``&&`` included), from the folder it was submitted in."""
-    lines = ["#!/bin/sh", "# submitted with: gpudispatch submit --each-line"]
-    if cwd:
-        lines.append(f"cd {shlex.quote(cwd)} || exit 1")
-    lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def command_lines(data: bytes, source: str) -> list[str]:
-    """The commands of ``submit --each-line``: one per line; blank lines and ``#``
-    comments skipped, a CRLF ending taken as LF. QueueError (one line) when the input is
-    binary, not UTF-8, or holds no command."""
-    if b"\0" in data:
-        raise QueueError(f"{source} is a binary file, not one command per line")
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as exc:
-        raise QueueError(f"{source} is not UTF-8 text (byte {exc.start})") from None
-    found = [line.removesuffix("\r") for line in text.split("\n")]
-    found = [line for line in found if line.strip() and not line.lstrip().startswith("#")]
-    if not found:
-        raise QueueError(f"{source} holds no command (one per line)")
-    return found
-
-
-def each_line_names(lines: Sequence[str], stamp: str | None = None) -> list[str]:
-    """Job names that sort in line order (the queue runs alphanumerically within a
-    priority): time, line number, then the program's name."""
-    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
-    width = max(4, len(str(len(lines))))
-    names = []
-    for number, line in enumerate(lines, 1):
-        words = line.split()
-        stem = command_name([words[0]] if words else []).split("-", 2)[-1]
-        names.append(f"{stamp}-{number:0{width}d}-{stem}")
-    return names
-
-
 def command_name(argv: Sequence[str]) -> str:
     """A file name for a wrapped command: its program's name, made safe."""
     stem = os.path.basename(argv[0]) if argv else "command"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "cmd"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}.sh"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_stem(stem)}.sh"
+
+
+def safe_stem(stem: str) -> str:
+    """``stem`` made safe for a file name: letters, digits, ``-_.``; never empty."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "cmd"
+
+
+def line_program(line: str) -> str:
+    """The program a shell line starts (its first word's base name), for a job's name."""
+    words = line.split(None, 1)
+    return os.path.basename(words[0]) if words else "line"
+
+
+def each_line_names(lines: Sequence[str], stamp: str | None = None) -> list[str]:
+    """Job names for one command per line, unique and sorting in line order.
+
+    ``STAMP-NNNN-PROGRAM.sh``: the stamp has microseconds, so a later batch sorts after
+    an earlier one (and after ``submit --`` jobs of the same second); the zero-padded
+    line number keeps the batch in line order, and the program makes ``status`` legible.
+    """
+    if stamp is None:
+        now = time.time()
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}"
+    width = len(str(len(lines)))
+    names = []
+    for number, line in enumerate(lines, 1):
+        program = safe_stem(line_program(line)[:40])
+        names.append(f"{stamp}-{number:0{width}d}-{program}.sh")
+    return names
 
 
 def submit_file(
@@ -115,8 +105,6 @@ def _require(queue: FolderQueue, name: str) -> JobState:
 
 def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
     """Cancel a job; what happened, in words. Running groups get SIGTERM then SIGKILL."""
-    from gpudispatch import cgroups, procs  # only a cancel needs them
-
     state = _require(queue, name)
     layout = queue.layout
     if state is JobState.QUEUED:
@@ -151,6 +139,10 @@ def cancel(queue: FolderQueue, name: str, grace: float = 10.0) -> str:
         return f"{name}: was not running any more (cancelled)"
     if record.host not in (None, HOST):
         return f"{name}: cancel requested; its dispatcher on {record.host} will stop it"
+    import signal
+
+    from gpudispatch import cgroups, procs  # here: submit imports this module, not these
+
     started = record.extra.get("monitor_started")
     cgroup = cgroups.checked(record.extra.get("cgroup"))
     if procs.same_process(record.pid, started):

@@ -10,11 +10,11 @@ import enum
 import json
 import re
 import shlex
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+import time
 
-TYPE_CHECKING = False  # typing's own costs a CLI start a few ms
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (CLI start)
 if TYPE_CHECKING:
+    from datetime import datetime
     from typing import Any
 
 DIRECTIVE_PREFIX = "#GPUDISPATCH"
@@ -35,7 +35,17 @@ class JobState(str, enum.Enum):
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+    """Now, local time with its UTC offset, to the millisecond: what
+    ``datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")`` gives,
+    made with :mod:`time` so that ``submit`` need not import :mod:`datetime`."""
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    local = time.localtime(seconds)
+    offset = local.tm_gmtoff or 0
+    hours, rest = divmod(abs(offset), 3600)
+    minutes, secs = divmod(rest, 60)
+    zone = f"{'-' if offset < 0 else '+'}{hours:02d}:{minutes:02d}" + (f":{secs:02d}" if secs
+                                                                      else "")
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{ns // 1_000_000:03d}{zone}"
 
 
 def parse_iso(text: str | None) -> datetime | None:
@@ -45,6 +55,8 @@ def parse_iso(text: str | None) -> datetime | None:
         return None
     if not isinstance(text, str):
         raise ValueError(f"not a time: {text!r}")
+    from datetime import datetime
+
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo is not None else moment.astimezone()
 
@@ -58,26 +70,65 @@ def safe_iso(text: object) -> datetime | None:
         return None
 
 
-@dataclass
 class JobRecord:
-    """What gpudispatch knows of one job; written atomically as ``logs/NAME.json``."""
+    """What gpudispatch knows of one job; written atomically as ``logs/NAME.json``.
 
-    name: str
-    gpus: list[int] = field(default_factory=list)
-    host: str | None = None
-    pid: int | None = None
-    dispatcher: str | None = None
-    submitted_at: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    exit_code: int | None = None
-    attempts: int = 0
-    reason: str | None = None
-    log: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    backend: str = "local"
-    backend_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    Written out by hand rather than as a dataclass: ``dataclasses`` imports ``inspect``,
+    which costs ``gpudispatch submit`` more than the rest of the command. It behaves as
+    the dataclass did (same fields in the same order, ``==``, ``repr``, unhashable);
+    ``gpus``, ``params`` and ``extra`` given as None become a new empty list or dict.
+    """
+
+    FIELDS = ("name", "gpus", "host", "pid", "dispatcher", "submitted_at", "started_at",
+              "ended_at", "exit_code", "attempts", "reason", "log", "params", "backend",
+              "backend_id", "extra")
+
+    def __init__(
+        self,
+        name: str,
+        gpus: list[int] | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+        dispatcher: str | None = None,
+        submitted_at: str | None = None,
+        started_at: str | None = None,
+        ended_at: str | None = None,
+        exit_code: int | None = None,
+        attempts: int = 0,
+        reason: str | None = None,
+        log: str | None = None,
+        params: dict[str, Any] | None = None,
+        backend: str = "local",
+        backend_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.gpus: list[int] = [] if gpus is None else gpus
+        self.host = host
+        self.pid = pid
+        self.dispatcher = dispatcher
+        self.submitted_at = submitted_at
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.exit_code = exit_code
+        self.attempts = attempts
+        self.reason = reason
+        self.log = log
+        self.params: dict[str, Any] = {} if params is None else params
+        self.backend = backend
+        self.backend_id = backend_id
+        self.extra: dict[str, Any] = {} if extra is None else extra
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{key}={getattr(self, key)!r}" for key in self.FIELDS)
+        return f"JobRecord({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: as the dataclass was
 
     def to_json(self) -> str:
         # vars() not asdict(): no deep copy, and every field is already plain JSON.
@@ -218,9 +269,11 @@ class DirectiveError(ValueError):
     """A malformed ``#GPUDISPATCH`` line; the message quotes it."""
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+# Patterns, not compiled ones: re compiles (and caches) them on first use, so importing
+# this module (every CLI verb does) compiles nothing.
+_DURATION_PART = r"(\d+(?:\.\d+)?)([dhms])"
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_SIZE = r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$"
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -237,7 +290,7 @@ def parse_duration(text: str) -> float:
         hours, minutes, seconds = parts
         return (int(days or 0) * 24 + hours) * 3600 + minutes * 60 + seconds
     pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
+    for match in re.finditer(_DURATION_PART, text):
         if match.start() != pos:
             break
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -249,27 +302,73 @@ def parse_duration(text: str) -> float:
 
 def parse_size(text: str) -> int:
     """Bytes in ``10G``, ``512M``, ``1.5GiB``, ``2048`` (plain numbers are bytes)."""
-    match = _SIZE.match(text.strip())
+    match = re.match(_SIZE, text.strip(), re.IGNORECASE)
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
-@dataclass(frozen=True)
 class Directives:
-    """How a job asks to be run; every field has the default a plain script gets."""
+    """How a job asks to be run; every field has the default a plain script gets.
 
-    gpus: int | None = None  # None: one slot of any kind; 0: a CPU slot; K: K GPUs
-    timeout: float | None = None
-    retries: int = 0
-    priority: int = 0
-    after: tuple[str, ...] = ()
-    gpu_mem: int | None = None
-    oom_retries: int = 0
+    Immutable and hashable, like the frozen dataclass it was; written by hand so that
+    the command line does not import ``dataclasses`` (see :class:`JobRecord`).
+    """
+
+    # field -> default; gpus None: one slot of any kind; 0: a CPU slot; K: K GPUs
+    DEFAULTS: dict[str, Any] = {"gpus": None, "timeout": None, "retries": 0, "priority": 0,
+                                "after": (), "gpu_mem": None, "oom_retries": 0}
+    __slots__ = tuple(DEFAULTS)
+
+    gpus: int | None
+    timeout: float | None
+    retries: int
+    priority: int
+    after: tuple[str, ...]
+    gpu_mem: int | None
+    oom_retries: int
+
+    def __init__(
+        self,
+        gpus: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        after: tuple[str, ...] = (),
+        gpu_mem: int | None = None,
+        oom_retries: int = 0,
+    ) -> None:
+        for key, value in zip(self.__slots__, (gpus, timeout, retries, priority, after,
+                                               gpu_mem, oom_retries), strict=True):
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {key!r} (Directives are immutable)")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"cannot delete field {key!r} (Directives are immutable)")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, key) for key in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple:  # pickle and copy: through __init__, not setattr
+        return (Directives, self._values())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{key}={getattr(self, key)!r}" for key in self.__slots__)
+        return f"Directives({inner})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != f.default}
+        return {key: getattr(self, key) for key, default in self.DEFAULTS.items()
+                if getattr(self, key) != default}
 
 
 def _directive_parser():  # built lazily: argparse is only needed when a header has directives
@@ -279,7 +378,10 @@ def _directive_parser():  # built lazily: argparse is only needed when a header 
         def error(self, message: str):  # argparse would print and exit
             raise DirectiveError(message)
 
-    parser = _Raising(prog=DIRECTIVE_PREFIX, add_help=False, allow_abbrev=False)
+    # A fixed width: its help is never printed, and argparse's default formatter imports
+    # shutil (with bz2 and lzma) to ask the terminal, on every submit.
+    parser = _Raising(prog=DIRECTIVE_PREFIX, add_help=False, allow_abbrev=False,
+                      formatter_class=lambda prog: argparse.HelpFormatter(prog, width=80))
     parser.add_argument("--gpus", type=int)
     parser.add_argument("--timeout", type=parse_duration)
     parser.add_argument("--retries", type=int, default=0)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from pathlib import Path
 
 from gpudispatch.job import JobState
 from gpudispatch.track import METRICS_ENV  # defined where jobs import it cheaply
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ROOT_ENV = "GPUDISPATCH_ROOT"
 # What a job finds in its environment (and the on-finish hook, in HOOK_*).
@@ -42,7 +45,14 @@ _EDITOR_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".part", ".partial", ".
 
 def default_root() -> Path:
     """ROOT when ``--dir`` is not given: ``$GPUDISPATCH_ROOT``, else ``~/gpudispatch``."""
-    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser()
+    from pathlib import Path
+
+    return Path(default_root_str())
+
+
+def default_root_str() -> str:
+    """:func:`default_root` as a string, without importing pathlib (CLI start)."""
+    return os.path.expanduser(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
 
 
 def is_job_name(name: str) -> bool:
@@ -108,44 +118,91 @@ def printable(name: str) -> str:
     return "".join(out)
 
 
+# Layout's folders and fixed files, relative to the root
+_PLACES = {
+    "root": "",
+    "queue": "queue",
+    "running": "running",
+    "completed": "completed",
+    "failed": "failed",
+    "logs": "logs",
+    "logfile": "logfile.txt",
+    "state": ".gpudispatch",
+    "exits": ".gpudispatch/exit",  # exit statuses written by each job's monitor
+    "cancels": ".gpudispatch/cancel",
+    "dispatchers": ".gpudispatch/dispatchers",
+    "paused_flag": ".gpudispatch/paused",
+    "gpu_report": ".gpudispatch/gpus.json",  # the dispatcher's last GPU reading
+    "tmp": ".gpudispatch/tmp",  # written here, then renamed (same filesystem)
+}
+_FOLDERS = ("queue", "running", "completed", "failed", "logs", "exits", "cancels",
+            "dispatchers", "tmp")
+
+
 class Layout:
     """Every path under one queue root.
 
-    Folders are ``Path`` objects; per-job files are plain ``str`` paths, because the
-    dispatcher builds several per job and ``pathlib`` costs more than the syscalls.
+    Folders (``layout.queue``, ``layout.tmp``...) are ``Path`` objects, made on first use:
+    ``submit`` and ``status`` use the same places as strings (:meth:`where`) and never
+    import pathlib. Per-job files are plain ``str`` paths, because the dispatcher builds
+    several per job and ``pathlib`` costs more than the syscalls.
     """
+
+    root: Path
+    queue: Path
+    running: Path
+    completed: Path
+    failed: Path
+    logs: Path
+    logfile: Path
+    state: Path
+    exits: Path
+    cancels: Path
+    dispatchers: Path
+    paused_flag: Path
+    gpu_report: Path
+    tmp: Path
 
     def __init__(self, root: Path | str) -> None:
         # Resolved: the same queue reached through a symlink must compare equal, or a
         # restarted dispatcher would not recognise its own running jobs.
-        self.root = Path(os.path.realpath(os.path.expanduser(root)))
-        self.queue = self.root / "queue"
-        self.running = self.root / "running"
-        self.completed = self.root / "completed"
-        self.failed = self.root / "failed"
-        self.logs = self.root / "logs"
-        self.logfile = self.root / "logfile.txt"
-        self.state = self.root / ".gpudispatch"
-        self.exits = self.state / "exit"  # exit statuses written by each job's monitor
-        self.cancels = self.state / "cancel"
-        self.dispatchers = self.state / "dispatchers"
-        self.paused_flag = self.state / "paused"
-        self.gpu_report = self.state / "gpus.json"  # the dispatcher's last GPU reading
-        self.tmp = self.state / "tmp"  # written here, then renamed (same filesystem)
-        self._state_dirs = {state: f"{self.root}/{folder}/" for state, folder in STATE_DIRS.items()}
-        self._logs = f"{self.logs}/"
+        self._root = os.path.realpath(os.path.expanduser(root))
+        self._places = {name: f"{self._root}/{rel}" if rel else self._root
+                        for name, rel in _PLACES.items()}
+        self._state_dirs = {state: f"{self._root}/{folder}/"
+                            for state, folder in STATE_DIRS.items()}
+        self._logs = f"{self._places['logs']}/"
+
+    def __getattr__(self, name: str) -> Path:
+        """A folder or fixed file as a ``Path``, made (and kept) on first use."""
+        places = self.__dict__.get("_places")
+        if places is None or name not in places:
+            raise AttributeError(f"'Layout' object has no attribute {name!r}")
+        from pathlib import Path
+
+        path = Path(places[name])
+        setattr(self, name, path)
+        return path
+
+    def where(self, name: str) -> str:
+        """A folder or fixed file (``"tmp"``, ``"paused_flag"``...) as a string."""
+        return self._places[name]
 
     def __repr__(self) -> str:
-        return f"Layout({str(self.root)!r})"
+        return f"Layout({self._root!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Layout) and other.root == self.root
+        return isinstance(other, Layout) and other._root == self._root
 
     def __hash__(self) -> int:
-        return hash(self.root)
+        return hash(self._root)
 
     def state_dir(self, state: JobState) -> Path:
-        return self.root / STATE_DIRS[state]
+        return getattr(self, STATE_DIRS[state])  # the folder's name is the attribute's
+
+    def state_folder(self, state: JobState) -> str:
+        """:meth:`state_dir` as a string (no pathlib)."""
+        return self._state_dirs[state][:-1]
 
     def script(self, state: JobState, name: str) -> str:
         return self._state_dirs[state] + name
@@ -165,7 +222,7 @@ class Layout:
         the same names and values whichever backend runs it."""
         return {
             JOB_ENV: name,
-            ROOT_ENV: str(self.root),
+            ROOT_ENV: self._root,
             ATTEMPT_ENV: str(attempt),
             LOG_ENV: log,
             METRICS_ENV: self.metrics(name),
@@ -185,13 +242,13 @@ class Layout:
     def exit_journal(self, host: str | None = None) -> str:
         """Where this host's monitors append exit statuses (one line per run, no file
         created per job: a file creation costs more than a trivial job here)."""
-        return f"{self.exits}/{host or os.uname().nodename}.log"
+        return f"{self._places['exits']}/{host or os.uname().nodename}.log"
 
     def cancel_request(self, name: str) -> str:
-        return f"{self.cancels}/{name}"
+        return f"{self._places['cancels']}/{name}"
 
     def dispatcher_file(self, owner: str) -> str:
-        return f"{self.dispatchers}/{owner}"
+        return f"{self._places['dispatchers']}/{owner}"
 
     def all_dirs(self) -> tuple[Path, ...]:
         return (
@@ -211,21 +268,35 @@ class Layout:
         statuses, temporaries, cancel requests) is for the owner alone, so that no one
         else can plant or forge what the dispatcher reads there; ``logs/`` (records,
         outputs) is writable by the owner only, whatever the umask allows."""
-        for path in self.all_dirs():
-            if path.is_relative_to(self.state):
-                self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-                path.mkdir(mode=0o700, exist_ok=True)
+        state = self._places["state"]
+        for name in _FOLDERS:
+            path = self._places[name]
+            if path.startswith(f"{state}/"):
+                _mkdir(state, 0o700, parents=True)
+                _mkdir(path, 0o700)
             else:
-                path.mkdir(mode=0o755 if path == self.logs else 0o777, parents=True,
-                           exist_ok=True)
+                _mkdir(path, 0o755 if name == "logs" else 0o777, parents=True)
         return self
 
     def writable_by_others(self) -> bool:
         """Whether users other than its owner may drop scripts into ``queue/``."""
         try:
-            return bool(os.stat(self.queue).st_mode & 0o022)
+            return bool(os.stat(self._places["queue"]).st_mode & 0o022)
         except OSError:
             return False
 
     def exists(self) -> bool:
-        return self.queue.is_dir()
+        return os.path.isdir(self._places["queue"])
+
+
+def _mkdir(path: str, mode: int, parents: bool = False) -> None:
+    """``Path(path).mkdir(mode, parents=parents, exist_ok=True)`` on a string: a folder
+    that exists is fine, anything else there raises FileExistsError as pathlib does."""
+    try:
+        if parents:
+            os.makedirs(path, mode)
+        else:
+            os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise

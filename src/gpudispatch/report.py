@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from gpudispatch import safeio
-from gpudispatch.gpus import GpuInfo
-from gpudispatch.layout import Layout
 from gpudispatch.store import write_atomic
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: status reads this
+if TYPE_CHECKING:      # module, and must not pay for gpus (dataclasses) or typing
+    from typing import Any
+
+    from gpudispatch.gpus import GpuInfo
+    from gpudispatch.layout import Layout
 
 REPORT_MAX_BYTES = 4 << 20  # hundreds of GPUs with their processes fit many times over
 
@@ -56,7 +60,7 @@ def read_gpu_report(layout: Layout, max_age: float = 60.0) -> list[dict[str, Any
     not one (not a regular file, too large, another shape): ``status`` shows the jobs then.
     """
     try:
-        data = json.loads(safeio.read_regular(layout.gpu_report, REPORT_MAX_BYTES))
+        data = json.loads(safeio.read_regular(layout.where("gpu_report"), REPORT_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("at"), (int, float)):

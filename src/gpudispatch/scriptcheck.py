@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from gpudispatch.job import HEADER_MAX_BYTES
 
@@ -13,12 +12,26 @@ class ScriptRejected(Exception):
     """A script that cannot run correctly; the message is the reason recorded."""
 
 
-@dataclass(frozen=True)
 class Launch:
-    """How to run a checked script: the argv, and a note for the log when it is unusual."""
+    """How to run a checked script: the argv, and a note for the log when it is unusual.
+    A plain class, not a dataclass: ``status`` imports this module (for :func:`read_head`)
+    and must not pay for ``dataclasses``."""
 
-    argv: list[str]
-    note: str | None = None
+    __slots__ = ("argv", "note")
+
+    def __init__(self, argv: list[str], note: str | None = None) -> None:
+        self.argv = argv
+        self.note = note
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Launch:
+            return NotImplemented
+        return (self.argv, self.note) == (other.argv, other.note)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # argv is a list
+
+    def __repr__(self) -> str:
+        return f"Launch(argv={self.argv!r}, note={self.note!r})"
 
     @property
     def plain_sh(self) -> bool:

@@ -11,37 +11,56 @@ import itertools
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
 from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
-from gpudispatch.monitor import ExitStatus, read_exit_journals
 from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
-HOST = os.uname().nodename  # socket.gethostname(), without importing socket
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (CLI start)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gpudispatch.monitor import ExitStatus
+
+HOST = os.uname().nodename  # socket.gethostname(), without importing socket (CLI start)
+RECORD_MAX_BYTES = 1 << 20  # a record is a few hundred bytes; params of a sweep, a few KiB
 
 
 def _warn(message: str, *args: object) -> None:
-    """A record set aside, said on ``gpudispatch.store``'s log (imported only then)."""
+    """A warning on the ``gpudispatch.store`` logger; logging is imported only when one is
+    given (``submit`` and ``status`` start faster without it)."""
     import logging
 
     logging.getLogger("gpudispatch.store").warning(message, *args)
-RECORD_MAX_BYTES = 1 << 20  # a record is a few hundred bytes; params of a sweep, a few KiB
 
 
 class QueueError(Exception):
     """A request the queue refuses (unknown job, name taken, no such root)."""
 
 
-@dataclass
 class JobView:
-    """A job as ``status`` shows it: where its script lies, and its record."""
+    """A job as ``status`` shows it: where its script lies, and its record.
 
-    name: str
-    state: JobState
-    record: JobRecord
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect`` and costs the
+    command line more than the rest of ``status``."""
+
+    __slots__ = ("name", "record", "state")
+
+    def __init__(self, name: str, state: JobState, record: JobRecord) -> None:
+        self.name = name
+        self.state = state
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"JobView(name={self.name!r}, state={self.state!r}, record={self.record!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobView):
+            return NotImplemented
+        return (self.name, self.state, self.record) == (other.name, other.state, other.record)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     def to_dict(self) -> dict:
         rec = self.record
@@ -67,7 +86,7 @@ class JobView:
 
 class FolderQueue:
     def __init__(self, root: Path | str | Layout, create: bool = True) -> None:
-        self.layout = root if isinstance(root, Layout) else Layout(Path(root))
+        self.layout = root if isinstance(root, Layout) else Layout(root)
         if not create and not self.layout.exists():
             raise QueueError(f"{self.layout.root} is not a gpudispatch queue (no queue/ folder)")
         try:  # an existing root may lack folders (made by hand, or by the seed tool)
@@ -124,13 +143,14 @@ class FolderQueue:
         return JobRecord(name=name)
 
     def write_record(self, record: JobRecord) -> None:
-        write_atomic(self.layout.record(record.name), record.to_json().encode(), self.layout.tmp)
+        write_atomic(self.layout.record(record.name), record.to_json().encode(),
+                     self.layout.where("tmp"))
 
     # --- where jobs are ----------------------------------------------------------------
     def names(self, state: JobState) -> list[str]:
         """Job names in one state folder, in run order (alphanumeric)."""
         try:
-            return sorted(e.name for e in os.scandir(self.layout.state_dir(state))
+            return sorted(e.name for e in os.scandir(self.layout.state_folder(state))
                           if is_job_name(e.name))
         except FileNotFoundError:
             return []
@@ -203,7 +223,7 @@ class FolderQueue:
         record = JobRecord(name=name, submitted_at=now_iso(), params=dict(params or {}),
                            extra=dict(extra or {}))
         self.write_record(record)
-        tmp = safeio.write_temp(self.layout.tmp, data, 0o755, ".sh")
+        tmp = safeio.write_temp(self.layout.where("tmp"), data, 0o755, ".sh")
         # link() fails if the name was taken meanwhile, where rename() would overwrite.
         try:
             os.link(tmp, self.layout.script(JobState.QUEUED, name))
@@ -311,6 +331,8 @@ class FolderQueue:
         except OSError:
             return None
         if journal is None:
+            from gpudispatch.monitor import read_exit_journals
+
             journal = read_exit_journals(str(self.layout.exits))
         return journal.get((name, inode))
 
@@ -325,7 +347,7 @@ class FolderQueue:
 
     # --- flags -------------------------------------------------------------------------
     def is_paused(self) -> bool:
-        return os.path.exists(self.layout.paused_flag)
+        return os.path.exists(self.layout.where("paused_flag"))
 
     def set_paused(self, paused: bool) -> None:
         if paused:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing's own import costs every job and verb a few ms
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 # The variable naming the file (re-exported by gpudispatch.layout, where the others live).
@@ -48,6 +48,8 @@ def log(step: int | None = None, **metrics: Any) -> Path | None:
             print(f"gpudispatch.log: metrics not written to {target}: {exc.strerror or exc}",
                   file=sys.stderr)
         return None
+    from pathlib import Path  # here: every verb imports this module (METRICS_ENV)
+
     return Path(target)
 
 
