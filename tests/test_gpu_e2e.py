@@ -84,7 +84,7 @@ def test_gpu_held_by_foreign_process_is_busy_until_freed(launch, root, tmp_path,
     write_script(root / "queue" / "a.sh", job_text(runs=runs))
     proc = launch.run(root, "--gpus", "0,1", "--gpu-poll", "0.1", env=env)
     wait_until(lambda: (root / ".gpudispatch" / "gpus.json").exists(), 10)
-    status = cli("status", "--dir", str(root), env=env)
+    status = cli("status", "--dir", str(root), env={**env, "COLUMNS": "200"})  # one line
     assert "held by alice" in status.stdout
     assert not runs.exists() and (root / "queue" / "a.sh").exists()
     fake_gpus(fake, foreign_on=(0,))
