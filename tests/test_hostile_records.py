@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from gpudispatch import safeio
-from gpudispatch.job import _FIELD_CHECKS, JobRecord, RecordError, parse_iso, safe_iso
+from gpudispatch.job import _PLAIN_TYPES, JobRecord, RecordError, parse_iso, safe_iso
 from gpudispatch.store import HOST, RECORD_MAX_BYTES, FolderQueue, write_atomic
 
 GOOD = {"name": "a.sh", "gpus": [0, 1], "started_at": "2024-01-01T10:00:00+00:00",
@@ -20,7 +20,7 @@ GOOD = {"name": "a.sh", "gpus": [0, 1], "started_at": "2024-01-01T10:00:00+00:00
 
 # ---------------------------------------------------------------------- the record's shape
 def test_every_record_field_is_checked() -> None:
-    assert set(_FIELD_CHECKS) == set(JobRecord.FIELDS) == set(vars(JobRecord(name="x.sh")))
+    assert set(_PLAIN_TYPES) == set(JobRecord.FIELDS) == set(vars(JobRecord(name="x.sh")))
 
 
 @pytest.mark.parametrize(

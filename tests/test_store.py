@@ -90,3 +90,4 @@ def test_existing_root_made_by_hand_gets_its_missing_folders(tmp_path):
     queue = FolderQueue(tmp_path, create=False)
     queue.set_paused(True)  # needs .gpudispatch/tmp
     assert queue.is_paused() and (tmp_path / "completed").is_dir()
+

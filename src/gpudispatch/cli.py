@@ -369,12 +369,12 @@ def cmd_status(args) -> int:
     argcheck.count(args.queued, "--queued", minimum=0)
     queue = _queue(args)
     if args.json:  # streamed, one job at a time: constant memory on any queue
-        import json
+        from gpudispatch.joblist import job_texts
 
         separator = "\n"
         sys.stdout.write("[")
-        for view in queue.jobs():
-            sys.stdout.write(separator + json.dumps(view.to_dict()))
+        for text in job_texts(queue):
+            sys.stdout.write(separator + text)
             separator = ",\n"
         sys.stdout.write("]\n" if separator == "\n" else "\n]\n")
         return 0

@@ -48,6 +48,19 @@ def now_iso() -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{ns // 1_000_000:03d}{zone}"
 
 
+def _fromisoformat():
+    """``datetime.fromisoformat``, imported on first use (``submit`` needs no datetime)."""
+    global _FROMISO
+    if _FROMISO is None:
+        from datetime import datetime
+
+        _FROMISO = datetime.fromisoformat
+    return _FROMISO
+
+
+_FROMISO = None
+
+
 def parse_iso(text: str | None) -> datetime | None:
     """A record's time, always timezone-aware (a naive time is taken as local), so two
     times from records can be subtracted; ValueError for anything that is not one."""
@@ -180,17 +193,45 @@ class JobRecord:
         known field has the wrong type (unknown fields are ignored, for newer versions).
 
         Records live in a folder anyone may write to: a field of the wrong type would
-        otherwise surface later as a traceback far from its cause.
+        otherwise surface later as a traceback far from its cause. Checked field by field
+        with a plain type test first (``status --json`` reads 100,000 of them).
         """
         if not isinstance(data, dict):
             raise RecordError(f"record is {_kind(data)}, not a JSON object")
-        values = {k: v for k, v in data.items() if k in _FIELD_CHECKS}
+        fromiso = _fromisoformat()
+        values = {}
+        for key, value in data.items():
+            plain = _PLAIN_TYPES.get(key)
+            if plain is None:
+                continue  # a field of a newer version
+            ok = value.__class__ in plain
+            if ok and value is not None:  # the checks beyond the type, inline (no calls)
+                more = _MORE.get(key)
+                if more is None:
+                    pass
+                elif more == "time":
+                    try:
+                        if fromiso(value).tzinfo is None:
+                            fromiso(value).astimezone()
+                    except (ValueError, OverflowError):
+                        ok = False
+                elif more == "positive":
+                    ok = value > 0
+                elif more == "count":
+                    ok = value >= 0
+                elif more == "text":
+                    ok = bool(value)
+                elif more == "path":
+                    ok = bool(value) and "\0" not in value
+                else:  # gpus
+                    ok = all(g.__class__ is int and g >= 0 for g in value)
+            if not ok:
+                problem = _FIELD_CHECKS[key](value) if key in _FIELD_CHECKS else (
+                    _PLAIN_WANTED[key])
+                raise RecordError(f"record field {key!r} {problem}, not {_short(value)}")
+            values[key] = value
         if "name" not in values:
             raise RecordError("record has no name")
-        for key, value in values.items():
-            problem = _FIELD_CHECKS[key](value)
-            if problem:
-                raise RecordError(f"record field {key!r} {problem}, not {_short(value)}")
         return cls(**values)
 
     @classmethod
@@ -231,7 +272,7 @@ def _check_time(value: Any) -> str | None:
         return None
     try:
         parse_iso(value)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, TypeError):
         return "should be an ISO 8601 time or null"
     return None
 
@@ -242,23 +283,34 @@ def _check_gpus(value: Any) -> str | None:
     return "should be a list of GPU indices"
 
 
+_NONE = type(None)
+# Fields whose plain JSON type says all: the types they may have, and what is wanted.
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "gpus": (list,), "host": (str, _NONE), "pid": (int, _NONE),
+    "dispatcher": (str, _NONE), "submitted_at": (str, _NONE), "started_at": (str, _NONE),
+    "ended_at": (str, _NONE), "exit_code": (int, _NONE), "attempts": (int,),
+    "reason": (str, _NONE), "log": (str, _NONE), "params": (dict,), "backend": (str,),
+    "backend_id": (str, _NONE), "extra": (dict,),
+}
+_PLAIN_WANTED = {
+    "host": "should be a string or null", "dispatcher": "should be a string or null",
+    "exit_code": "should be an integer or null", "reason": "should be a string or null",
+    "params": "should be an object", "backend": "should be a string",
+    "backend_id": "should be a string or null", "extra": "should be an object",
+}
+# Fields that need more than their type (when not null): what more, then the check that
+# says what is wrong with a value that fails.
+_MORE = {"name": "text", "gpus": "gpus", "pid": "positive", "submitted_at": "time",
+         "started_at": "time", "ended_at": "time", "attempts": "count", "log": "path"}
 _FIELD_CHECKS: dict[str, Any] = {
     "name": lambda v: None if isinstance(v, str) and v else "should be a job name",
     "gpus": _check_gpus,
-    "host": _optional(lambda v: isinstance(v, str), "a string"),
     "pid": _optional(lambda v: _is_int(v) and v > 0, "a process id"),
-    "dispatcher": _optional(lambda v: isinstance(v, str), "a string"),
     "submitted_at": _check_time,
     "started_at": _check_time,
     "ended_at": _check_time,
-    "exit_code": _optional(_is_int, "an integer"),
     "attempts": lambda v: None if _is_int(v) and v >= 0 else "should be a count (0 or more)",
-    "reason": _optional(lambda v: isinstance(v, str), "a string"),
     "log": _optional(lambda v: isinstance(v, str) and v and "\0" not in v, "a file path"),
-    "params": lambda v: None if isinstance(v, dict) else "should be an object",
-    "backend": lambda v: None if isinstance(v, str) else "should be a string",
-    "backend_id": _optional(lambda v: isinstance(v, str), "a string"),
-    "extra": lambda v: None if isinstance(v, dict) else "should be an object",
 }
 
 

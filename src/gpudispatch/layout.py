@@ -133,6 +133,7 @@ _PLACES = {
     "dispatchers": ".gpudispatch/dispatchers",
     "paused_flag": ".gpudispatch/paused",
     "gpu_report": ".gpudispatch/gpus.json",  # the dispatcher's last GPU reading
+    "joblist_cache": ".gpudispatch/joblist.cache",  # status --json's cache of records' JSON
     "tmp": ".gpudispatch/tmp",  # written here, then renamed (same filesystem)
 }
 _FOLDERS = ("queue", "running", "completed", "failed", "logs", "exits", "cancels",

@@ -63,25 +63,9 @@ class JobView:
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     def to_dict(self) -> dict:
-        rec = self.record
-        return {
-            "name": self.name,
-            "state": self.state.value,
-            "gpus": rec.gpus,
-            "exit_code": rec.exit_code,
-            "attempts": rec.attempts,
-            "started_at": rec.started_at,
-            "ended_at": rec.ended_at,
-            "log": rec.log,
-            "reason": rec.reason,
-            "host": rec.host,
-            "pid": rec.pid,
-            "submitted_at": rec.submitted_at,
-            "params": rec.params,
-            "backend": rec.backend,
-            "backend_id": rec.backend_id,
-            **({"extra": rec.extra} if rec.extra else {}),
-        }
+        """The job for ``status --json``: its name and state, then every record field."""
+        return {"name": self.name, "state": self.state.value,
+                **{k: v for k, v in vars(self.record).items() if k != "name"}}
 
 
 class FolderQueue:
@@ -97,7 +81,14 @@ class FolderQueue:
 
     # --- records -----------------------------------------------------------------------
     def read_record(self, name: str) -> JobRecord:
-        """The record of ``name``; a fresh one when there is none, it cannot be read, or it
+        return self.read_record_bytes(name)[0]
+
+    def read_record_bytes(self, name: str) -> tuple[JobRecord, bytes | None]:
+        """The record of ``name``, and the file's bytes when the record is exactly what
+        they say (else None: no file, or one set aside), for callers that pass records on
+        as JSON without encoding them again.
+
+        The record of ``name``; a fresh one when there is none, it cannot be read, or it
         is not a record. Never raises for what is in the file.
 
         ``logs/`` is writable by people and their scripts: the record is opened without
@@ -111,20 +102,20 @@ class FolderQueue:
         try:
             fd, st = safeio.open_regular_stat(path)
         except FileNotFoundError:
-            return JobRecord(name=name)
+            return JobRecord(name=name), None
         except safeio.FileRefused as exc:
             problem = safeio.refusal(exc)
         except (OSError, ValueError) as exc:  # EACCES, ENAMETOOLONG, a NUL: leave it be
             _warn("record of %s %s; using a fresh one", printable(name),
                          safeio.refusal(exc) if isinstance(exc, OSError) else exc)
-            return JobRecord(name=name)
+            return JobRecord(name=name), None
         else:
             try:
                 data = safeio.read_limited(fd, st.st_size, RECORD_MAX_BYTES)
             except OSError as exc:  # EIO and the like: nothing to set aside
                 _warn("record of %s %s; using a fresh one", printable(name),
                              safeio.refusal(exc))
-                return JobRecord(name=name)
+                return JobRecord(name=name), None
             finally:
                 os.close(fd)
             if data is None:
@@ -135,12 +126,14 @@ class FolderQueue:
                 except RecordError as exc:
                     problem = str(exc)
                 else:
+                    if record.name == name:
+                        return record, data
                     record.name = name  # the file decides: a record naming another job
-                    return record       # must not make the next write land on that one
+                    return record, None  # must not make the next write land on that one
         aside = safeio.set_aside(path, st)
         where = f"set aside as {os.path.basename(aside)}" if aside else "left in place"
         _warn("record of %s %s; %s, using a fresh one", printable(name), problem, where)
-        return JobRecord(name=name)
+        return JobRecord(name=name), None
 
     def write_record(self, record: JobRecord) -> None:
         write_atomic(self.layout.record(record.name), record.to_json().encode(),
