@@ -133,7 +133,8 @@ class Handler(BaseHTTPRequestHandler):
         return self._token_ok() or (not self.server.open_to_all and self._local())
 
     def _may_act(self) -> bool:
-        return self._token_ok() or (self._local() and self.headers.get("X-Gpudispatch") == "1")
+        return self._token_ok() or (not self.server.open_to_all and self._local()
+                                    and self.headers.get("X-Gpudispatch") == "1")
 
     # --- replies -----------------------------------------------------------------------
     def _send(self, status: int, body: bytes, kind: str, extra: dict | None = None) -> None:
@@ -182,7 +183,7 @@ class Handler(BaseHTTPRequestHandler):
     def _may_act_page(self) -> bool:
         """Whether the page shows action buttons: the token, or a local viewer (whose
         page sends the ``X-Gpudispatch`` header)."""
-        return self._token_ok() or self._local()
+        return self._token_ok() or (not self.server.open_to_all and self._local())
 
     def _log(self, name: str) -> None:
         queue = self.server.queue
