@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpudispatch import htmlreport
-from gpudispatch.job import JobRecord, JobState
+from gpudispatch.job import JobState
 from gpudispatch.store import FolderQueue
 
 T0 = datetime(2026, 1, 2, 3, 0, 0, tzinfo=timezone.utc)

@@ -25,9 +25,10 @@
   function pad(n) { return (n < 10 ? "0" : "") + n; }
   function clock(t, withDate, frac) {
     if (t == null) return "";
-    var d = new Date(t * 1000);
+    var tenths = Math.round(t * 10);
+    var d = new Date(frac ? tenths * 100 : t * 1000);
     var hms = pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
-    if (frac) hms += "." + Math.floor((t % 1) * 10 + 1e-6);
+    if (frac) hms += "." + (tenths % 10);
     return withDate ? d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + hms : hms;
   }
   function dur(s) {
@@ -42,6 +43,9 @@
     if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(+v.toPrecision(6));
     return String(v);
   }
+  function tick(v) {  // an axis label: 4 significant digits
+    return typeof v === "number" && !Number.isInteger(v) ? String(+v.toPrecision(4)) : fmt(v);
+  }
   function badge(s) { return '<span class="st ' + esc(s) + '">' + esc(s) + "</span>"; }
   function gpus(j) { return j.g && j.g.length ? j.g.join(",") : (j.t0 != null ? "cpu" : ""); }
 
@@ -51,7 +55,7 @@
       '<header><h1>gpudispatch</h1><span id="root" class="mute"></span>' +
       '<span id="stamp" class="mute small"></span><span id="ctl"></span></header>' +
       '<div id="banner"></div><div class="cards" id="cards"></div>' +
-      '<h2>Timeline <span class="mute small">one lane per GPU and CPU slot; hover a bar</span></h2>' +
+      '<h2>Timeline <span class="mute small">one lane per GPU and CPU slot; hover a bar; drag to zoom, double-click to see all</span></h2>' +
       '<div class="legend" id="legend"></div><div class="panel" id="tl-wrap"></div>' +
       '<h2>Now</h2><div class="cols"><div class="panel" id="running"></div>' +
       '<div class="panel" id="waiting"></div></div>' +
@@ -73,6 +77,19 @@
     var wrap = document.getElementById("tl-wrap");
     wrap.addEventListener("mousemove", onHover);
     wrap.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+    wrap.addEventListener("mousedown", function (e) { dragFrom = e.clientX; e.preventDefault(); });
+    wrap.addEventListener("mouseup", function (e) {
+      var svg = document.getElementById("timeline");
+      if (dragFrom == null || !geom || !svg) return;
+      var a = Math.min(dragFrom, e.clientX), b = Math.max(dragFrom, e.clientX);
+      dragFrom = null;
+      if (b - a < 6) return;
+      var x0 = svg.getBoundingClientRect().left + geom.left;
+      zoom = [geom.t0 + (a - x0) / geom.scale, geom.t0 + (b - x0) / geom.scale];
+      if (zoom[0] < geom.t0) zoom[0] = geom.t0;
+      drawTimeline();
+    });
+    wrap.addEventListener("dblclick", function () { zoom = null; drawTimeline(); });
   }
 
   // ------------------------------------------------------------------ sections
@@ -101,7 +118,7 @@
     return steps[steps.length - 1] * Math.ceil(span / ticks / steps[steps.length - 1]);
   }
 
-  var geom = null;
+  var geom = null, zoom = null, dragFrom = null;
   function drawTimeline() {
     var wrap = document.getElementById("tl-wrap");
     var bars = data.bars, lanes = data.lanes;
@@ -116,6 +133,7 @@
       if (bars[i][3] > t1) t1 = bars[i][3];
     }
     if (t1 - t0 < 1) t1 = t0 + 1;
+    if (zoom) { t0 = zoom[0]; t1 = zoom[1]; }
     var left = 86, right = 14, laneH = 20, gap = 4, top = 22;
     var width = Math.max(640, wrap.clientWidth - 26);
     var plotW = width - left - right;
@@ -142,7 +160,9 @@
     }
     for (i = 0; i < bars.length; i++) {
       var b = bars[i], job = data.jobs[b[0]];
-      var bx = left + (b[2] - t0) * scale, bw = Math.max(1.5, (b[3] - b[2]) * scale);
+      if (b[3] < t0 || b[2] > t1) continue;
+      var bx = left + (Math.max(b[2], t0) - t0) * scale;
+      var bw = Math.max(3, (Math.min(b[3], t1) - Math.max(b[2], t0)) * scale);
       var by = top + b[1] * (laneH + gap) + 1;
       var kind = b[4];
       var retried = job.a > 1 && kind !== "earlier";
@@ -167,7 +187,7 @@
     }
     out.push("</svg>");
     wrap.innerHTML = out.join("");
-    geom = {t0: t0, scale: scale};
+    geom = {t0: t0, t1: t1, scale: scale, left: left};
   }
 
   function onHover(e) {
@@ -239,7 +259,20 @@
     failed.sort(function (a, b) { return (b.t1 || 0) - (a.t1 || 0); });
     var el = document.getElementById("failures");
     if (!failed.length) { el.innerHTML = '<p class="mute">No failures.</p>'; return; }
-    var h = "<table><tr><th>name</th><th>ended</th><th>attempts</th><th>reason, and the last lines of its log</th>" +
+    var by = {}, order = [];
+    failed.forEach(function (j) {
+      var r = j.r || "(no reason)";
+      if (!(r in by)) { by[r] = 0; order.push(r); }
+      by[r]++;
+    });
+    order.sort(function (a, b) { return by[b] - by[a]; });
+    var h = "<p><b>" + failed.length + " failed</b>" + (order.length > 1 ? ", by reason:" : "") + "</p>";
+    if (order.length > 1) {
+      h += "<table style=\"width:auto;margin-bottom:10px\">" + order.slice(0, 8).map(function (r) {
+        return '<tr><td class="num">' + by[r] + "</td><td>" + esc(r) + "</td></tr>";
+      }).join("") + (order.length > 8 ? '<tr><td></td><td class="mute">and ' + (order.length - 8) + " other reasons</td></tr>" : "") + "</table>";
+    }
+    h += "<table><tr><th>name</th><th>ended</th><th>attempts</th><th>reason, and the last lines of its log</th>" +
       (live && live.actions ? "<th></th>" : "") + "</tr>";
     failed.slice(0, 50).forEach(function (j) {
       h += '<tr><td class="name">' + esc(j.n) + " " + badge(j.s) + "</td><td>" + esc(clock(j.t1, true)) +
@@ -312,7 +345,7 @@
     h += "</table></div>";
     // parallel coordinates
     var axes = sw.params.map(function (p) { return cols.indexOf(p); }).concat([mi]);
-    var W = 560, H = 240, L = 34, R = 40, T = 34, B = 20;
+    var W = 560, H = 240, L = 34, R = 50, T = 34, B = 20;
     var ax = axes.map(function (c) { return axisOf(rows.map(function (r) { return r[c]; })); });
     var step = axes.length > 1 ? (W - L - R) / (axes.length - 1) : 0;
     var p = ['<div class="panel"><b>parallel coordinates</b> <span class="mute small">one line per run, green = best</span><br>' +
@@ -338,7 +371,7 @@
              esc(cols[c]) + (a.log ? " (log)" : "") + "</text>");
       a.ticks.forEach(function (v) {
         var t = a.pos(a.cat ? v : v);
-        p.push('<text x="' + (x + 4) + '" y="' + (H - B - t * (H - T - B) + 4).toFixed(1) + '">' + esc(fmt(v)) + "</text>");
+        p.push('<text x="' + (x + 4) + '" y="' + (H - B - t * (H - T - B) + 4).toFixed(1) + '">' + esc(tick(v)) + "</text>");
       });
     });
     p.push("</svg></div></div>");
@@ -364,11 +397,11 @@
       });
       a.ticks.forEach(function (v) {
         var x = l + 6 + a.pos(v) * (w - l - r - 12);
-        s.push('<text x="' + x.toFixed(1) + '" y="' + (hh - b + 14) + '" text-anchor="middle">' + esc(fmt(v)) + "</text>");
+        s.push('<text x="' + x.toFixed(1) + '" y="' + (hh - b + 14) + '" text-anchor="middle">' + esc(tick(v)) + "</text>");
       });
       [lo, hi].forEach(function (v) {
         var y = hh - b - 4 - my.pos(v) * (hh - t - b - 8);
-        s.push('<text x="' + (l - 4) + '" y="' + (y + 4).toFixed(1) + '" text-anchor="end">' + esc(fmt(v)) + "</text>");
+        s.push('<text x="' + (l - 4) + '" y="' + (y + 4).toFixed(1) + '" text-anchor="end">' + esc(tick(v)) + "</text>");
       });
       s.push('<text x="' + (w / 2) + '" y="' + (hh - 4) + '" text-anchor="middle" class="mute">' + esc(name) +
              (a.log ? " (log)" : "") + "</text></svg></div>");
@@ -463,6 +496,7 @@
     drawSweeps();
     drawJobs();
     window.GD_RENDERS = (window.GD_RENDERS || 0) + 1;
+    window.GD_READY_AT = performance.now();
     window.GD_READY = true;
     document.body.setAttribute("data-ready", "1");
   }
