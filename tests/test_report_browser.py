@@ -157,7 +157,8 @@ def test_live_page_follows_the_queue(tmp_path, root, launch, browser, artifacts)
         f"#!/bin/sh\necho 'epoch 1: loss 0.73'\n{gate_wait(gate)}echo done\n")
     (tmp_path / "quick.sh").write_text("#!/bin/sh\necho quick\n")
     (tmp_path / "bad.sh").write_text("#!/bin/sh\necho 'CUDA error: out of memory'\nexit 2\n")
-    for name in ("long.sh", "quick.sh", "bad.sh"):
+    (tmp_path / "eval.sh").write_text("#!/bin/sh\n#GPUDISPATCH --after long.sh\necho eval\n")
+    for name in ("long.sh", "quick.sh", "bad.sh", "eval.sh"):
         cli("submit", "--dir", str(root), str(tmp_path / name), check=True)
     dispatcher = launch.run(root, "--slots", "2", cwd=tmp_path)
     server = subprocess.Popen(
@@ -173,8 +174,9 @@ def test_live_page_follows_the_queue(tmp_path, root, launch, browser, artifacts)
         wait_ready(browser)
         browser.execute_script("window.gdNotReloaded = true")
         text = page_text(browser)
-        for name in ("long.sh", "quick.sh", "bad.sh"):
+        for name in ("long.sh", "quick.sh", "bad.sh", "eval.sh"):
             assert name in text
+        assert "--after long.sh (running)" in browser.find_element("id", "waiting").text
         # long.sh's start is recorded 50 ms after it starts: the next poll draws it.
         wait_until(lambda: bars(browser) >= 3, 10, message="3 bars on the live timeline")
         # The tail of the running job's log.
@@ -193,9 +195,17 @@ def test_live_page_follows_the_queue(tmp_path, root, launch, browser, artifacts)
             == "2", 10, message="2 completed on the live page")
         assert console_errors(browser) == []
         screenshot(browser, artifacts / "live.png")
+        # The page's own buttons act (from this machine): pause, then resume.
+        browser.find_element("css selector", 'button[data-act="pause"]').click()
+        wait_until(lambda: "PAUSED" in page_text(browser), 10, message="PAUSED on the page")
+        assert (root / ".gpudispatch" / "paused").exists()
+        browser.find_element("css selector", 'button[data-act="resume"]').click()
+        wait_until(lambda: "PAUSED" not in page_text(browser), 10, message="resumed")
+        assert not (root / ".gpudispatch" / "paused").exists()
         open_gate(gate)
-        wait_state(root, "long.sh", "completed", 20, dispatcher)
-        wait_until(lambda: "Nothing runs." in page_text(browser), 10,
+        wait_state(root, "eval.sh", "completed", 20, dispatcher)
+        wait_until(lambda: "Nothing runs." in page_text(browser)
+                   and "Nothing waits." in page_text(browser), 10,
                    message="long.sh ended on the live page")
     finally:
         server.terminate()

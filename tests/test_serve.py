@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import wait_until
 
 from gpudispatch.job import JobState
 from gpudispatch.serve import Server, host_name, is_loopback
@@ -61,9 +62,11 @@ def test_state_page_and_etag(queue, local):
     assert status == 200 and [j["n"] for j in state["jobs"]] == ["a.sh"]
     status, _, _ = call(local, "/api/state", headers={"If-None-Match": headers["ETag"]})
     assert status == 304
-    queue.enqueue_text("b.sh", "#!/bin/sh\ntrue\n")  # a change on disk: a new state at once
-    status, state, _ = call(local, "/api/state", headers={"If-None-Match": headers["ETag"]})
-    assert status == 200 and state["counts"]["queued"] == 2
+    queue.enqueue_text("b.sh", "#!/bin/sh\ntrue\n")  # a change on disk: a new state soon
+    status, state, _ = wait_until(lambda: (reply := call(
+        local, "/api/state", headers={"If-None-Match": headers["ETag"]}))[0] == 200 and reply,
+        5, message="a new state after a change on disk")
+    assert state["counts"]["queued"] == 2
 
 
 def test_actions_from_this_machine_need_the_header(queue, local):

@@ -39,6 +39,7 @@ from gpudispatch.store import FolderQueue, QueueError
 DEFAULT_PORT = 8765
 POLL_MS = 1000  # the page asks for the state this often: a change shows within 2 s
 FRESH_FOR = 5.0  # seconds a snapshot is reused while no folder changed (metrics, bars)
+REBUILD_AFTER = 0.5  # at least this long between builds (a busy queue changes constantly)
 LOG_TAIL_BYTES = 64 << 10
 BODY_MAX = 64 << 10
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -86,8 +87,8 @@ class StateCache:
 
     def get(self) -> tuple[bytes, str]:
         with self.lock:
-            key = self._fingerprint()
-            if key != self.key or time.monotonic() - self.built > FRESH_FOR:
+            key, age = self._fingerprint(), time.monotonic() - self.built
+            if (key != self.key and age >= REBUILD_AFTER) or age > FRESH_FOR:
                 data = htmlreport.snapshot(self.queue)
                 self.body = json.dumps(data, separators=(",", ":"), default=str).encode()
                 self.etag = '"' + hashlib.blake2b(self.body, digest_size=12).hexdigest() + '"'

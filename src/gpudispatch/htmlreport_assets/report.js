@@ -143,14 +143,6 @@
                '" height="' + height + '" role="img" aria-label="timeline of runs per GPU">'];
     var span = t1 - t0, step = niceStep(span, Math.max(2, Math.floor(plotW / 90)));
     var withDate = span > 86400;
-    out.push('<g class="axis">');
-    for (var t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
-      var x = left + (t - t0) * scale;
-      out.push('<line x1="' + x.toFixed(1) + '" x2="' + x.toFixed(1) + '" y1="' + (top - 4) +
-               '" y2="' + height + '" stroke="#e3e8ee"/><text x="' + x.toFixed(1) +
-               '" y="12" text-anchor="middle">' + esc(clock(t, withDate, step < 1)) + "</text>");
-    }
-    out.push("</g>");
     for (i = 0; i < lanes.length; i++) {
       var y = top + i * (laneH + gap);
       out.push('<rect x="' + left + '" y="' + y + '" width="' + plotW + '" height="' + laneH +
@@ -158,6 +150,14 @@
                (left - 8) + '" y="' + (y + laneH / 2 + 4) + '" text-anchor="end">' +
                esc(lanes[i]) + "</text>");
     }
+    out.push('<g class="axis">');
+    for (var t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+      var x = left + (t - t0) * scale;
+      out.push('<line x1="' + x.toFixed(1) + '" x2="' + x.toFixed(1) + '" y1="' + (top - 4) +
+               '" y2="' + height + '" stroke="#c5ced8" stroke-opacity="0.6"/><text x="' + x.toFixed(1) +
+               '" y="12" text-anchor="middle">' + esc(clock(t, withDate, step < 1)) + "</text>");
+    }
+    out.push("</g>");
     for (i = 0; i < bars.length; i++) {
       var b = bars[i], job = data.jobs[b[0]];
       if (b[3] < t0 || b[2] > t1) continue;
