@@ -141,14 +141,22 @@ def test_report_file_in_a_browser(tmp_path, root, launch, browser, artifacts):
     assert "sweep toy" in text and "val_loss vs lr" in text
     assert browser.execute_script("return document.querySelectorAll('svg.pc polyline').length") \
         == 6
-    # Hovering a bar names its run, its times and attempts.
+    screenshot(browser, artifacts / "report.png")
+    # A retried run's bar is dashed; hovering it names the run, its times and attempts.
     from selenium.webdriver.common.action_chains import ActionChains
 
-    bar = browser.find_element("css selector", "svg#timeline rect.bar")
+    bar = browser.execute_script("""
+        const data = JSON.parse(document.getElementById('gd-data').textContent);
+        const job = data.jobs.findIndex(j => j.n === 'flaky.sh');
+        const i = data.bars.findIndex(b => b[0] === job);
+        return document.querySelector('svg#timeline rect.bar[data-b="' + i + '"]');""")
+    assert bar.get_attribute("stroke-dasharray")
+    browser.set_window_size(1400, 1000)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", bar)
     ActionChains(browser).move_to_element(bar).perform()
-    tip = wait_until(lambda: browser.find_element("id", "tip").text, 5)
-    assert "attempts:" in tip and any(name in tip for name in names)
-    screenshot(browser, artifacts / "report.png")
+    tip = wait_until(lambda: browser.find_element("id", "tip").text, 5,
+                     message="a tooltip over flaky.sh's bar")
+    assert "flaky.sh" in tip and "attempts: 3" in tip and "exit code 3" in tip
 
 
 def test_live_page_follows_the_queue(tmp_path, root, launch, browser, artifacts):
