@@ -769,6 +769,33 @@ def _print_results_table(rows: list[dict], cols: list[str], key: str | None,
     console.print(table)
 
 
+# ---------------------------------------------------------------------- pictures
+def cmd_report(args) -> int:
+    import time
+
+    from gpudispatch.htmlreport import write_report
+
+    queue = _queue(args)
+    started = time.monotonic()
+    size = write_report(queue, args.output)
+    if args.output != "-":
+        print(f"{printable(args.output)}: {size:,} bytes, "
+              f"{time.monotonic() - started:.2f} s; open it in a browser")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from gpudispatch.serve import serve
+
+    argcheck.count(args.port, "--port", minimum=0, maximum=65535)
+    try:
+        serve(_queue(args), args.host, args.port)
+    except OSError as exc:  # address in use, not an address of this machine
+        raise CliError(f"cannot listen on {args.host}:{args.port}: "
+                       f"{exc.strerror or exc}") from None
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def _columns() -> int:
     """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then the
@@ -923,6 +950,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--history", metavar="NAME",
                        help="the metrics one job logged over time, a row per line it wrote")
 
+    if want("report"):
+        p = verb("report", cmd_report, "write a self-contained HTML page: a per-GPU "
+                 "timeline, the queue, failures and sweep plots")
+        p.add_argument("-o", "--output", default="report.html", metavar="FILE",
+                       help="where to write it (default report.html; - for standard output)")
+
+    if want("serve"):
+        p = verb("serve", cmd_serve, "the report's views live in a browser, with job logs "
+                 "and cancel/retry/pause")
+        p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                       help="address to listen on (default 127.0.0.1; any other needs the "
+                       "token printed at start)")
+        p.add_argument("--port", type=int, default=8765,
+                       help="port (default 8765; 0: any free)")
+
     if want("pause"):
         verb("pause", cmd_pause, "stop starting new jobs (running ones go on)")
     if want("resume"):
@@ -930,8 +972,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-VERBS = ("run", "status", "submit", "logs", "cancel", "retry", "sweep", "results", "pause",
-         "resume")
+VERBS = ("run", "status", "submit", "logs", "cancel", "retry", "sweep", "results", "report",
+         "serve", "pause", "resume")
 
 
 def main(argv: list[str] | None = None) -> int:
