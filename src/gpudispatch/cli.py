@@ -481,11 +481,12 @@ def _submit_each_line(args, options: list[str]) -> int:
     lines = read_command_lines(args.each_line)
     queue = _queue(args, create=True)  # after the input is known good: nothing made for none
     cwd = os.getcwd()
+    env_file = _kept_env(queue, args)
     queued: list[str] = []
     try:
         for name, line in zip(control.each_line_names(lines), lines, strict=True):
-            text = control.with_directives(control.command_script(["sh", "-c", line], cwd),
-                                           options)
+            text = control.with_directives(
+                control.command_script(["sh", "-c", line], cwd, env_file), options)
             queued.append(queue.enqueue_text(_check_name(name), text, rename=True))
     except (QueueError, OSError) as exc:
         if queued:
@@ -497,6 +498,20 @@ def _submit_each_line(args, options: list[str]) -> int:
     return 0
 
 
+def _kept_env(queue: FolderQueue, args) -> str | None:
+    """The file holding this shell's environment for the jobs of ``submit --`` and
+    ``--each-line`` (None with ``--no-env``: they get the dispatcher's)."""
+    if args.no_env:
+        return None
+    from gpudispatch.control import env_text
+
+    try:
+        return queue.keep_env(env_text(dict(os.environ)))
+    except OSError as exc:
+        raise CliError(f"cannot keep this shell's environment for the job "
+                       f"({exc.strerror or exc}); --no-env queues it without") from None
+
+
 def cmd_submit(args) -> int:
     from gpudispatch import control
 
@@ -506,7 +521,8 @@ def cmd_submit(args) -> int:
     options = _directive_options(args)
     names = []
     if args.command:
-        text = control.with_directives(control.command_script(args.command, os.getcwd()), options)
+        script = control.command_script(args.command, os.getcwd(), _kept_env(queue, args))
+        text = control.with_directives(script, options)
         name = _check_name(args.name or control.command_name(args.command))
         names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
     else:
@@ -903,6 +919,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="one job per non-blank line of FILE (- for standard input), each "
                        "line a shell command as `submit -- sh -c LINE` takes it; they run in "
                        "line order")
+        p.add_argument("--no-env", action="store_true",
+                       help="with -- or --each-line: run with the dispatcher's environment, "
+                       "not this shell's (kept by default)")
         p.add_argument("--gpus", type=int, metavar="K")
         p.add_argument("--timeout", metavar="DURATION")
         p.add_argument("--retries", type=int, metavar="N")

@@ -36,12 +36,38 @@ def with_directives(text: str, options: Sequence[str]) -> str:
     return f"{line}\n{text}"
 
 
-def command_script(argv: Sequence[str], cwd: str | None = None) -> str:
-    """A script that runs one command line exactly as given (every word quoted)."""
+def command_script(argv: Sequence[str], cwd: str | None = None,
+                   env_file: str | None = None) -> str:
+    """A script that runs one command line exactly as given (every word quoted), in the
+    environment kept in ``env_file`` (see :func:`env_text`) and the folder ``cwd``."""
     lines = ["#!/bin/sh", "# submitted with: gpudispatch submit -- ..."]
+    if env_file:
+        lines.append(f". {shlex.quote(env_file)} || exit 1")
     if cwd:
         lines.append(f"cd {shlex.quote(cwd)} || exit 1")
     lines.append(f"exec {shlex.join(argv)}")
+    return "\n".join(lines) + "\n"
+
+
+# Not kept from the submitting shell: what the dispatcher sets for each job (its GPUs,
+# their numbering, the GPUDISPATCH_* names), what describes the shell itself, and the
+# variables of a Slurm job the shell may be in (a Slurm backend's job has its own).
+ENV_NOT_KEPT = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PWD", "OLDPWD",
+                          "SHLVL", "_", "PPID"})
+ENV_PREFIXES_NOT_KEPT = ("GPUDISPATCH_", "SLURM_")
+
+
+def env_text(environ: dict[str, str]) -> str:
+    """The environment a job of ``submit --`` runs in, as ``export`` lines for ``sh``
+    (pure): the submitting shell's, as pueue keeps it, so a command that works there
+    (a virtual environment's PATH, a variable set for it) works when it runs. A name
+    that is not a shell variable's (``BASH_FUNC_f%%``) cannot be exported by ``sh``."""
+    lines = ["# the environment of `gpudispatch submit`, sourced by its jobs"]
+    for name in sorted(environ):
+        if (name in ENV_NOT_KEPT or name.startswith(ENV_PREFIXES_NOT_KEPT)
+                or not name.isascii() or not name.isidentifier()):
+            continue
+        lines.append(f"export {name}={shlex.quote(environ[name])}")
     return "\n".join(lines) + "\n"
 
 

@@ -135,9 +135,10 @@ _PLACES = {
     "gpu_report": ".gpudispatch/gpus.json",  # the dispatcher's last GPU reading
     "joblist_cache": ".gpudispatch/joblist.cache",  # status --json's cache of records' JSON
     "tmp": ".gpudispatch/tmp",  # written here, then renamed (same filesystem)
+    "envs": ".gpudispatch/env",  # submitting shells' environments, kept for their jobs
 }
 _FOLDERS = ("queue", "running", "completed", "failed", "logs", "exits", "cancels",
-            "dispatchers", "tmp")
+            "dispatchers", "tmp", "envs")
 
 
 class Layout:
@@ -210,6 +211,10 @@ class Layout:
 
     def record(self, name: str) -> str:
         return f"{self._logs}{name}.json"
+
+    def env_file(self, digest: str) -> str:
+        """A submitting shell's environment, named by its content (a sweep shares one)."""
+        return f"{self._places['envs']}/{digest}.env"
 
     def job_log(self, name: str, attempt: int) -> str:
         """One output file per run: ``NAME.log`` for the first, ``NAME.N.log`` after."""
