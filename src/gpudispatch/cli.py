@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -412,28 +413,49 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _reproducible(queue: FolderQueue, args):
+    """The capsule every job of this submit shares (``extra`` for its records), and the
+    snapshot when ``--snapshot`` (or ``$GPUDISPATCH_SNAPSHOT``) asks for one."""
+    from gpudispatch import capsule, snapshot
+
+    cwd = os.getcwd()
+    state: object = True
+    snap = None
+    if snapshot.wanted(args.snapshot):
+        state = snapshot.git_state(cwd)
+        snap = snapshot.take(queue.layout, cwd, state)
+        for note in snap.notes:
+            print(f"gpudispatch {args.verb}: {printable(note)}", file=sys.stderr)
+    return {"capsule": capsule.collect(queue.layout, cwd, sys.argv, state, snap)}, snap
+
+
 def cmd_submit(args) -> int:
     queue = _queue(args, create=True)
     options = _directive_options(args)
     names = []
-    if args.each_line is not None:
-        if args.command or args.scripts or args.name:
-            raise CliError("--each-line takes the commands from its file: no SCRIPT, "
-                           "-- COMMAND or --name with it")
-        lines = control.command_lines(_read_input(args.each_line), args.each_line)
-        cwd = os.getcwd()
+    if args.each_line is not None and (args.command or args.scripts or args.name):
+        raise CliError("--each-line takes the commands from its file: no SCRIPT, "
+                       "-- COMMAND or --name with it")
+    if args.each_line is None and not args.command and not args.scripts:
+        raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
+    lines = (control.command_lines(_read_input(args.each_line), args.each_line)
+             if args.each_line is not None else None)
+    extra, snap = _reproducible(queue, args)
+    cwd = snap.workdir if snap else os.getcwd()
+    if lines is not None:
         for name, line in zip(control.each_line_names(lines), lines, strict=True):
             text = control.with_directives(control.line_script(line, cwd), options)
-            names.append(queue.enqueue_text(name, text, rename=True))
+            names.append(queue.enqueue_text(name, text, rename=True, extra=extra))
     elif args.command:
-        text = control.with_directives(control.command_script(args.command, os.getcwd()), options)
+        words = [snap.relocate(w) for w in args.command] if snap else args.command
+        text = control.with_directives(control.command_script(words, cwd), options)
         name = _check_name(args.name or control.command_name(args.command))
-        names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
+        names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name,
+                                        extra=extra))
     else:
-        if not args.scripts:
-            raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
         for path in args.scripts:
-            names.append(control.submit_file(queue, Path(path), options, rename=args.rename))
+            names.append(control.submit_file(queue, Path(path), options, rename=args.rename,
+                                             extra=extra, workdir=snap and snap.workdir))
     for name in names:
         print(printable(name))
     return 0
@@ -526,6 +548,43 @@ def cmd_retry(args) -> int:
     return status
 
 
+def cmd_show(args) -> int:
+    from gpudispatch.capsule import show_lines
+
+    queue = _queue(args)
+    state = _job_arg(queue, args.name)
+    record = queue.read_record(args.name)
+    capsule = record.extra.get("capsule")
+    if args.json:
+        print(json.dumps({"name": args.name, "state": state.value,
+                          "rerun_of": record.extra.get("rerun_of"),
+                          "capsule": capsule}, indent=1, default=str))
+        return 0
+    rows = [("name", args.name), ("state", state.value),
+            ("submitted at", record.submitted_at or "")]
+    if record.extra.get("rerun_of"):
+        rows.append(("re-run of", str(record.extra["rerun_of"])))
+    if isinstance(capsule, dict):
+        rows += show_lines(capsule)
+    else:
+        rows.append(("capsule", "none (queued before capsules, or dropped into queue/ "
+                     "by hand)"))
+    width = max(len(label) for label, _ in rows)
+    for label, text in rows:
+        print(f"{label:<{width}}  {printable(str(text))}")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    queue = _queue(args)
+    _job_arg(queue, args.name)
+    new, warning = control.rerun(queue, args.name)
+    if warning:
+        print(f"gpudispatch rerun: {printable(warning)}", file=sys.stderr)
+    print(printable(new))
+    return 0
+
+
 def cmd_pause(args) -> int:
     _queue(args).set_paused(True)
     print("paused: running jobs go on; no new job starts until 'gpudispatch resume'")
@@ -559,9 +618,15 @@ def cmd_sweep(args) -> int:
     if len(sweep.jobs) > CONFIRM_ABOVE and not args.yes:
         raise CliError(f"sweep {sweep.name} has {len(sweep.jobs):,} runs, more than "
                        f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
+    queue = _queue(args, create=True)
+    extra, snap = _reproducible(queue, args)
+    transform = None
+    if snap is not None:  # the program of the snapshot, started in the snapshot
+        sweep = build_sweep(args.spec, relocate=snap.relocate)
+        transform = functools.partial(control.with_workdir, workdir=snap.workdir)
     try:
-        names = iter_queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name,
-                                 sweep.metric)
+        names = iter_queue_sweep(sweep.jobs, queue, sweep.name, sweep.metric, extra,
+                                 transform)
     except SweepError as exc:
         raise CliError(str(exc)) from None
     print("\n".join(printable(line) for line in summary_lines(sweep, names)))
@@ -689,6 +754,13 @@ def _print_results_table(rows: list[dict], cols: list[str], key: str | None,
 
 
 # ---------------------------------------------------------------------- parser
+def _snapshot_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the jobs from a copy of the code as it is now (the git work "
+                   "tree's tracked and untracked-but-not-ignored files, else this folder), "
+                   "kept under ROOT/snapshots (default: $GPUDISPATCH_SNAPSHOT=1 turns it on)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpudispatch",
@@ -776,6 +848,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oom-retries", type=int, metavar="N",
                    help="after a CUDA out-of-memory failure, run again alone, up to N times")
 
+    _snapshot_flag(p)
+
+    p = verb("show", cmd_show, "a run's capsule: commit, diff, snapshot, environment")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="the capsule as JSON")
+
+    p = verb("rerun", cmd_rerun, "queue a run again, from the same snapshot, as NAME-2.sh")
+    p.add_argument("name", metavar="NAME")
+
     p = verb("logs", cmd_logs, "print a job's output")
     p.add_argument("name", metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true", help="follow while it runs")
@@ -793,6 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
     p.add_argument("--yes", action="store_true",
                    help="queue a sweep of more than 100,000 runs (refused without it)")
+    _snapshot_flag(p)
 
     p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
     p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")

@@ -132,6 +132,12 @@ class Layout:
         self.paused_flag = self.state / "paused"
         self.gpu_report = self.state / "gpus.json"  # the dispatcher's last GPU reading
         self.tmp = self.state / "tmp"  # written here, then renamed (same filesystem)
+        # Reproducible runs (made when first used, not by create()): the code as it was
+        # at submit, content-addressed, shared by every job of a sweep; and the parts of
+        # a job's capsule kept as files (the uncommitted diff, the package list).
+        self.snapshots = self.root / "snapshots"
+        self.capsules = self.root / "capsules"
+        self.capsule_cache = self.state / "capsule-cache"  # what is costly to learn again
         self._state_dirs = {state: f"{self.root}/{folder}/" for state, folder in STATE_DIRS.items()}
         self._logs = f"{self.logs}/"
 
@@ -159,6 +165,26 @@ class Layout:
 
     def metrics(self, name: str) -> str:
         return f"{self._logs}{name}.metrics.json"
+
+    def snapshot_dir(self, snapshot_id: str) -> str:
+        """One snapshot: ``tree/`` (the files) and ``snapshot.json`` (what it is)."""
+        return f"{self.snapshots}/{snapshot_id}"
+
+    def snapshot_tree(self, snapshot_id: str) -> str:
+        return f"{self.snapshots}/{snapshot_id}/tree"
+
+    def snapshot_marker(self, snapshot_id: str) -> str:
+        """Written last: a snapshot without it is incomplete and never used."""
+        return f"{self.snapshots}/{snapshot_id}/snapshot.json"
+
+    def diff_file(self, digest: str) -> str:
+        """An uncommitted diff, named by its content's hash (kept once, however many
+        jobs were submitted from that tree)."""
+        return f"{self.capsules}/diffs/{digest}.diff"
+
+    def packages_file(self, digest: str) -> str:
+        """A package list (``name==version`` lines), named by its content's hash."""
+        return f"{self.capsules}/packages/{digest}.txt"
 
     def public_job_env(self, name: str, attempt: int, log: str) -> dict[str, str]:
         """The :data:`PUBLIC_JOB_VARS` of one run: built here alone, so that a job sees

@@ -1,0 +1,293 @@
+"""A job's capsule: what it takes to tell, later, what a run ran and where.
+
+Kept in the record as ``extra["capsule"]`` (a plain dict, so ``JobRecord`` is
+unchanged): the git commit, branch and dirty flag of the work tree it was submitted
+from, the uncommitted diff (a file under ``ROOT/capsules/diffs/``, named by its hash),
+the Python environment and its package list (``ROOT/capsules/packages/``, once per
+environment), the host, the GPU driver and CUDA versions where there is an NVIDIA
+driver, the command line, the names (never the values) of the environment variables,
+and the snapshot when one was taken.
+
+One capsule is made per ``submit``/``sweep`` and shared by every job it queues. What
+is costly is cached under ``.gpudispatch/capsule-cache/``: the package list per
+environment (keyed by its prefix and its site-packages folders' mtimes: installing or
+removing a package changes them) and the CUDA version per host and driver. What is
+left per submit is one ``git status`` (and a ``git diff`` when the tree is dirty).
+Nothing here fails a submit for want of git, NVML or ``nvidia-smi``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
+
+from gpudispatch import safeio
+from gpudispatch.layout import Layout
+from gpudispatch.snapshot import GitState, Snapshot, SnapshotError, git_state, uncommitted_diff
+from gpudispatch.store import HOST
+
+CAPSULE_VERSION = 1
+UNTRACKED_LISTED = 50  # names of untracked files kept in the record (all are counted)
+CACHE_MAX_BYTES = 1 << 20
+NVIDIA_VERSION_FILE = "/proc/driver/nvidia/version"
+
+
+def collect(layout: Layout, cwd: str, argv: list[str], state: GitState | None | bool = True,
+            snapshot: Snapshot | None = None) -> dict:
+    """The capsule of jobs submitted now from ``cwd`` by ``argv``. ``state``: the git
+    state when already read (None outside git), True to read it here."""
+    capsule: dict = {"version": CAPSULE_VERSION, "host": HOST, "cwd": cwd,
+                     "argv": list(argv), "env_names": sorted(os.environ)}
+    if state is True:
+        try:
+            state = git_state(cwd)
+        except SnapshotError as exc:  # git missing or broken: said, never a failure
+            capsule["git"] = {"error": str(exc)}
+            state = None
+    if state is not None:
+        capsule["git"] = git_part(layout, state)
+    capsule["python"] = python_part(layout)
+    capsule["gpu"] = gpu_part(layout)
+    if snapshot is not None:
+        capsule["snapshot"] = snapshot.to_dict()
+    return capsule
+
+
+def _keep(layout: Layout, path: str, data: bytes) -> None:
+    """Write a content-addressed file unless it is there already."""
+    if os.path.lexists(path):
+        return
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    safeio.write_atomic(path, data, layout.tmp)
+
+
+def git_part(layout: Layout, state: GitState) -> dict:
+    part: dict = {"top": state.top, "commit": state.commit, "branch": state.branch,
+                  "dirty": state.dirty, "diff": None,
+                  "untracked": state.untracked[:UNTRACKED_LISTED],
+                  "untracked_count": len(state.untracked)}
+    try:
+        diff = uncommitted_diff(state)
+    except SnapshotError as exc:
+        part["diff_error"] = str(exc)
+        diff = b""
+    if diff:
+        path = layout.diff_file(hashlib.sha256(diff).hexdigest()[:20])
+        _keep(layout, path, diff)
+        part["diff"] = path
+        part["diff_bytes"] = len(diff)
+    if state.nested:
+        part["not_snapshotted"] = state.nested[:UNTRACKED_LISTED]
+    return part
+
+
+# --------------------------------------------------------------------------- python
+def environment_prefix() -> str:
+    """The Python environment jobs use: the active virtualenv or conda environment, else
+    the one gpudispatch runs in."""
+    return os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX") or sys.prefix
+
+
+def _package_dirs(prefix: str) -> list[str]:
+    found = glob.glob(os.path.join(glob.escape(prefix), "lib", "python*", "site-packages"))
+    conda = os.path.join(prefix, "conda-meta")
+    return sorted(found) + ([conda] if os.path.isdir(conda) else [])
+
+
+def package_lines(dirs: list[str]) -> list[str]:
+    """``name==version`` of every installed distribution, as ``pip freeze`` lists them,
+    read from the ``*.dist-info``/``*.egg-info`` names (and conda's ``conda-meta``)
+    without starting pip."""
+    lines = set()
+    for folder in dirs:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        conda = os.path.basename(folder) == "conda-meta"
+        for name in names:
+            if conda and name.endswith(".json"):
+                parts = name[:-5].rsplit("-", 2)
+                if len(parts) == 3:
+                    lines.add(f"{parts[0]}=={parts[1]} (conda {parts[2]})")
+            elif name.endswith((".dist-info", ".egg-info")):
+                stem = name.rsplit(".", 1)[0]
+                dist, _, version = stem.partition("-")
+                version = version.split("-py", 1)[0]
+                if dist and version:
+                    lines.add(f"{dist.replace('_', '-').lower()}=={version}")
+    return sorted(lines)
+
+
+def _python_version(prefix: str) -> str | None:
+    if os.path.realpath(prefix) == os.path.realpath(sys.prefix):
+        return sys.version.split()[0]
+    try:
+        cfg = safeio.read_regular(os.path.join(prefix, "pyvenv.cfg"), 65536).decode()
+    except (OSError, UnicodeDecodeError):
+        cfg = ""
+    match = re.search(r"^version(?:_info)?\s*=\s*(\S+)", cfg, re.M)
+    if match:
+        return match.group(1)
+    found = glob.glob(os.path.join(glob.escape(prefix), "conda-meta", "python-3*.json"))
+    return found[0].rsplit("/", 1)[1].split("-")[1] if found else None
+
+
+def python_part(layout: Layout) -> dict:
+    """The environment's prefix, Python version and package list (a file)."""
+    prefix = environment_prefix()
+    dirs = _package_dirs(prefix)
+    mtimes = []
+    for folder in dirs:
+        try:
+            mtimes.append(os.stat(folder).st_mtime_ns)
+        except OSError:
+            mtimes.append(0)
+    key = hashlib.sha256(repr((prefix, dirs, mtimes)).encode()).hexdigest()[:20]
+    cache = os.path.join(layout.capsule_cache, f"env-{key}.json")
+    cached = _read_cache(cache)
+    if (cached and isinstance(cached.get("packages"), str)
+            and os.path.lexists(cached["packages"])):
+        return cached
+    lines = package_lines(dirs)
+    data = "".join(line + "\n" for line in lines).encode()
+    path = layout.packages_file(hashlib.sha256(data).hexdigest()[:20])
+    part = {"prefix": prefix, "version": _python_version(prefix), "packages": path,
+            "package_count": len(lines)}
+    try:
+        _keep(layout, path, data)
+        _write_cache(layout, cache, part)
+    except OSError:
+        part["packages"] = None
+    return part
+
+
+def _read_cache(path: str) -> dict | None:
+    try:
+        data = json.loads(safeio.read_regular(path, CACHE_MAX_BYTES))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_cache(layout: Layout, path: str, data: dict) -> None:
+    os.makedirs(layout.capsule_cache, mode=0o700, exist_ok=True)
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    safeio.write_atomic(path, json.dumps(data).encode(), layout.tmp)
+
+
+# --------------------------------------------------------------------------- GPU
+def driver_version(text: str) -> str | None:
+    """The driver version in ``/proc/driver/nvidia/version`` (pure)."""
+    match = re.search(r"Kernel Module(?: for [\w-]+)?\s+([0-9][0-9.]*)", text)
+    return match.group(1) if match else None
+
+
+def gpu_part(layout: Layout) -> dict | None:
+    """Driver and CUDA versions and GPU names, where an NVIDIA driver is loaded (None
+    elsewhere). The driver comes from ``/proc``; the rest is asked of NVML (else
+    ``nvidia-smi``) once per host and driver."""
+    try:
+        driver = driver_version(safeio.read_regular(NVIDIA_VERSION_FILE, 65536).decode(
+            errors="replace"))
+    except OSError:
+        return None
+    cache = os.path.join(layout.capsule_cache, f"gpu-{HOST}.json")
+    cached = _read_cache(cache)
+    if cached and cached.get("driver") == driver:
+        return cached
+    part = {"driver": driver, **_ask_gpus()}
+    try:
+        _write_cache(layout, cache, part)
+    except OSError:
+        pass
+    return part
+
+
+def _ask_gpus() -> dict:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+            names = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+                names.append(name.decode() if isinstance(name, bytes) else name)
+            return {"cuda": f"{cuda // 1000}.{cuda % 1000 // 10}", "gpus": names}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML, no GPU, an old driver: ask nvidia-smi
+        pass
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"cuda": None}
+    match = re.search(r"CUDA Version:\s*([0-9.]+)", out)
+    return {"cuda": match.group(1) if match else None}
+
+
+# --------------------------------------------------------------------------- showing
+def show_lines(capsule: dict) -> list[tuple[str, str]]:
+    """A capsule as (label, text) rows for ``gpudispatch show`` (pure; tolerant of a
+    capsule of another shape: it comes from a record anyone with ``logs/`` may edit)."""
+    rows: list[tuple[str, str]] = []
+
+    def get(part: object, key: str) -> object:
+        return part.get(key) if isinstance(part, dict) else None
+
+    rows.append(("submitted", f"on {capsule.get('host')} from {capsule.get('cwd')}"))
+    argv = capsule.get("argv")
+    if isinstance(argv, list):
+        import shlex
+
+        rows.append(("command", shlex.join(str(a) for a in argv)))
+    gitp = capsule.get("git")
+    if isinstance(gitp, dict) and "error" in gitp:
+        rows.append(("git", f"unknown: {gitp['error']}"))
+    elif isinstance(gitp, dict):
+        branch = get(gitp, "branch") or "detached"
+        rows.append(("git", f"commit {get(gitp, 'commit') or 'none yet'} ({branch}) in "
+                     f"{get(gitp, 'top')}"))
+        rows.append(("dirty", "yes" if get(gitp, "dirty") else "no"))
+        if get(gitp, "diff"):
+            rows.append(("diff", f"{get(gitp, 'diff')} ({get(gitp, 'diff_bytes')} bytes)"))
+        count = get(gitp, "untracked_count")
+        if count:
+            names = get(gitp, "untracked") or []
+            more = f", +{count - len(names)} more" if count > len(names) else ""
+            rows.append(("untracked", f"{count}: {', '.join(map(str, names))}{more}"))
+        if get(gitp, "not_snapshotted"):
+            rows.append(("left out", ", ".join(map(str, get(gitp, "not_snapshotted")))
+                         + " (submodules / nested repositories)"))
+    else:
+        rows.append(("git", "not a git work tree"))
+    snap = capsule.get("snapshot")
+    if isinstance(snap, dict):
+        rows.append(("snapshot", f"{get(snap, 'id')}: runs in {get(snap, 'workdir')}"))
+    else:
+        rows.append(("snapshot", "none (runs the code found at run time)"))
+    py = capsule.get("python")
+    if isinstance(py, dict):
+        rows.append(("python", f"{get(py, 'version')} ({get(py, 'prefix')})"))
+        rows.append(("packages", f"{get(py, 'packages')} ({get(py, 'package_count')})"))
+    gpu = capsule.get("gpu")
+    if isinstance(gpu, dict):
+        names = ", ".join(map(str, get(gpu, "gpus") or []))
+        rows.append(("gpu", f"driver {get(gpu, 'driver')}, CUDA {get(gpu, 'cuda')}"
+                     + (f": {names}" if names else "")))
+    else:
+        rows.append(("gpu", "no NVIDIA driver on the submitting host"))
+    env = capsule.get("env_names")
+    if isinstance(env, list):
+        rows.append(("environment", f"{len(env)} names: {' '.join(map(str, env))}"))
+    return rows
