@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -108,7 +109,9 @@ def find_top(cwd: str) -> str | None:
 def git(top: str, *args: str, env: dict | None = None) -> bytes:
     """``git -C top ARGS``'s output; SnapshotError (one line) when it fails."""
     try:
-        proc = subprocess.run(["git", "-C", top, *args], capture_output=True, env=env,
+        # --no-optional-locks: never take index.lock (a user's git may be running)
+        proc = subprocess.run(["git", "--no-optional-locks", "-C", top, *args],
+                              capture_output=True, env=env,
                               timeout=GIT_TIMEOUT, check=False)
     except FileNotFoundError:
         raise SnapshotError("git is not installed (needed in a git work tree)") from None
@@ -152,6 +155,56 @@ def git_state(cwd: str) -> GitState | None:
     out = git(top, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all",
               "--no-renames")
     return parse_status(top, out)
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        return safeio.read_regular(path, 1 << 16).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def git_dir(top: str) -> str | None:
+    """The git folder of the work tree ``top`` (a worktree's ``.git`` file followed)."""
+    gitdir = os.path.join(top, ".git")
+    if os.path.isfile(gitdir):
+        text = _read_small(gitdir) or ""
+        if not text.startswith("gitdir:"):
+            return None
+        gitdir = os.path.normpath(os.path.join(top, text[len("gitdir:"):].strip()))
+    return gitdir
+
+
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def read_head(gitdir: str) -> tuple[str, str | None] | None:
+    """The commit and branch checked out, read from the git folder without starting git
+    (loose and packed refs, a worktree's ``commondir``); None when that cannot be told
+    so (no commit yet, a layout not known here: ask git)."""
+    common = gitdir
+    pointer = _read_small(os.path.join(gitdir, "commondir"))
+    if pointer:
+        common = os.path.normpath(os.path.join(gitdir, pointer))
+    head = _read_small(os.path.join(gitdir, "HEAD"))
+    if not head:
+        return None
+    if not head.startswith("ref: "):
+        return (head, None) if _SHA.fullmatch(head) else None
+    ref = head[len("ref: "):]
+    if ".." in ref.split("/"):
+        return None
+    commit = _read_small(os.path.join(common, ref))
+    if commit is None:
+        packed = _read_small(os.path.join(common, "packed-refs")) or ""
+        for line in packed.splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref:
+                commit = sha
+                break
+    if commit is None or not _SHA.fullmatch(commit):
+        return None
+    return commit, ref.removeprefix("refs/heads/")
 
 
 def uncommitted_diff(state: GitState) -> bytes:
