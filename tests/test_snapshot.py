@@ -233,11 +233,11 @@ def test_outside_git_the_folder_is_copied_below_the_limit(tmp_path, layout, monk
     (work / "src").mkdir(parents=True)
     (work / "src" / "train.py").write_text("print(1)\n")
     os.symlink("src/train.py", work / "link.py")
-    snap = snapshot.take(layout, str(work / "src"))
+    snap = snapshot.take(layout, str(work))
     assert snap.id.startswith("nogit-")
     assert (Path(snap.tree) / "src" / "train.py").read_text() == "print(1)\n"
     assert os.readlink(Path(snap.tree) / "link.py") == "src/train.py"
-    assert snap.workdir == str(Path(snap.tree) / "src")
+    assert snap.workdir == snap.tree  # the working directory is what is copied
     monkeypatch.setenv(snapshot.SNAPSHOT_MAX_ENV, "1K")
     (work / "big.dat").write_bytes(b"x" * 4096)
     with pytest.raises(SnapshotError, match="not in a git work tree and holds more than"):
