@@ -46,6 +46,13 @@ def snapshots(root: Path) -> list[str]:
     return sorted(p for p in os.listdir(folder) if not p.startswith(".")) if folder.exists() else []
 
 
+def whole(root: Path, name: str) -> dict:
+    """The whole capsule a record points to (kept once per submit under capsules/)."""
+    path = Path(record(root, name)["extra"]["capsule"]["file"])
+    assert path.parent == root / "capsules"
+    return json.loads(path.read_text())
+
+
 def drain(root: Path, cwd: Path, slots: int = 1, timeout: float = 60) -> int:
     """A real dispatcher that runs what is queued, then exits (started elsewhere than the
     repository: the snapshot, not the dispatcher's folder, decides where jobs run)."""
@@ -89,8 +96,10 @@ def test_queued_jobs_run_the_code_as_submitted_after_edit_and_commit(tmp_path, r
     assert [(logs / f"{n}.log").read_text() for n in each] == [
         "edited at submit, not committed\n", "untracked at submit\n"]
 
-    rec = record(root, "run.sh")
-    cap = rec["extra"]["capsule"]
+    summary = record(root, "run.sh")["extra"]["capsule"]
+    cap = whole(root, "run.sh")
+    assert summary["commit"] == submitted and summary["snapshot"] == snapshots(root)[0]
+    assert summary["dirty"] is True and summary["diff"] == cap["git"]["diff"]
     assert cap["git"]["commit"] == submitted and cap["git"]["branch"] == "main"
     assert cap["git"]["dirty"] is True
     diff = Path(cap["git"]["diff"]).read_text()
@@ -101,8 +110,9 @@ def test_queued_jobs_run_the_code_as_submitted_after_edit_and_commit(tmp_path, r
     assert cap["argv"][-2:] == ["--snapshot", "run.sh"]
     assert "PATH" in cap["env_names"]
     assert cap["python"]["version"] and Path(cap["python"]["packages"]).is_file()
-    live = record(root, "live.sh")["extra"]["capsule"]
+    live = whole(root, "live.sh")
     assert "snapshot" not in live and live["git"]["commit"] == submitted
+    assert record(root, "live.sh")["extra"]["capsule"]["snapshot"] is None
 
     # show: the capsule in words; an unknown name exits 2 in one line.
     shown = cli("show", "--dir", str(root), "run.sh", check=True).stdout
@@ -112,6 +122,12 @@ def test_queued_jobs_run_the_code_as_submitted_after_edit_and_commit(tmp_path, r
     assert as_json["capsule"] == cap
     unknown = cli("show", "--dir", str(root), "nope.sh")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    # A record pointing its capsule outside ROOT/capsules is not followed.
+    forged = json.loads((root / "logs" / "live.sh.json").read_text())
+    forged["extra"]["capsule"]["file"] = "/etc/passwd"
+    (root / "logs" / "live.sh.json").write_text(json.dumps(forged))
+    out = cli("show", "--dir", str(root), "live.sh", check=True).stdout
+    assert "not under" in out and "root:" not in out
     assert "no job named 'nope.sh'" in unknown.stderr
 
     # rerun: the same script and snapshot under a new name; history kept.
@@ -121,7 +137,7 @@ def test_queued_jobs_run_the_code_as_submitted_after_edit_and_commit(tmp_path, r
     assert (logs / "run-2.sh.log").read_text() == "edited at submit, not committed\n"
     rerun_rec = record(root, "run-2.sh")
     assert rerun_rec["extra"]["rerun_of"] == "run.sh"
-    assert rerun_rec["extra"]["capsule"] == cap
+    assert rerun_rec["extra"]["capsule"] == summary  # the same capsule file and snapshot
     assert record(root, "run.sh")["exit_code"] == 0  # the first run's record stands
     assert "re-run of" in cli("show", "--dir", str(root), "run-2.sh", check=True).stdout
     warned = cli("rerun", "--dir", str(root), "live.sh", check=True)
@@ -147,7 +163,8 @@ def test_a_100_run_sweep_stores_one_snapshot_and_runs_the_submitted_program(tmp_
     script = (root / "queue" / queued[0]).read_text()
     assert f"snapshots/{snap_id}/tree/train.sh" in script and str(repo / "train.sh") not in script
     caps = {json.dumps(record(root, n)["extra"]["capsule"], sort_keys=True) for n in queued}
-    assert len(caps) == 1  # one capsule shared by every run
+    assert len(caps) == 1  # one capsule shared by every run, kept once
+    assert [p.suffix for p in (root / "capsules").iterdir() if p.is_file()] == [".json"]
     assert drain(root, cwd=tmp_path, slots=4, timeout=180) == 0
     outputs = {(root / "logs" / f"{n}.log").read_text() for n in queued}
     assert len(outputs) == 100  # each its own seed...
@@ -160,13 +177,13 @@ def test_snapshot_by_default_from_the_environment_and_no_snapshot_overrides(tmp_
     env = {**job_env(), "GPUDISPATCH_SNAPSHOT": "1"}
     cli("submit", "--dir", str(root), "--name", "a.sh", "--", "true", cwd=repo, env=env,
         check=True)
-    assert "snapshot" in record(root, "a.sh")["extra"]["capsule"]
+    assert record(root, "a.sh")["extra"]["capsule"]["snapshot"]
     cli("submit", "--dir", str(root), "--no-snapshot", "--name", "b.sh", "--", "true",
         cwd=repo, env=env, check=True)
-    assert "snapshot" not in record(root, "b.sh")["extra"]["capsule"]
+    assert record(root, "b.sh")["extra"]["capsule"]["snapshot"] is None
     cli("submit", "--dir", str(root), "--name", "c.sh", "--", "true", cwd=repo, check=True)
-    assert "snapshot" not in record(root, "c.sh")["extra"]["capsule"]
-    assert "capsule" in record(root, "c.sh")["extra"]  # a capsule in every record
+    assert record(root, "c.sh")["extra"]["capsule"]["snapshot"] is None
+    assert whole(root, "c.sh")["git"]["commit"]  # a capsule in every record
 
 
 def test_refusals_are_one_line_and_queue_nothing(tmp_path, repo):

@@ -1,12 +1,13 @@
 """A job's capsule: what it takes to tell, later, what a run ran and where.
 
-Kept in the record as ``extra["capsule"]`` (a plain dict, so ``JobRecord`` is
-unchanged): the git commit, branch and dirty flag of the work tree it was submitted
-from, the uncommitted diff (a file under ``ROOT/capsules/diffs/``, named by its hash),
-the Python environment and its package list (``ROOT/capsules/packages/``, once per
-environment), the host, the GPU driver and CUDA versions where there is an NVIDIA
-driver, the command line, the names (never the values) of the environment variables,
-and the snapshot when one was taken.
+Kept once per submit as ``ROOT/capsules/HASH.json``; the record's ``extra["capsule"]``
+(a plain dict, so ``JobRecord`` is unchanged) names that file and repeats the commit,
+dirty flag, diff and snapshot. A capsule holds the git commit, branch and dirty flag of
+the work tree it was submitted from, the uncommitted diff (a file under
+``ROOT/capsules/diffs/``, named by its hash), the Python environment and its package
+list (``ROOT/capsules/packages/``, once per environment), the host, the GPU driver and
+CUDA versions where there is an NVIDIA driver, the command line, the names (never the
+values) of the environment variables, and the snapshot when one was taken.
 
 One capsule is made per ``submit``/``sweep`` and shared by every job it queues. What
 is costly is cached under ``.gpudispatch/capsule-cache/``: the package list per
@@ -67,6 +68,41 @@ def collect(layout: Layout, cwd: str, argv: list[str], state: GitState | None | 
     if snapshot is not None:
         capsule["snapshot"] = snapshot.to_dict()
     return capsule
+
+
+def keep(layout: Layout, capsule: dict) -> dict:
+    """Write the capsule once, as ``ROOT/capsules/HASH.json``, and return what a record
+    holds: that file and the few fields worth seeing without opening it (a record is
+    read by ``status`` and ``results``; the whole capsule, environment names and all, is
+    a few KiB that 100,000 records of a sweep would each repeat)."""
+    data = json.dumps(capsule, indent=1, sort_keys=True, default=str).encode()
+    path = layout.capsule_file(hashlib.sha256(data).hexdigest()[:20])
+    _keep(layout, path, data)
+    gitp = capsule.get("git") if isinstance(capsule.get("git"), dict) else {}
+    snap = capsule.get("snapshot") if isinstance(capsule.get("snapshot"), dict) else {}
+    return {"file": path, "commit": gitp.get("commit"), "dirty": gitp.get("dirty"),
+            "diff": gitp.get("diff"), "snapshot": snap.get("id"),
+            "workdir": snap.get("workdir")}
+
+
+def load(layout: Layout, summary: object) -> tuple[dict | None, str | None]:
+    """The whole capsule a record's summary points to, or (None, why not). The path
+    comes from a record that anyone who can write ``logs/`` may edit: only a regular
+    file under ``ROOT/capsules`` is read, without following a symlink."""
+    path = summary.get("file") if isinstance(summary, dict) else None
+    if not isinstance(path, str) or not path:
+        return None, "the record names no capsule file"
+    if not safeio.inside(layout.capsules, path):
+        return None, f"its capsule file {path} is not under {layout.capsules}; not read"
+    try:
+        data = json.loads(safeio.read_regular(path, CACHE_MAX_BYTES))
+    except OSError as exc:
+        return None, f"its capsule file {path} {safeio.refusal(exc)}"
+    except ValueError:
+        return None, f"its capsule file {path} is not JSON"
+    if not isinstance(data, dict):
+        return None, f"its capsule file {path} is not a JSON object"
+    return data, None
 
 
 def _keep(layout: Layout, path: str, data: bytes) -> None:

@@ -426,7 +426,8 @@ def _reproducible(queue: FolderQueue, args):
         snap = snapshot.take(queue.layout, cwd, state)
         for note in snap.notes:
             print(f"gpudispatch {args.verb}: {printable(note)}", file=sys.stderr)
-    return {"capsule": capsule.collect(queue.layout, cwd, sys.argv, state, snap)}, snap
+    whole = capsule.collect(queue.layout, cwd, sys.argv, state, snap)
+    return {"capsule": capsule.keep(queue.layout, whole)}, snap
 
 
 def cmd_submit(args) -> int:
@@ -549,26 +550,31 @@ def cmd_retry(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from gpudispatch.capsule import show_lines
+    from gpudispatch.capsule import load, show_lines
 
     queue = _queue(args)
     state = _job_arg(queue, args.name)
     record = queue.read_record(args.name)
-    capsule = record.extra.get("capsule")
+    summary = record.extra.get("capsule")
+    whole, problem = load(queue.layout, summary) if summary is not None else (None, None)
     if args.json:
         print(json.dumps({"name": args.name, "state": state.value,
                           "rerun_of": record.extra.get("rerun_of"),
-                          "capsule": capsule}, indent=1, default=str))
+                          "capsule": whole, **({"problem": problem} if problem else {})},
+                         indent=1, default=str))
         return 0
     rows = [("name", args.name), ("state", state.value),
             ("submitted at", record.submitted_at or "")]
     if record.extra.get("rerun_of"):
         rows.append(("re-run of", str(record.extra["rerun_of"])))
-    if isinstance(capsule, dict):
-        rows += show_lines(capsule)
-    else:
+    if whole is not None:
+        rows.append(("capsule", summary["file"]))
+        rows += show_lines(whole)
+    elif summary is None:
         rows.append(("capsule", "none (queued before capsules, or dropped into queue/ "
                      "by hand)"))
+    else:
+        rows.append(("capsule", f"unreadable: {problem}"))
     width = max(len(label) for label, _ in rows)
     for label, text in rows:
         print(f"{label:<{width}}  {printable(str(text))}")

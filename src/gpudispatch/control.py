@@ -250,12 +250,12 @@ def rerun(queue: FolderQueue, name: str) -> tuple[str, str | None]:
     capsule = record.extra.get("capsule")
     snap = capsule.get("snapshot") if isinstance(capsule, dict) else None
     warning = None
-    if isinstance(snap, dict) and isinstance(snap.get("id"), str):
-        if "/" in snap["id"] or snap["id"] in (".", ".."):
-            raise QueueError(f"{name}: its record names no snapshot of ROOT ({snap['id']!r})")
-        problem = usable(queue.layout, snap["id"])
+    if isinstance(snap, str) and snap:
+        if "/" in snap or snap in (".", ".."):
+            raise QueueError(f"{name}: its record names no snapshot of ROOT ({snap!r})")
+        problem = usable(queue.layout, snap)
         if problem:
-            raise QueueError(f"{name}: its snapshot {snap['id']} {problem}; not re-run (it "
+            raise QueueError(f"{name}: its snapshot {snap} {problem}; not re-run (it "
                              "would not run the code it ran)")
     else:
         warning = (f"{name} was queued without a snapshot: the re-run runs the code as it "

@@ -177,6 +177,11 @@ class Layout:
         """Written last: a snapshot without it is incomplete and never used."""
         return f"{self.snapshots}/{snapshot_id}/snapshot.json"
 
+    def capsule_file(self, digest: str) -> str:
+        """A whole capsule, named by its content's hash: one per submit, however many
+        jobs it queued (records hold a summary and this path)."""
+        return f"{self.capsules}/{digest}.json"
+
     def diff_file(self, digest: str) -> str:
         """An uncommitted diff, named by its content's hash (kept once, however many
         jobs were submitted from that tree)."""
