@@ -45,6 +45,9 @@ from gpudispatch.store import HOST
 CAPSULE_VERSION = 1
 UNTRACKED_LISTED = 50  # names of untracked files kept in the record (all are counted)
 CACHE_MAX_BYTES = 1 << 20
+# A capsule never holds a submit up long: git stuck on a slow filesystem is noted, not
+# waited out (a snapshot waits longer: it cannot do without git).
+CAPSULE_GIT_TIMEOUT = 15.0
 NVIDIA_VERSION_FILE = "/proc/driver/nvidia/version"
 
 
@@ -153,7 +156,8 @@ def quick_git_part(layout: Layout, cwd: str) -> dict | None:
     head = read_head(gitdir) if gitdir else None
     if head is None:  # no commit yet, or a git folder of another shape: ask git
         return git_part(layout, git_state(cwd))
-    diff = git(top, "diff", "--binary", "--no-color", "--no-ext-diff", "HEAD", "--")
+    diff = git(top, "diff", "--binary", "--no-color", "--no-ext-diff", "HEAD", "--",
+               timeout=CAPSULE_GIT_TIMEOUT)
     state = GitState(top=top, commit=head[0], branch=head[1],
                      touched=["(in the diff)"] if diff else [])
     return git_part(layout, state, diff)

@@ -27,10 +27,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 
 from gpudispatch import safeio
@@ -106,17 +103,18 @@ def find_top(cwd: str) -> str | None:
         path = parent
 
 
-def git(top: str, *args: str, env: dict | None = None) -> bytes:
+def git(top: str, *args: str, env: dict | None = None, timeout: float = GIT_TIMEOUT) -> bytes:
     """``git -C top ARGS``'s output; SnapshotError (one line) when it fails."""
+    import subprocess  # here: a submit outside git never pays for importing it
     try:
         # --no-optional-locks: never take index.lock (a user's git may be running)
         proc = subprocess.run(["git", "--no-optional-locks", "-C", top, *args],
                               capture_output=True, env=env,
-                              timeout=GIT_TIMEOUT, check=False)
+                              timeout=timeout, check=False)
     except FileNotFoundError:
         raise SnapshotError("git is not installed (needed in a git work tree)") from None
     except subprocess.TimeoutExpired:
-        raise SnapshotError(f"git {args[0]} took over {GIT_TIMEOUT:.0f}s in {top}") from None
+        raise SnapshotError(f"git {args[0]} took over {timeout:.0f}s in {top}") from None
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["failed"]
         raise SnapshotError(f"git {args[0]} in {printable(top)}: {lines[-1]}")
@@ -376,6 +374,9 @@ def take(layout: Layout, cwd: str, state: GitState | None | bool = True) -> Snap
 
     ``state``: the work tree's :class:`GitState` when already read (None: not in git);
     True to read it here."""
+    import shutil
+    import tempfile
+
     if state is True:
         state = git_state(cwd)
     store = _store(layout)
@@ -438,6 +439,8 @@ def _copy_changes(state: GitState, staging: str) -> tuple[str, str, dict]:
 
 def _build_git_tree(state: GitState, staging: str, marker: dict) -> None:
     """``staging/tree``: the commit's files, then the copied changes laid over them."""
+    import shutil
+
     tree = os.path.join(staging, "tree")
     os.mkdir(tree)
     if state.commit is not None:
@@ -459,6 +462,8 @@ def _build_git_tree(state: GitState, staging: str, marker: dict) -> None:
 
 
 def _remove(path: str) -> None:
+    import shutil
+
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
