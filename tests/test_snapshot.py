@@ -282,3 +282,49 @@ def test_capsule_outside_git_and_without_a_gpu_driver(tmp_path, layout):
     assert "git" not in cap
     if not os.path.exists(capsule.NVIDIA_VERSION_FILE):
         assert cap["gpu"] is None
+
+
+def test_package_list_is_kept_once_per_environment_and_follows_installs(tmp_path, layout,
+                                                                         monkeypatch):
+    prefix = tmp_path / "venv"
+    site = prefix / "lib" / "python3.12" / "site-packages"
+    (site / "torch-2.3.1.dist-info").mkdir(parents=True)
+    (prefix / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.12.4\n")
+    monkeypatch.setenv("VIRTUAL_ENV", str(prefix))
+    first = capsule.python_part(layout)
+    assert first["version"] == "3.12.4" and first["prefix"] == str(prefix)
+    assert Path(first["packages"]).read_text() == "torch==2.3.1\n"
+    assert capsule.python_part(layout) == first  # cached: same file, nothing listed again
+    (site / "numpy-2.0.0.dist-info").mkdir()  # an install changes the folder's mtime
+    os.utime(site, ns=(1, 1))  # (made certain: a coarse clock could keep the mtime)
+    second = capsule.python_part(layout)
+    assert second["packages"] != first["packages"]
+    assert Path(second["packages"]).read_text() == "numpy==2.0.0\ntorch==2.3.1\n"
+    assert Path(first["packages"]).exists()  # the earlier list stays for earlier runs
+
+
+def test_gpu_part_asks_nvidia_smi_once_per_host_and_driver(tmp_path, layout, monkeypatch):
+    version = tmp_path / "nvidia-version"
+    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue\n")
+    monkeypatch.setattr(capsule, "NVIDIA_VERSION_FILE", str(version))
+    calls = tmp_path / "calls"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    smi = bindir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho x >> {calls}\necho '| NVIDIA-SMI 550.54.15   "
+                   "Driver Version: 550.54.15   CUDA Version: 12.4     |'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # no NVML here
+    part = capsule.gpu_part(layout)
+    assert part == {"driver": "550.54.15", "cuda": "12.4"}
+    assert capsule.gpu_part(layout) == part
+    assert calls.read_text() == "x\n"  # asked once; the second came from the cache
+    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  560.1  Tue\n")
+    assert capsule.gpu_part(layout)["driver"] == "560.1"
+    assert calls.read_text() == "x\nx\n"  # a new driver is asked again
+    smi.unlink()
+    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.2  Tue\n")
+    assert capsule.gpu_part(layout) == {"driver": "570.2", "cuda": None}  # never fails
+    monkeypatch.setattr(capsule, "NVIDIA_VERSION_FILE", str(tmp_path / "absent"))
+    assert capsule.gpu_part(layout) is None

@@ -208,6 +208,12 @@ def test_refusals_are_one_line_and_queue_nothing(tmp_path, repo):
     assert out.stderr.count("\n") == 1 and names_in(root, "queue") == []
 
 
+def test_show_a_job_dropped_by_hand_has_no_capsule(tmp_path, root):
+    (root / "queue" / "hand.sh").write_text("#!/bin/sh\ntrue\n")
+    out = cli("show", "--dir", str(root), "hand.sh", check=True).stdout
+    assert "capsule" in out and "none" in out
+
+
 def test_rerun_refuses_when_its_snapshot_is_gone(tmp_path, repo):
     root = tmp_path / "root"
     cli("submit", "--dir", str(root), "--snapshot", "--name", "a.sh", "--", "true",
