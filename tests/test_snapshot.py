@@ -153,6 +153,20 @@ def test_snapshot_holds_the_tree_as_it_is_and_not_what_is_ignored(repo, layout):
     assert snap.relocate("/elsewhere/x.py") == "/elsewhere/x.py"
 
 
+def test_symlinks_are_kept_as_symlinks_never_followed(repo, layout, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not code\n")
+    os.symlink(outside, repo / "data")            # untracked link to a folder
+    os.symlink("train.py", repo / "main.py")     # untracked link to a file
+    snap = snapshot.take(layout, str(repo))
+    tree = Path(snap.tree)
+    assert os.readlink(tree / "data") == str(outside)
+    assert os.readlink(tree / "main.py") == "train.py"
+    copied = [name for _, _, files in os.walk(layout.snapshots) for name in files]
+    assert "secret.txt" not in copied  # the folder it points to was not copied
+
+
 def test_clean_tree_snapshot_is_named_by_its_commit(repo, layout):
     snap = snapshot.take(layout, str(repo))
     assert snap.id == git(repo, "rev-parse", "HEAD").strip()[:12]
@@ -241,6 +255,12 @@ def test_outside_git_the_folder_is_copied_below_the_limit(tmp_path, layout, monk
     monkeypatch.setenv(snapshot.SNAPSHOT_MAX_ENV, "1K")
     (work / "big.dat").write_bytes(b"x" * 4096)
     with pytest.raises(SnapshotError, match="not in a git work tree and holds more than"):
+        snapshot.take(layout, str(work))
+    monkeypatch.delenv(snapshot.SNAPSHOT_MAX_ENV)
+    monkeypatch.setattr(snapshot, "PLAIN_MAX_FILES", 3)
+    for i in range(3):
+        (work / f"f{i}").write_text("x")
+    with pytest.raises(SnapshotError, match="holds more than 3 files"):
         snapshot.take(layout, str(work))
 
 

@@ -37,6 +37,7 @@ from gpudispatch.store import QueueError
 SNAPSHOT_ENV = "GPUDISPATCH_SNAPSHOT"  # "1": submit and sweep take --snapshot by default
 SNAPSHOT_MAX_ENV = "GPUDISPATCH_SNAPSHOT_MAX"  # the most bytes a snapshot reads from disk
 DEFAULT_MAX_BYTES = 256 << 20
+PLAIN_MAX_FILES = 20_000  # outside git: a home folder or a dataset is not code
 GIT_TIMEOUT = 120.0
 MARKER_MAX_BYTES = 1 << 20
 _CHUNK = 1 << 20
@@ -451,8 +452,10 @@ def _build_git_tree(state: GitState, staging: str, marker: dict) -> None:
     for path in marker["deleted"]:
         _remove(os.path.join(tree, path))
     changes = os.path.join(staging, "changes")
-    for folder, _dirs, files in os.walk(changes):
-        for name in files:
+    for folder, dirs, files in os.walk(changes):
+        # A symlink to a folder is listed with the folders (and not walked into).
+        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        for name in files + links:
             src = os.path.join(folder, name)
             dst = os.path.join(tree, os.path.relpath(src, changes))
             _remove(dst)
@@ -502,6 +505,12 @@ def _copy_plain(layout: Layout, cwd: str, staging: str) -> tuple[str, str, dict]
                         "are then left out) or raise the limit; nothing was queued") from None
                 raise
             count += 1
+            if count > PLAIN_MAX_FILES:
+                raise SnapshotError(
+                    f"{printable(cwd)} is not in a git work tree and holds more than "
+                    f"{PLAIN_MAX_FILES:,} files: --snapshot copies such a folder whole only "
+                    "below that; make it a git repository (ignored files are then left "
+                    "out); nothing was queued")
     snap_id = f"nogit-{digest.hexdigest()[:16]}"
     marker = {"id": snap_id, "commit": None, "source": cwd, "files": count,
               "bytes": limit - budget[0]}
