@@ -348,3 +348,57 @@ def test_gpu_part_asks_nvidia_smi_once_per_host_and_driver(tmp_path, layout, mon
     assert capsule.gpu_part(layout) == {"driver": "570.2", "cuda": None}  # never fails
     monkeypatch.setattr(capsule, "NVIDIA_VERSION_FILE", str(tmp_path / "absent"))
     assert capsule.gpu_part(layout) is None
+
+
+def test_a_snapshot_made_unreadable_is_set_aside_and_made_anew(tmp_path):
+    """Run as a second user (root reads anything): a forked child drops to
+    ``gdtestuser`` and takes snapshots in a tree of its own."""
+    import ctypes  # noqa: F401 - loaded here: the child cannot read root's stdlib
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as a second user")
+    try:
+        other = pwd.getpwnam("gdtestuser")
+    except KeyError:
+        pytest.skip("no user gdtestuser (scripts/test.sh creates it)")
+    base = Path(tempfile.mkdtemp(prefix="gd-snap-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        os.chown(base, other.pw_uid, other.pw_gid)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            result = {}
+            try:
+                os.close(read)
+                os.setgroups([])
+                os.setgid(other.pw_gid)
+                os.setuid(other.pw_uid)
+                os.environ["HOME"] = str(base)
+                repo = make_repo(base / "repo")
+                layout = Layout(base / "root").create()
+                first = snapshot.take(layout, str(repo))
+                os.chmod(layout.snapshot_dir(first.id), 0)
+                result["problem"] = snapshot.usable(layout, first.id)
+                second = snapshot.take(layout, str(repo))
+                result.update(same=second.id == first.id, reused=second.reused,
+                              notes=second.notes, listing=sorted(os.listdir(layout.snapshots)),
+                              ok=(Path(second.tree) / "train.py").read_text())
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                result["error"] = repr(exc)
+            os.write(write, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as fh:
+            result = json.loads(fh.read() or b"{}")
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "error" not in result, result
+    assert "cannot be read" in result["problem"] and "Permission denied" in result["problem"]
+    assert result["same"] and not result["reused"] and result["ok"] == "print('v1')\n"
+    assert "set aside" in result["notes"][0]
+    assert len([n for n in result["listing"] if ".bad-" in n]) == 1  # kept, not deleted
