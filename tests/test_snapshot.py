@@ -264,6 +264,16 @@ def test_outside_git_the_folder_is_copied_below_the_limit(tmp_path, layout, monk
         snapshot.take(layout, str(work))
 
 
+def test_root_inside_the_work_tree_is_not_copied_into_itself(repo):
+    layout = Layout(repo / "queue-root").create()
+    first = snapshot.take(layout, str(repo))
+    (repo / "new.txt").write_text("a change\n")
+    second = snapshot.take(layout, str(repo))
+    assert first.id != second.id
+    assert not (Path(second.tree) / "queue-root").exists()
+    assert sorted(os.listdir(second.tree)) == [".gitignore", "new.txt", "sub", "train.py"]
+
+
 def test_root_inside_the_folder_is_not_copied_into_itself(tmp_path):
     work = tmp_path / "plain"
     work.mkdir()

@@ -389,7 +389,7 @@ def take(layout: Layout, cwd: str, state: GitState | None | bool = True) -> Snap
         if state is None:
             snap_id, source, marker = _copy_plain(layout, cwd, staging)
         else:
-            snap_id, source, marker = _copy_changes(state, staging)
+            snap_id, source, marker = _copy_changes(state, staging, str(layout.root))
         rel = os.path.relpath(cwd, source)
         tree = layout.snapshot_tree(snap_id)
         reused = _reuse(layout, snap_id, notes)
@@ -408,8 +408,14 @@ def take(layout: Layout, cwd: str, state: GitState | None | bool = True) -> Snap
     return Snapshot(snap_id, tree, workdir, source, reused, notes)
 
 
-def _copy_changes(state: GitState, staging: str) -> tuple[str, str, dict]:
-    """Copy what differs from the commit into ``staging/changes``; the snapshot's id."""
+def _copy_changes(state: GitState, staging: str, root: str) -> tuple[str, str, dict]:
+    """Copy what differs from the commit into ``staging/changes``; the snapshot's id.
+    A queue ROOT inside the work tree (untracked, not ignored) is left out: it holds the
+    snapshots themselves."""
+    inside = os.path.relpath(root, state.top)
+    if inside != ".." and not inside.startswith(".." + os.sep):
+        state.untracked = [p for p in state.untracked
+                           if p != inside and not p.startswith(inside + "/")]
     changes = os.path.join(staging, "changes")
     os.mkdir(changes)
     digest = hashlib.sha256()
