@@ -412,3 +412,16 @@ def test_a_snapshot_made_unreadable_is_set_aside_and_made_anew(tmp_path):
     assert result["same"] and not result["reused"] and result["ok"] == "print('v1')\n"
     assert "set aside" in result["notes"][0]
     assert len([n for n in result["listing"] if ".bad-" in n]) == 1  # kept, not deleted
+
+
+def test_run_quiet_output_errors_exit_status_and_time_limit():
+    code, out, err = snapshot.run_quiet(
+        ["sh", "-c", "head -c 200000 /dev/zero; head -c 100000 /dev/zero >&2; exit 3"],
+        None, 10)
+    assert (code, len(out), len(err)) == (3, 200000, 100000)  # both pipes drained
+    with pytest.raises(TimeoutError):
+        snapshot.run_quiet(["sleep", "30"], None, 0.2)
+    with pytest.raises(FileNotFoundError):
+        snapshot.run_quiet(["no-such-program-here"], None, 1)
+    with pytest.raises(SnapshotError, match="git rev-parse in"):
+        snapshot.git("/", "rev-parse", "--verify", "no-such-ref")

@@ -302,12 +302,11 @@ def _ask_gpus() -> dict:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - no NVML, no GPU, an old driver: ask nvidia-smi
         pass
-    import subprocess
+    from gpudispatch.snapshot import run_quiet
 
     try:
-        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20,
-                             check=False).stdout
-    except (OSError, subprocess.SubprocessError):
+        out = run_quiet(["nvidia-smi"], None, 20)[1].decode(errors="replace")
+    except (OSError, TimeoutError):
         return {"cuda": None}
     match = re.search(r"CUDA Version:\s*([0-9.]+)", out)
     return {"cuda": match.group(1) if match else None}
