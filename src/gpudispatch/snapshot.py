@@ -202,9 +202,9 @@ def git_state(cwd: str) -> GitState | None:
     return parse_status(top, out)
 
 
-def _read_small(path: str) -> str | None:
+def _read_small(path: str, limit: int = 1 << 16) -> str | None:
     try:
-        return safeio.read_regular(path, 1 << 16).decode().strip()
+        return safeio.read_regular(path, limit).decode().strip()
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -241,7 +241,7 @@ def read_head(gitdir: str) -> tuple[str, str | None] | None:
         return None
     commit = _read_small(os.path.join(common, ref))
     if commit is None:
-        packed = _read_small(os.path.join(common, "packed-refs")) or ""
+        packed = _read_small(os.path.join(common, "packed-refs"), 64 << 20) or ""
         for line in packed.splitlines():
             sha, _, name = line.partition(" ")
             if name == ref:
