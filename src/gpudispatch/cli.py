@@ -480,14 +480,16 @@ def _submit_each_line(args, options: list[str]) -> int:
                        "--name is for one command")
     lines = read_command_lines(args.each_line)
     queue = _queue(args, create=True)  # after the input is known good: nothing made for none
-    cwd = os.getcwd()
+    extra, snap = _reproducible(queue, args)
+    cwd = snap.workdir if snap else os.getcwd()
     env_file = _kept_env(queue, args)
     queued: list[str] = []
     try:
         for name, line in zip(control.each_line_names(lines), lines, strict=True):
             text = control.with_directives(
                 control.command_script(["sh", "-c", line], cwd, env_file), options)
-            queued.append(queue.enqueue_text(_check_name(name), text, rename=True))
+            queued.append(queue.enqueue_text(_check_name(name), text, rename=True,
+                                             extra=extra))
     except (QueueError, OSError) as exc:
         if queued:
             print("\n".join(printable(name) for name in queued), flush=True)
@@ -510,6 +512,21 @@ def _kept_env(queue: FolderQueue, args) -> str | None:
     except OSError as exc:
         raise CliError(f"cannot keep this shell's environment for the job "
                        f"({exc.strerror or exc}); --no-env queues it without") from None
+def _reproducible(queue: FolderQueue, args):
+    """The capsule every job of this submit shares (``extra`` for its records), and the
+    snapshot when ``--snapshot`` (or ``$GPUDISPATCH_SNAPSHOT``) asks for one."""
+    from gpudispatch import capsule, snapshot
+
+    cwd = os.getcwd()
+    state: object = True
+    snap = None
+    if snapshot.wanted(args.snapshot):
+        state = snapshot.git_state(cwd)
+        snap = snapshot.take(queue.layout, cwd, state)
+        for note in snap.notes:
+            print(f"gpudispatch {args.verb}: {printable(note)}", file=sys.stderr)
+    whole = capsule.collect(queue.layout, cwd, sys.argv, state, snap)
+    return {"capsule": capsule.keep(queue.layout, whole)}, snap
 
 
 def cmd_submit(args) -> int:
@@ -517,25 +534,29 @@ def cmd_submit(args) -> int:
 
     if args.each_line is not None:
         return _submit_each_line(args, _directive_options(args))
-    queue = _queue(args, create=True)
+    if not args.command and not args.scripts:
+        raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
     options = _directive_options(args)
+    queue = _queue(args, create=True)
+    extra, snap = _reproducible(queue, args)
     names = []
     if args.command:
-        script = control.command_script(args.command, os.getcwd(), _kept_env(queue, args))
+        words = [snap.relocate(w) for w in args.command] if snap else args.command
+        script = control.command_script(words, snap.workdir if snap else os.getcwd(),
+                                        _kept_env(queue, args))
         text = control.with_directives(script, options)
         name = _check_name(args.name or control.command_name(args.command))
-        names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name))
+        names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name,
+                                        extra=extra))
     else:
-        if not args.scripts:
-            raise CliError("nothing to submit: give SCRIPT... or -- COMMAND ARGS...")
-        for path in args.scripts:
-            from pathlib import Path
+        from pathlib import Path
 
-            names.append(control.submit_file(queue, Path(path), options, rename=args.rename))
+        for path in args.scripts:
+            names.append(control.submit_file(queue, Path(path), options, rename=args.rename,
+                                             extra=extra, workdir=snap and snap.workdir))
     for name in names:
         print(printable(name))
     return 0
-
 
 
 def _job_arg(queue: FolderQueue, name: str) -> JobState:
@@ -619,6 +640,52 @@ def cmd_retry(args) -> int:
     return status
 
 
+def cmd_show(args) -> int:
+    import json
+
+    from gpudispatch.capsule import load, show_lines
+
+    queue = _queue(args)
+    state = _job_arg(queue, args.name)
+    record = queue.read_record(args.name)
+    summary = record.extra.get("capsule")
+    whole, problem = load(queue.layout, summary) if summary is not None else (None, None)
+    if args.json:
+        print(json.dumps({"name": args.name, "state": state.value,
+                          "rerun_of": record.extra.get("rerun_of"),
+                          "capsule": whole, **({"problem": problem} if problem else {})},
+                         indent=1, default=str))
+        return 0
+    rows = [("name", args.name), ("state", state.value),
+            ("submitted at", record.submitted_at or "")]
+    if record.extra.get("rerun_of"):
+        rows.append(("re-run of", str(record.extra["rerun_of"])))
+    if whole is not None:
+        rows.append(("capsule", summary["file"]))
+        rows += show_lines(whole)
+    elif summary is None:
+        rows.append(("capsule", "none (queued before capsules, or dropped into queue/ "
+                     "by hand)"))
+    else:
+        rows.append(("capsule", f"unreadable: {problem}"))
+    width = max(len(label) for label, _ in rows)
+    for label, text in rows:
+        print(f"{label:<{width}}  {printable(str(text))}")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from gpudispatch import control
+
+    queue = _queue(args)
+    _job_arg(queue, args.name)
+    new, warning = control.rerun(queue, args.name)
+    if warning:
+        print(f"gpudispatch rerun: {printable(warning)}", file=sys.stderr)
+    print(printable(new))
+    return 0
+
+
 def cmd_pause(args) -> int:
     _queue(args).set_paused(True)
     print("paused: running jobs go on; no new job starts until 'gpudispatch resume'")
@@ -652,9 +719,19 @@ def cmd_sweep(args) -> int:
     if len(sweep.jobs) > CONFIRM_ABOVE and not args.yes:
         raise CliError(f"sweep {sweep.name} has {len(sweep.jobs):,} runs, more than "
                        f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
+    queue = _queue(args, create=True)
+    extra, snap = _reproducible(queue, args)
+    transform = None
+    if snap is not None:  # the program of the snapshot, started in the snapshot
+        import functools
+
+        from gpudispatch import control
+
+        sweep = build_sweep(args.spec, relocate=snap.relocate)
+        transform = functools.partial(control.with_workdir, workdir=snap.workdir)
     try:
-        names = iter_queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name,
-                                 sweep.metric)
+        names = iter_queue_sweep(sweep.jobs, queue, sweep.name, sweep.metric, extra,
+                                 transform)
     except SweepError as exc:
         raise CliError(str(exc)) from None
     print("\n".join(printable(line) for line in summary_lines(sweep, names)))
@@ -813,6 +890,13 @@ def cmd_serve(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+def _snapshot_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the jobs from a copy of the code as it is now (the git work "
+                   "tree's tracked and untracked-but-not-ignored files, else this folder), "
+                   "kept under ROOT/snapshots (default: $GPUDISPATCH_SNAPSHOT=1 turns it on)")
+
+
 def _columns() -> int:
     """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then the
     terminal, else 80), without importing shutil (and bz2, lzma) on every start."""
@@ -931,6 +1015,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        "share a GPU while their sums fit")
         p.add_argument("--oom-retries", type=int, metavar="N",
                        help="after a CUDA out-of-memory failure, run again alone, up to N times")
+        _snapshot_flag(p)
+
+    if want("show"):
+        p = verb("show", cmd_show, "a run's capsule: commit, diff, snapshot, environment")
+        p.add_argument("name", metavar="NAME")
+        p.add_argument("--json", action="store_true", help="the capsule as JSON")
+
+    if want("rerun"):
+        p = verb("rerun", cmd_rerun, "queue a run again, from the same snapshot, as NAME-2.sh")
+        p.add_argument("name", metavar="NAME")
 
     if want("logs"):
         p = verb("logs", cmd_logs, "print a job's output")
@@ -955,6 +1049,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
         p.add_argument("--yes", action="store_true",
                        help="queue a sweep of more than 100,000 runs (refused without it)")
+        _snapshot_flag(p)
 
     if want("results"):
         p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
@@ -991,8 +1086,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-VERBS = ("run", "status", "submit", "logs", "cancel", "retry", "sweep", "results", "report",
-         "serve", "pause", "resume")
+VERBS = ("run", "status", "submit", "show", "rerun", "logs", "cancel", "retry", "sweep",
+         "results", "report", "serve", "pause", "resume")
 
 
 def main(argv: list[str] | None = None) -> int:

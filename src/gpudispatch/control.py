@@ -106,20 +106,61 @@ def each_line_names(lines: Sequence[str], stamp: str | None = None) -> list[str]
     return names
 
 
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"})
+
+
+def shell_problem(text: str) -> str | None:
+    """Why a ``cd`` line cannot be put in this script (its ``#!`` names no shell), or
+    None when it can (no ``#!``: it runs through ``/bin/sh``)."""
+    if not text.startswith("#!"):
+        return None
+    words = text[2:].split("\n", 1)[0].split()
+    if not words:
+        return None
+    program = os.path.basename(words[0])
+    if program == "env" and len(words) > 1:
+        program = os.path.basename(next((w for w in words[1:] if not w.startswith("-")), ""))
+    if program in SHELLS:
+        return None
+    return f"runs through {program}, not a shell"
+
+
+def with_workdir(text: str, workdir: str) -> str:
+    """``cd WORKDIR || exit 1`` after the script's header (the ``#!``, comments and
+    blank lines), so that its ``#GPUDISPATCH`` and ``#SBATCH`` lines stay in the header
+    and it runs in ``workdir`` on every backend."""
+    lines = text.split("\n")
+    at = 0
+    while at < len(lines) and (not lines[at].strip() or lines[at].lstrip().startswith("#")):
+        at += 1
+    lines.insert(at, f"cd {shlex.quote(workdir)} || exit 1  # gpudispatch: the snapshot")
+    return "\n".join(lines)
+
+
 def submit_file(
-    queue: FolderQueue, path: Path, options: Sequence[str] = (), rename: bool = False
+    queue: FolderQueue, path: Path, options: Sequence[str] = (), rename: bool = False,
+    extra: dict | None = None, workdir: str | None = None,
 ) -> str:
+    """Queue a copy of the script at ``path``; with ``workdir`` (a snapshot's) it starts
+    there, whatever folder the dispatcher runs in."""
     problem = name_problem(path.name)
     if problem:
         raise QueueError(f"{printable(str(path))} cannot be queued: it {problem}")
     if not path.is_file():
         raise QueueError(f"{printable(str(path))} is not a file")
     text = path.read_bytes()
-    if options:
-        text = with_directives(text.decode(errors="surrogateescape"), options).encode(
-            errors="surrogateescape"
-        )
-    return queue.enqueue_text(path.name, text, rename=rename)
+    if options or workdir:
+        decoded = text.decode(errors="surrogateescape")
+        if workdir:
+            why = shell_problem(decoded)
+            if why:
+                raise QueueError(
+                    f"{printable(str(path))} {why}: --snapshot starts a job in its snapshot "
+                    "with a shell 'cd'; submit it as: gpudispatch submit --snapshot -- "
+                    f"{printable(str(path))}")
+            decoded = with_workdir(decoded, workdir)
+        text = with_directives(decoded, options).encode(errors="surrogateescape")
+    return queue.enqueue_text(path.name, text, rename=rename, extra=extra)
 
 
 def _require(queue: FolderQueue, name: str) -> JobState:
@@ -210,3 +251,39 @@ def retry(queue: FolderQueue, name: str) -> str:
     if not queue.move(name, JobState.FAILED, JobState.QUEUED):
         raise QueueError(f"{name} left failed/ meanwhile")
     return f"{name}: queued again (attempts so far: {record.attempts})"
+
+
+SCRIPT_MAX_BYTES = 16 << 20
+
+
+def rerun(queue: FolderQueue, name: str) -> tuple[str, str | None]:
+    """Queue the run ``name`` again, under a new name (``NAME-2.sh``...), with the same
+    script, params and capsule (so the same snapshot); its record says ``rerun_of``. The
+    new name, and a warning when there is no snapshot to run the same code from."""
+    from gpudispatch import safeio
+    from gpudispatch.snapshot import usable
+
+    state = _require(queue, name)
+    record = queue.read_record(name)
+    capsule = record.extra.get("capsule")
+    snap = capsule.get("snapshot") if isinstance(capsule, dict) else None
+    warning = None
+    if isinstance(snap, str) and snap:
+        if "/" in snap or snap in (".", ".."):
+            raise QueueError(f"{name}: its record names no snapshot of ROOT ({snap!r})")
+        problem = usable(queue.layout, snap)
+        if problem:
+            raise QueueError(f"{name}: its snapshot {snap} {problem}; not re-run (it "
+                             "would not run the code it ran)")
+    else:
+        warning = (f"{name} was queued without a snapshot: the re-run runs the code as it "
+                   "is now")
+    try:
+        text = safeio.read_regular(queue.layout.script(state, name), SCRIPT_MAX_BYTES)
+    except OSError as exc:
+        raise QueueError(f"{name}: its script {safeio.refusal(exc)}; not re-run") from None
+    extra = {key: record.extra[key] for key in ("capsule", "sweep", "sweep_metric")
+             if key in record.extra}
+    extra["rerun_of"] = name
+    new = queue.enqueue_text(name, text, params=record.params, rename=True, extra=extra)
+    return new, warning

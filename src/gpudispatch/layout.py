@@ -136,6 +136,12 @@ _PLACES = {
     "joblist_cache": ".gpudispatch/joblist.cache",  # status --json's cache of records' JSON
     "tmp": ".gpudispatch/tmp",  # written here, then renamed (same filesystem)
     "envs": ".gpudispatch/env",  # submitting shells' environments, kept for their jobs
+    # Reproducible runs (made when first used, not by create()): the code as it was at
+    # submit, content-addressed, shared by every job of a sweep; and the parts of a job's
+    # capsule kept as files (the uncommitted diff, the package list).
+    "snapshots": "snapshots",
+    "capsules": "capsules",
+    "capsule_cache": ".gpudispatch/capsule-cache",  # what is costly to learn again
 }
 _FOLDERS = ("queue", "running", "completed", "failed", "logs", "exits", "cancels",
             "dispatchers", "tmp", "envs")
@@ -163,7 +169,12 @@ class Layout:
     dispatchers: Path
     paused_flag: Path
     gpu_report: Path
+    joblist_cache: Path
     tmp: Path
+    envs: Path
+    snapshots: Path
+    capsules: Path
+    capsule_cache: Path
 
     def __init__(self, root: Path | str) -> None:
         # Resolved: the same queue reached through a symlink must compare equal, or a
@@ -222,6 +233,31 @@ class Layout:
 
     def metrics(self, name: str) -> str:
         return f"{self._logs}{name}.metrics.json"
+
+    def snapshot_dir(self, snapshot_id: str) -> str:
+        """One snapshot: ``tree/`` (the files) and ``snapshot.json`` (what it is)."""
+        return f"{self._places['snapshots']}/{snapshot_id}"
+
+    def snapshot_tree(self, snapshot_id: str) -> str:
+        return f"{self._places['snapshots']}/{snapshot_id}/tree"
+
+    def snapshot_marker(self, snapshot_id: str) -> str:
+        """Written last: a snapshot without it is incomplete and never used."""
+        return f"{self._places['snapshots']}/{snapshot_id}/snapshot.json"
+
+    def capsule_file(self, digest: str) -> str:
+        """A whole capsule, named by its content's hash: one per submit, however many
+        jobs it queued (records hold a summary and this path)."""
+        return f"{self._places['capsules']}/{digest}.json"
+
+    def diff_file(self, digest: str) -> str:
+        """An uncommitted diff, named by its content's hash (kept once, however many
+        jobs were submitted from that tree)."""
+        return f"{self._places['capsules']}/diffs/{digest}.diff"
+
+    def packages_file(self, digest: str) -> str:
+        """A package list (``name==version`` lines), named by its content's hash."""
+        return f"{self._places['capsules']}/packages/{digest}.txt"
 
     def public_job_env(self, name: str, attempt: int, log: str) -> dict[str, str]:
         """The :data:`PUBLIC_JOB_VARS` of one run: built here alone, so that a job sees

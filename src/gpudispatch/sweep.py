@@ -434,9 +434,10 @@ def build_sweep(
     *,
     user: str | None = None,
     date: datetime | None = None,
+    relocate: Callable[[str], str] | None = None,
 ) -> Sweep:
     """Check a spec; its jobs' scripts are made as ``jobs`` is iterated. Nothing touches
-    a queue yet."""
+    a queue yet. ``relocate``: maps the program's absolute path (into a snapshot)."""
     spec, spec_file = load_spec(source)
     check_spec(spec)
     runs = sweep_params(spec)
@@ -445,7 +446,10 @@ def build_sweep(
     headers = text_lines("headers", spec.get("headers"))
     footers = text_lines("footers", spec.get("footers"))
     directives = directive_lines(spec.get("directives"))
-    command, end = command_parts(spec, resolve_program(spec.get("program", ""), spec_file))
+    program = resolve_program(spec.get("program", ""), spec_file)
+    if relocate and program:  # a snapshot's copy of the program, when it holds one
+        program = relocate(program)
+    command, end = command_parts(spec, program)
     prefix = sweep_prefix(spec, spec_file)
     # Once for the whole sweep: a passwd lookup per script was half the cost of making it.
     user = current_user() if user is None else user
@@ -472,17 +476,24 @@ def queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str,
 
 
 def iter_queue_sweep(jobs: Sequence[SweepJob], queue: FolderQueue, sweep_name: str,
-                     metric: Mapping[str, Any] | None = None) -> Iterator[str]:
+                     metric: Mapping[str, Any] | None = None,
+                     more: Mapping[str, Any] | None = None,
+                     transform: Callable[[str], str] | None = None) -> Iterator[str]:
     """:func:`queue_sweep` one job at a time: every name is checked now, and each job is
     queued as the iterator is consumed (its name then yielded), so memory does not grow
     with the sweep. ``metric`` (the spec's) goes into each record with the sweep's name,
-    so that ``results`` can rank the runs best first without the spec file."""
+    so that ``results`` can rank the runs best first without the spec file. ``more``:
+    further record entries shared by every job (the capsule); ``transform``: applied to
+    each script (the snapshot's ``cd``)."""
     check_names(jobs, queue)
     extra: dict[str, Any] = {"sweep": sweep_name}
     if metric:
         extra["sweep_metric"] = {"name": metric["name"],
                                  "goal": metric.get("goal", "minimize")}
-    return (queue.enqueue_text(job.name, job.text, params=job.params, extra=extra)
+    if more:
+        extra.update(more)
+    return (queue.enqueue_text(job.name, transform(job.text) if transform else job.text,
+                               params=job.params, extra=extra)
             for job in jobs)
 
 
