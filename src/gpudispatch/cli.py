@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -544,27 +545,63 @@ def cmd_sweep(args) -> int:
         CONFIRM_ABOVE,
         SweepError,
         build_sweep,
+        existing_jobs,
         iter_queue_sweep,
+        plan_more,
         summary_lines,
         write_dry_run,
     )
 
+    if args.extend is not None and args.extend < 1:
+        raise CliError(f"--extend: a number of runs above 0, not {args.extend}")
+    if args.resume and args.extend is not None:
+        raise CliError("--resume queues what is missing, --extend N adds N runs: give one")
+    settings = {"seed": args.seed, "prefix": args.prefix, "arg_style": args.arg_style}
     try:
-        sweep = build_sweep(args.spec)
+        sweep = build_sweep(args.spec, settings=settings, settings_file=args.settings,
+                            ignore_unsupported=args.ignore_unsupported)
     except SweepError as exc:
         raise CliError(str(exc)) from None
+    for note in sweep.notes:
+        print(f"note: {printable(note)}", file=sys.stderr)
+    if args.dry_run:  # shows what would be queued; creates nothing
+        try:
+            queue = _queue(args) if _root(args).is_dir() else None
+        except CliError:
+            queue = None
+    else:
+        queue = _queue(args, create=True)
+    existing = existing_jobs(queue, sweep.name)
+    jobs, seed = sweep.jobs, sweep.seed
+    if existing.jobs:
+        if not (args.resume or args.extend is not None):
+            raise CliError(
+                f"sweep {sweep.name} is already in {_root(args)}: {existing.describe()}; "
+                "nothing was queued (--resume queues its runs not yet queued, --extend N "
+                "adds N runs, --prefix NAME starts a new sweep)")
+        try:
+            plan = plan_more(sweep, queue, existing, extend=args.extend)
+        except SweepError as exc:
+            raise CliError(str(exc)) from None
+        jobs, seed = plan.jobs, plan.seed
+        if not len(jobs):
+            print(f"sweep {sweep.name}: nothing to queue, {existing.describe()}"
+                  + ("" if args.extend is not None else "; --extend N adds runs"))
+            return 0
     if args.dry_run:
-        write_dry_run(sweep, sys.stdout)
+        if seed != sweep.seed:
+            sweep = dataclasses.replace(sweep, seed=seed)
+        write_dry_run(sweep, sys.stdout, jobs)
         return 0
-    if len(sweep.jobs) > CONFIRM_ABOVE and not args.yes:
-        raise CliError(f"sweep {sweep.name} has {len(sweep.jobs):,} runs, more than "
+    if len(jobs) > CONFIRM_ABOVE and not args.yes:
+        raise CliError(f"sweep {sweep.name} has {len(jobs):,} runs, more than "
                        f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
     try:
-        names = iter_queue_sweep(sweep.jobs, _queue(args, create=True), sweep.name,
-                                 sweep.metric)
+        names = iter_queue_sweep(jobs, queue, sweep.name, sweep.metric, seed)
     except SweepError as exc:
         raise CliError(str(exc)) from None
-    print("\n".join(printable(line) for line in summary_lines(sweep, names)))
+    lines = summary_lines(sweep, names, seed, len(existing.jobs))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 
@@ -793,6 +830,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
     p.add_argument("--yes", action="store_true",
                    help="queue a sweep of more than 100,000 runs (refused without it)")
+    p.add_argument("--resume", action="store_true",
+                   help="queue only the runs of a sweep already queued that are not there yet")
+    p.add_argument("--extend", type=int, metavar="N",
+                   help="add N runs to a sweep already queued (random: the same stream, "
+                   "continued; grid: its next points not queued)")
+    p.add_argument("--settings", type=Path, metavar="FILE",
+                   help="gpudispatch's settings for the sweep (default: "
+                   "SPEC.gpudispatch.yaml beside SPEC.yaml, when there is one)")
+    p.add_argument("--seed", type=int, help="seed of a random sweep (default: one derived "
+                   "from the file, recorded with each run)")
+    p.add_argument("--prefix", help="job names PREFIX-0001.sh... (default: the sweep's name)")
+    p.add_argument("--arg-style", choices=("wandb", "classic"),
+                   help="wandb (default): --lr=0.001 --use_bn=False, as `wandb agent`; "
+                   "classic: --lr 0.001 and bare --flag for true, as create_shell_script")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="run a sweep whose early_terminate or metric.target is not supported "
+                   "(every run runs to the end)")
 
     p = verb("results", cmd_results, "parameters and metrics of every job, one row each")
     p.add_argument("--sweep", metavar="NAME", help="only this sweep's jobs")
