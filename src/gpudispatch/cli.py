@@ -564,13 +564,12 @@ def cmd_sweep(args) -> int:
         raise CliError(str(exc)) from None
     for note in sweep.notes:
         print(f"note: {printable(note)}", file=sys.stderr)
-    if args.dry_run:  # shows what would be queued; creates nothing
+    queue = None  # nothing is created before the sweep is found fit to queue
+    if _root(args).is_dir():
         try:
-            queue = _queue(args) if _root(args).is_dir() else None
-        except CliError:
+            queue = _queue(args)
+        except CliError:  # not a queue yet: made when queueing (and refused then)
             queue = None
-    else:
-        queue = _queue(args, create=True)
     existing = existing_jobs(queue, sweep.name)
     jobs, seed = sweep.jobs, sweep.seed
     if existing.jobs:
@@ -596,6 +595,8 @@ def cmd_sweep(args) -> int:
     if len(jobs) > CONFIRM_ABOVE and not args.yes:
         raise CliError(f"sweep {sweep.name} has {len(jobs):,} runs, more than "
                        f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
+    if queue is None:
+        queue = _queue(args, create=True)
     try:
         names = iter_queue_sweep(jobs, queue, sweep.name, sweep.metric, seed)
     except SweepError as exc:
