@@ -178,7 +178,7 @@ def test_unsupported_keys_refused_unless_ignored_with_a_note(overrides: dict) ->
         ({"parameters": {"lr": {"values": [1, 2], "probabilities": [0.5]}}}, "probabilities"),
         ({"parameters": {"lr": {"parameters": {}}}}, "parameters.lr.parameters"),
         ({"parameters": {"lr": {"parameters": {"a": {"value": 1}}, "value": 2}}}, "nested"),
-        ({"parameters": {"lr": {"min": 0.0, "max": 1.5}}}, "grid"),
+        ({"parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "grid"),
         ({"directives": {"gpus": "two"}}, "directives"),
         ({"directives": {"nonsense": 1}}, "directives"),
         ({"directives": ["--timeout forever"]}, "directives"),

@@ -225,14 +225,10 @@ def _number(where: str, spec: Mapping[str, Any], key: str, default: Any = None) 
     return value
 
 
-def _whole(value: Any) -> bool:
-    """An integer to JSON Schema (draft 7, as W&B validates): ``5`` and ``5.0`` alike."""
-    return _is_int(value) or (isinstance(value, float) and value.is_integer())
-
-
 def distribution_name(where: str, spec: Mapping[str, Any]) -> str:
     """The distribution a parameter uses, named or inferred as W&B infers it (the first
-    of its schema's forms that fits: integer ``min``/``max`` mean ``int_uniform``)."""
+    of its schema's forms that fits: int ``min`` and ``max`` mean ``int_uniform``, and
+    ``1.0`` is a float, not an int, as for W&B)."""
     if "distribution" in spec:
         name = spec["distribution"]
         if name not in DISTRIBUTION_KEYS:
@@ -248,7 +244,7 @@ def distribution_name(where: str, spec: Mapping[str, Any]) -> str:
     if "values" in spec:
         return "categorical_w_probabilities" if "probabilities" in spec else "categorical"
     if "min" in spec and "max" in spec:
-        return "int_uniform" if _whole(spec["min"]) and _whole(spec["max"]) else "uniform"
+        return "int_uniform" if _is_int(spec["min"]) and _is_int(spec["max"]) else "uniform"
     raise SweepError(f"{where}: needs 'value', 'values', 'parameters', or 'min' and 'max'")
 
 
@@ -300,13 +296,15 @@ def _build_distribution(where: str, name: str, spec: Mapping[str, Any]) -> Distr
         if not lo < hi:  # W&B's validator: min must be less than max
             raise SweepError(f"{where}: 'min' ({lo}) must be less than 'max' ({hi})")
         if name == "int_uniform":
-            if not (_whole(lo) and _whole(hi)):
+            if not (_is_int(lo) and _is_int(hi)):
                 raise SweepError(f"{where}: int_uniform needs integer 'min' and 'max'")
-            return int_uniform(int(lo), int(hi))
+            return int_uniform(lo, hi)
         if name.endswith("_values"):
             if lo <= 0:
                 raise SweepError(f"{where}: {name} needs 'min' above 0, not {lo}")
             lo, hi = math.log(lo), math.log(hi)
+            if name.startswith("inv_"):  # W&B: exp(-u), u uniform in [-log max, -log min]
+                lo, hi = -hi, -lo
         if name in ("uniform", "q_uniform"):
             base = uniform(lo, hi)
         elif name.startswith("inv_"):
@@ -366,14 +364,23 @@ def parse_parameters(parameters: Any, where: str = "parameters") -> dict[Path_, 
 
 def nest(flat: Mapping[Path_, Any]) -> dict[str, Any]:
     """{("model", "layers"): 2} -> {"model": {"layers": 2}}: a run's params as W&B's
-    agent hands them over (a nested parameter's value is a dict)."""
+    agent hands them over (a nested parameter's value is a dict, its keys sorted as
+    W&B's ``sweeps`` sorts them; the top level stays in spec order)."""
     params: dict[str, Any] = {}
+    nested = False
     for path, value in flat.items():
         where = params
         for part in path[:-1]:
             where = where.setdefault(part, {})
+            nested = True
         where[path[-1]] = value
-    return params
+    if not nested:
+        return params
+    return {k: _sorted(v) if (k,) not in flat else v for k, v in params.items()}
+
+
+def _sorted(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: _sorted(v) if isinstance(v, dict) else v for k, v in sorted(value.items())}
 
 
 def sweep_params(spec: Mapping[str, Any], seed: int | None = None,
