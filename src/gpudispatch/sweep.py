@@ -1,17 +1,32 @@
-"""A sweep spec (W&B's sweep configuration format) -> one script per run, in a queue.
+"""A sweep file (W&B's sweep configuration format) -> one script per run, in a queue.
 
-A spec is a YAML file or a dict. Supported W&B keys: ``program``, ``method`` (``grid`` or
-``random``; default ``grid``), ``parameters``, ``run_cap``, ``name`` (the default job-name
-prefix), ``description`` and ``metric`` (kept on the :class:`Sweep`, e.g. to sort
-results), and ``command`` (a word list with the macros ``${env}``, ``${interpreter}``,
-``${program}`` and ``${args}``). ``early_terminate``, ``project`` and ``entity`` only
-mean something to W&B's servers: they are accepted and ignored (no run is stopped early).
-Our own keys: ``interpreter`` (default ``python``), ``interpreter_options`` (default
-``-u``), ``headers``, ``footers``, ``directives`` (``#GPUDISPATCH`` lines, a dict or a
-list of option strings), ``prefix`` and ``seed`` (for ``random``).
+A sweep file is a W&B sweep file: W&B's validator accepts ours, and every file it accepts
+is read whole. W&B keys: ``program``, ``method`` (``grid`` or ``random``; default
+``grid``), ``parameters`` (every W&B distribution, sampled as W&B's ``sweeps`` package
+samples it, ``probabilities``, nested ``parameters``), ``run_cap``, ``name`` (the default
+job-name prefix), ``description``, ``metric`` (kept on the :class:`Sweep` and in each
+record, so ``results`` ranks the runs) and ``command`` (W&B's agent's macros: ``${env}``,
+``${interpreter}``, ``${program}``, every ``${args...}`` form, ``${envvar:NAME}``; the
+default is W&B's ``${env} ${interpreter} ${program} ${args}``). Each run's arguments are
+the words ``wandb agent`` would pass (``--lr=0.001 --use_bn=False --layers=[64, 32]``).
+
+Keys accepted and not acted on are reported in :attr:`Sweep.notes` (``project``,
+``entity``, ``controller``, ``job``...); ``early_terminate`` and ``metric.target`` are
+refused (not supported yet) unless ``ignore_unsupported``; ``bayes``, ``custom``,
+``scheduler`` and ``metrics`` are refused.
+
+gpudispatch's own settings (``interpreter`` (default ``python``), ``interpreter_options``
+(default ``-u``), ``headers``, ``footers``, ``directives`` (``#GPUDISPATCH`` lines, a
+dict or a list of option strings), ``prefix``, ``seed`` and ``arg_style`` (``wandb`` or
+``classic``: ``--lr 0.001`` and bare flags, as :func:`create_shell_script`)) live in
+``NAME.gpudispatch.yaml`` beside the sweep file, or another file, or flags; at the top
+level of the sweep file they still work, with a note (W&B's validator refuses them).
 
 Everything is checked before anything is queued: an unknown key, a bad distribution or
-directive, or a job name already in the queue raises :class:`SweepError` naming it.
+directive raises :class:`SweepError` naming it. A sweep already in the queue (jobs named
+``PREFIX-NNNN.sh``) is added to only on request: :func:`plan_more` finds the runs not
+queued yet (``--resume``) or N more (``--extend``). A random sweep without a seed gets
+one derived from its parameters and name (:func:`derived_seed`), recorded with each run.
 
 Runs are made lazily: a sweep's size is counted arithmetically (the product of the grid's
 axis lengths, or ``run_cap``) and each run's params and script are made only when it is
