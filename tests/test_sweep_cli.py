@@ -148,6 +148,7 @@ def test_grid_sweep_resume_queues_missing_points_by_value(tmp_path: Path) -> Non
     ({"method": "bayes"}, [], ["'bayes' is not supported"]),
     ({}, ["--extend", "0"], ["--extend"]),
     ({}, ["--extend", "2", "--resume"], ["give one"]),
+    ({}, ["--extend", "2"], ["has no jobs in", "queue it first"]),
     ({"parameters": {"x": {"distribution": "normal"}}}, [], ["grid", "random"]),
     ({"command": ["python", "${nope}", "${args}"]}, [], ["${nope}"]),
 ])

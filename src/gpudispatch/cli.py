@@ -587,6 +587,9 @@ def cmd_sweep(args) -> int:
             print(f"sweep {sweep.name}: nothing to queue, {existing.describe()}"
                   + ("" if args.extend is not None else "; --extend N adds runs"))
             return 0
+    elif args.extend is not None:
+        raise CliError(f"--extend: sweep {sweep.name} has no jobs in {_root(args)} yet; "
+                       "nothing was queued (queue it first, without --extend)")
     if args.dry_run:
         if seed != sweep.seed:
             sweep = dataclasses.replace(sweep, seed=seed)
