@@ -289,6 +289,11 @@ def test_args_json_file_and_envvar(tmp_path: Path) -> None:
 def test_classic_arg_style_is_create_shell_scripts(tmp_path: Path) -> None:
     argv = _argv_of(tmp_path, None, arg_style="classic")
     assert argv[:6] == ["--lr", "0.001", "--aug", "--layers", "64", "32"]
+    assert argv[6:8] == ["--name", PARAMS["name"]]
+    # only ${args} changes: the other macros keep the agent's text
+    argv = _argv_of(tmp_path, ["${env}", "${interpreter}", "${program}", "${args_json}"],
+                    arg_style="classic")
+    assert argv == _agent_args()["args_json"]
 
 
 def test_bad_arg_style() -> None:

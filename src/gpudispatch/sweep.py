@@ -589,12 +589,10 @@ class Command:
     def lines(self, params: Mapping[str, Any]) -> list[str]:
         """The command's lines: the words before the first argument on the first line,
         then one argument a line, and the literal words after them joined on a line."""
-        expanded = wandb_args(params)
-        if self.arg_style == "classic":
+        expanded = {k: [shlex.quote(w) for w in v] for k, v in wandb_args(params).items()}
+        if self.arg_style == "classic":  # create_shell_script's words, already quoted
             expanded["args"] = [" ".join(w) for k, v in params.items()
                                 if (w := option_words(str(k), v))]
-        else:
-            expanded = {k: [shlex.quote(w) for w in v] for k, v in expanded.items()}
         expanded["args_json_file"] = ['"$GPUDISPATCH_ARGS_JSON_FILE"']
         lines: list[str] = []
         current: list[str] = []
