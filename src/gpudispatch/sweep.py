@@ -937,11 +937,10 @@ def plan_more(sweep: Sweep, queue: FolderQueue, existing: Existing, *,
     if sweep.method == "grid":
         have = {_canonical(r.params) for r in records.values()}
         limit = (sweep.grid_size or 0) if extend is not None else len(sweep.jobs)
-        spare = max(top, limit)  # numbers past any grid point's own
+        past_grid = max(top, limit)  # numbers past any grid point's own
 
         def pick() -> Iterator[SweepJob]:
-            nonlocal spare
-            found = 0
+            spare, found = past_grid, 0
             for index, params in enumerate(sweep.runs(limit), start=1):
                 if extend is not None and found >= extend:
                     return
@@ -954,14 +953,7 @@ def plan_more(sweep: Sweep, queue: FolderQueue, existing: Existing, *,
                 yield make(job_name(sweep.name, index, width), params)
 
         count = sum(1 for _ in _counting(sweep, limit, have, extend))
-        spare_start = spare
-
-        def fresh() -> Iterator[SweepJob]:
-            nonlocal spare
-            spare = spare_start
-            return pick()
-
-        jobs: Sequence[SweepJob] = LazySequence(count, fresh)
+        jobs: Sequence[SweepJob] = LazySequence(count, pick)
     else:
         count = top + extend if extend is not None else len(sweep.jobs)
         first = top + 1 if extend is not None else 1
