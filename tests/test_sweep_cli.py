@@ -159,6 +159,16 @@ def test_refusals_are_one_line(tmp_path: Path, change: dict, args: list, words: 
     assert not (tmp_path / "root").exists()
 
 
+def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
+    spec = write(tmp_path / "gs.yaml", GRID)
+    one_line_error(cli("sweep", str(spec), "--dir", str(tmp_path / "r"), "--settings",
+                       str(tmp_path / "nope.yaml")), "cannot read settings file")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("program: [\n")
+    one_line_error(cli("sweep", str(bad), "--dir", str(tmp_path / "r")),
+                   "not valid YAML at line 2, column 1")
+
+
 def test_ignore_unsupported_notes_what_it_ignores(tmp_path: Path) -> None:
     spec = write(tmp_path / "gs.yaml", {**GRID, "early_terminate": {
         "type": "hyperband", "min_iter": 3}, "project": "p"})

@@ -200,7 +200,8 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def load_spec(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:
+def load_spec(source: str | Path | Mapping[str, Any],
+              what: str = "sweep spec") -> tuple[dict[str, Any], Path | None]:
     """The spec as a dict, and the file it came from (None for a dict)."""
     if isinstance(source, Mapping):
         return dict(source), None
@@ -208,11 +209,14 @@ def load_spec(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], P
     try:
         data = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except OSError as exc:
-        raise SweepError(f"cannot read sweep spec {path}: {exc.strerror}") from None
+        raise SweepError(f"cannot read {what} {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise SweepError(f"{path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SweepError(f"{path} is not valid YAML{at}: {problem}") from None
     if not isinstance(data, Mapping):
-        raise SweepError(f"{path}: a sweep spec must be a mapping of keys, not {_kind(data)}")
+        raise SweepError(f"{path}: a {what} must be a mapping of keys, not {_kind(data)}")
     return dict(data), path
 
 
@@ -707,7 +711,7 @@ def settings_file_for(spec_file: Path | None) -> Path | None:
 
 def load_settings(path: Path) -> dict[str, Any]:
     """gpudispatch's own settings for a sweep, from their YAML file (OUR_KEYS only)."""
-    settings, _ = load_spec(path)
+    settings, _ = load_spec(path, "settings file")
     for key in settings:
         if key not in OUR_KEYS:
             raise SweepError(f"{path}: unknown key {key!r} (a settings file holds only "
