@@ -177,3 +177,13 @@ def test_ignore_unsupported_notes_what_it_ignores(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "note: ignored (they mean something to W&B only): project",
         "note: ignored (--ignore-unsupported): early_terminate: every run runs to the end"]
+
+
+def test_old_top_level_keys_queue_with_a_note_and_refusals_stay_one_line(tmp_path: Path) -> None:
+    spec = write(tmp_path / "gs.yaml", {**GRID, "directives": {"gpus": 1}, "seed": 3})
+    queued = cli("sweep", str(spec), "--dir", str(tmp_path / "root"), check=True)
+    assert queued.stderr == ("note: directives, seed at the top level of the sweep file make "
+                             "W&B's validator refuse it; move them to gs.gpudispatch.yaml "
+                             "(see README)\n")
+    assert "#GPUDISPATCH --gpus 1" in (tmp_path / "root" / "queue" / "gs-0001.sh").read_text()
+    one_line_error(cli("sweep", str(spec), "--dir", str(tmp_path / "root")), "already in")

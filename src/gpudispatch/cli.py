@@ -540,6 +540,13 @@ def cmd_resume(args) -> int:
 
 
 # ---------------------------------------------------------------------- sweeps
+def _notes(notes: Iterable[str]) -> None:
+    """A sweep's notes (keys accepted, not acted on), on stderr, once the sweep is found
+    fit to run: a refusal stays one line."""
+    for note in notes:
+        print(f"note: {printable(note)}", file=sys.stderr)
+
+
 def cmd_sweep(args) -> int:
     from gpudispatch.sweep import (
         CONFIRM_ABOVE,
@@ -562,8 +569,6 @@ def cmd_sweep(args) -> int:
                             ignore_unsupported=args.ignore_unsupported)
     except SweepError as exc:
         raise CliError(str(exc)) from None
-    for note in sweep.notes:
-        print(f"note: {printable(note)}", file=sys.stderr)
     queue = None  # nothing is created before the sweep is found fit to queue
     if _root(args).is_dir():
         try:
@@ -584,6 +589,7 @@ def cmd_sweep(args) -> int:
             raise CliError(str(exc)) from None
         jobs, seed = plan.jobs, plan.seed
         if not len(jobs):
+            _notes(sweep.notes)
             print(f"sweep {sweep.name}: nothing to queue, {existing.describe()}"
                   + ("" if args.extend is not None else "; --extend N adds runs"))
             return 0
@@ -591,6 +597,7 @@ def cmd_sweep(args) -> int:
         raise CliError(f"--extend: sweep {sweep.name} has no jobs in {_root(args)} yet; "
                        "nothing was queued (queue it first, without --extend)")
     if args.dry_run:
+        _notes(sweep.notes)
         if seed != sweep.seed:
             sweep = dataclasses.replace(sweep, seed=seed)
         write_dry_run(sweep, sys.stdout, jobs)
@@ -604,6 +611,7 @@ def cmd_sweep(args) -> int:
         names = iter_queue_sweep(jobs, queue, sweep.name, sweep.metric, seed)
     except SweepError as exc:
         raise CliError(str(exc)) from None
+    _notes(sweep.notes)
     lines = summary_lines(sweep, names, seed, len(existing.jobs))
     print("\n".join(printable(line) for line in lines))
     return 0
