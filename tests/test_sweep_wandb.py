@@ -57,6 +57,23 @@ def test_our_keys_at_the_top_level_still_work_with_a_note(tmp_path: Path) -> Non
                            "validator refuse it; move them to old.gpudispatch.yaml (see README)",)
 
 
+@pytest.mark.parametrize(("parameters", "note"), [
+    ({"2nd lr": {"values": [1]}}, "parameters.2nd lr: W&B's validator refuses this parameter "
+                                  "name"),
+    ({"x": {"distribution": "log_uniform", "min": -3, "max": 0}},
+     "parameters.x: W&B's validator refuses log_uniform (min/max are "
+     "exponents) as deprecated; log_uniform_values takes the values"),
+    ({"m": {"parameters": {"a b": {"value": 1}}}}, "parameters.m.parameters.a b"),
+    ({"c": {"distribution": "categorical", "values": [1, 2], "probabilities": [0.5, 0.5]}},
+     "probabilities"),
+])
+def test_what_wandb_refuses_runs_with_a_note(parameters: dict, note: str) -> None:
+    spec = {"program": "t.py", "method": "random", "run_cap": 2, "parameters": parameters}
+    assert violations(spec) != []
+    notes = build_sweep(spec).notes
+    assert len(notes) == 1 and note in notes[0], notes
+
+
 WANDB_FILES = {
     "every_distribution": {
         "program": "t.py", "method": "random", "run_cap": 5,
@@ -97,8 +114,10 @@ def test_files_wandb_accepts_are_read_fully(tmp_path: Path, name: str) -> None:
     assert violations(config) == []
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    runs = list(build_sweep(path).jobs)
+    sweep = build_sweep(path)
+    runs = list(sweep.jobs)
     assert runs
+    assert all("W&B's validator refuses" not in note for note in sweep.notes)
     if config["method"] == "grid":
         assert len(runs) == 4 * 2
         assert {r.params["q"] for r in runs} == {0.0, 0.25, 0.5, 0.75}  # max left out

@@ -402,6 +402,36 @@ def _sorted(value: dict[str, Any]) -> dict[str, Any]:
     return {k: _sorted(v) if isinstance(v, dict) else v for k, v in sorted(value.items())}
 
 
+WANDB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # W&B's schema's parameter names
+WANDB_DEPRECATED = {"log_uniform": "log_uniform_values", "q_log_uniform": "q_log_uniform_values",
+                    "inv_log_uniform": "inv_log_uniform_values"}
+
+
+def wandb_refusals(parameters: Any, where: str = "parameters") -> list[str]:
+    """What in ``parameters`` we run but W&B's validator refuses (one note each): a name
+    outside its pattern, a distribution it calls deprecated (it looks at the top level
+    only), ``probabilities`` under ``distribution: categorical``."""
+    notes: list[str] = []
+    if not isinstance(parameters, Mapping):
+        return notes
+    for key, spec in parameters.items():
+        here = f"{where}.{key}"
+        if isinstance(key, str) and not WANDB_NAME.fullmatch(key):
+            notes.append(f"{here}: W&B's validator refuses this parameter name")
+        if not isinstance(spec, Mapping):
+            continue
+        if "parameters" in spec:
+            notes += wandb_refusals(spec["parameters"], f"{here}.parameters")
+        name = spec.get("distribution")
+        if name in WANDB_DEPRECATED and where == "parameters":
+            notes.append(f"{here}: W&B's validator refuses {name} (min/max are exponents) "
+                         f"as deprecated; {WANDB_DEPRECATED[name]} takes the values")
+        if name == "categorical" and "probabilities" in spec:
+            notes.append(f"{here}: W&B's validator refuses 'probabilities' under distribution "
+                         "categorical (leave 'distribution' out)")
+    return notes
+
+
 def sweep_params(spec: Mapping[str, Any], seed: int | None = None,
                  count: int | None = None) -> Sequence[dict[str, Any]]:
     """The params of every run, in sweep order (a spec already checked by
@@ -758,6 +788,7 @@ def build_sweep(
     seed_given = "seed" in spec or bool(settings and settings.get("seed") is not None)
     spec.update({k: v for k, v in (settings or {}).items() if v is not None})
     notes += check_spec(spec, ignore_unsupported)
+    notes += wandb_refusals(spec.get("parameters"))
     headers = text_lines("headers", spec.get("headers"))
     footers = text_lines("footers", spec.get("footers"))
     directives = directive_lines(spec.get("directives"))
