@@ -187,3 +187,14 @@ def test_old_top_level_keys_queue_with_a_note_and_refusals_stay_one_line(tmp_pat
                              "(see README)\n")
     assert "#GPUDISPATCH --gpus 1" in (tmp_path / "root" / "queue" / "gs-0001.sh").read_text()
     one_line_error(cli("sweep", str(spec), "--dir", str(tmp_path / "root")), "already in")
+
+
+def test_status_counts_a_sweeps_jobs_by_state(tmp_path: Path) -> None:
+    spec = write(tmp_path / "gs.yaml", GRID)
+    root = tmp_path / "root"
+    cli("sweep", str(spec), "--dir", str(root), check=True)
+    (root / "queue" / "gs-0002.sh").rename(root / "failed" / "gs-0002.sh")
+    want = "sweep gs: 3 jobs (gs-0001.sh .. gs-0003.sh: 1 failed, 2 queued)\n"
+    assert cli("sweep", str(spec), "--dir", str(root), "--status", check=True).stdout == want
+    assert cli("sweep", "gs", "--dir", str(root), "--status", check=True).stdout == want
+    one_line_error(cli("sweep", "gz", "--dir", str(root), "--status"), "no sweep named gz")

@@ -547,6 +547,24 @@ def _notes(notes: Iterable[str]) -> None:
         print(f"note: {printable(note)}", file=sys.stderr)
 
 
+def _sweep_status(args) -> int:
+    """``sweep --status FILE|NAME``: the sweep's jobs in the queue, counted by state."""
+    from gpudispatch.sweep import SweepError, build_sweep, existing_jobs
+
+    name = str(args.spec)
+    if args.spec.is_file():
+        try:
+            name = build_sweep(args.spec, settings={"prefix": args.prefix},
+                               settings_file=args.settings, ignore_unsupported=True).name
+        except SweepError as exc:
+            raise CliError(str(exc)) from None
+    existing = existing_jobs(_queue(args), name)
+    if not existing.jobs:
+        raise CliError(f"no sweep named {printable(name)} in {_root(args)}")
+    print(printable(f"sweep {name}: {existing.describe()}"))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from gpudispatch.sweep import (
         CONFIRM_ABOVE,
@@ -559,6 +577,8 @@ def cmd_sweep(args) -> int:
         write_dry_run,
     )
 
+    if args.status:
+        return _sweep_status(args)
     if args.extend is not None and args.extend < 1:
         raise CliError(f"--extend: a number of runs above 0, not {args.extend}")
     if args.resume and args.extend is not None:
@@ -842,6 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
     p.add_argument("--yes", action="store_true",
                    help="queue a sweep of more than 100,000 runs (refused without it)")
+    p.add_argument("--status", action="store_true",
+                   help="how many jobs of the sweep (SPEC.yaml, or its NAME) are in each state")
     p.add_argument("--resume", action="store_true",
                    help="queue only the runs of a sweep already queued that are not there yet")
     p.add_argument("--extend", type=int, metavar="N",
