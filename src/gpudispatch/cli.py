@@ -857,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("retry", cmd_retry, "put failed jobs back in the queue")
     p.add_argument("names", nargs="+", metavar="NAME")
 
-    p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
+    p = verb("sweep", cmd_sweep, "queue one script per run of a W&B sweep file")
     p.add_argument("spec", type=Path, metavar="SPEC.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
     p.add_argument("--yes", action="store_true",
