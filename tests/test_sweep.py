@@ -56,7 +56,7 @@ def test_script_text_dry_run() -> None:
     assert sweep.jobs[0].text == (
         "#!/bin/sh\n\n# This script was automatically generated\n# user: me\n"
         "# date: 2024-01-02 03:04\n#GPUDISPATCH --gpus 2 --timeout 2h\n\nset -e\n\n"
-        "python -u train.py \\\n    --lr 0.1 \\\n    --bs 32\n\necho done\n"
+        "/usr/bin/env python -u train.py \\\n    --lr=0.1 \\\n    --bs=32\n\necho done\n"
     )
     directives = parse_directives(sweep.jobs[0].text)
     assert (directives.gpus, directives.timeout) == (2, 7200)
@@ -69,9 +69,10 @@ def test_script_text_dry_run() -> None:
 @pytest.mark.parametrize(
     ("overrides", "first_line_of_command"),
     [
-        ({"interpreter": "python3", "interpreter_options": ""}, "python3 train.py \\"),
-        ({"interpreter_options": "-u -X dev"}, "python -u -X dev train.py \\"),
-        ({"program": "my train.py"}, "python -u 'my train.py' \\"),
+        ({"interpreter": "python3", "interpreter_options": ""},
+         "/usr/bin/env python3 train.py \\"),
+        ({"interpreter_options": "-u -X dev"}, "/usr/bin/env python -u -X dev train.py \\"),
+        ({"program": "my train.py"}, "/usr/bin/env python -u 'my train.py' \\"),
         ({"command": ["${env}", "${interpreter}", "${program}", "${args}"]},
          "/usr/bin/env python -u train.py \\"),
         ({"command": ["torchrun", "--nproc_per_node=2", "${program}", "${args}", "--x y"],
@@ -118,12 +119,24 @@ def test_grid_run_cap_and_int_uniform_axis() -> None:
                                {"n": 3, "k": [1, 2]}]
 
 
-def test_wandb_only_keys_accepted_and_metric_kept() -> None:
-    sweep = build_sweep(spec(early_terminate={"type": "hyperband", "min_iter": 3},
-                             project="p", entity="e", description="d",
-                             metric={"name": "loss", "goal": "minimize"}))
-    assert sweep.metric == {"name": "loss", "goal": "minimize"}
+def test_wandb_only_keys_accepted_with_a_note_and_metric_kept() -> None:
+    sweep = build_sweep(spec(project="p", entity="e", description="d", controller={
+        "type": "local"}, metric={"name": "loss", "goal": "minimize", "impute": "worst"}))
+    assert sweep.metric == {"name": "loss", "goal": "minimize", "impute": "worst"}
     assert sweep.description == "d"
+    assert sweep.notes == ("ignored (they mean something to W&B only): project, entity, "
+                           "controller, metric.impute",)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"early_terminate": {"type": "hyperband", "min_iter": 3}},
+    {"metric": {"name": "loss", "target": 0.1}},
+])
+def test_unsupported_keys_refused_unless_ignored_with_a_note(overrides: dict) -> None:
+    with pytest.raises(SweepError, match="not supported yet"):
+        build_sweep(spec(**overrides))
+    sweep = build_sweep(spec(**overrides), ignore_unsupported=True)
+    assert any("--ignore-unsupported" in note for note in sweep.notes)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +154,19 @@ def test_wandb_only_keys_accepted_and_metric_kept() -> None:
         ({"parameters": {"lr": {"values": [1], "min": 0}}}, "'min'"),
         ({"parameters": {"lr": {"values": []}}}, "parameters.lr"),
         ({"parameters": {"lr": {"value": 1, "values": [1]}}}, "parameters.lr"),
-        ({"parameters": {"lr": {"distribution": "normal", "mu": 0, "sigma": 1}}}, "'normal'"),
+        ({"parameters": {"lr": {"distribution": "normal", "mu": 0, "sigma": 1}}}, "grid"),
+        ({"parameters": {"lr": {"distribution": "gamma"}}}, "'gamma'"),
+        ({"method": "random", "run_cap": 2, "parameters": {"lr": {"distribution": "normal",
+          "sigma": -1}}}, "sigma"),
+        ({"method": "random", "run_cap": 2, "parameters": {"lr": {"distribution": "beta",
+          "a": 0}}}, "beta"),
+        ({"parameters": {"lr": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0}}},
+         "q"),
+        ({"parameters": {"lr": {"values": [1, 2], "probabilities": [0.5, 0.5]}}}, "grid"),
+        ({"parameters": {"lr": {"min": 1, "max": 1}}}, "less than"),
+        ({"scheduler": {"engine": "optuna"}}, "scheduler"),
+        ({"job": "me/job:v1", "program": None}, "Launch"),
+        ({"command": ["python", "t.py"]}, "passes no parameters"),
         ({"parameters": {"lr": {"distribution": "uniform", "min": 0}}}, "'max'"),
         ({"parameters": {"lr": {"distribution": "uniform", "min": 1, "max": 0}}},
          "parameters.lr"),
@@ -151,7 +176,8 @@ def test_wandb_only_keys_accepted_and_metric_kept() -> None:
         ({"parameters": {"lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}},
          "parameters.lr"),
         ({"parameters": {"lr": {"values": [1, 2], "probabilities": [0.5]}}}, "probabilities"),
-        ({"parameters": {"lr": {"parameters": {}}}}, "nested"),
+        ({"parameters": {"lr": {"parameters": {}}}}, "parameters.lr.parameters"),
+        ({"parameters": {"lr": {"parameters": {"a": {"value": 1}}, "value": 2}}}, "nested"),
         ({"parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "grid"),
         ({"directives": {"gpus": "two"}}, "directives"),
         ({"directives": {"nonsense": 1}}, "directives"),
@@ -159,7 +185,7 @@ def test_wandb_only_keys_accepted_and_metric_kept() -> None:
         ({"headers": [1]}, "headers"),
         ({"prefix": ".hidden"}, "prefix"),
         ({"command": ["python", "${program}"]}, "${args}"),
-        ({"command": ["python", "${args_json}", "${args}"]}, "${args_json}"),
+        ({"command": ["python", "${args_jsn}", "${args}"]}, "${args_jsn}"),
         ({"metric": {"name": "loss", "goal": "lowest"}}, "goal"),
     ],
 )

@@ -21,20 +21,21 @@ def test_sweep_runs_and_reports_metrics(launch, tmp_path):
         "program": str(REPO / "examples" / "train_toy.py"),
         "method": "random",
         "run_cap": 3,
-        "seed": 7,
-        "interpreter": sys.executable,
         "parameters": {
             "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1},
             "batch_size": {"values": [16, 64]},
             "epochs": {"value": 3},
         },
-        "directives": {"timeout": "5m"},
     }
     spec_path = tmp_path / "sweep.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
+    # gpudispatch's settings, in the file read with sweep.yaml (W&B never sees them)
+    (tmp_path / "sweep.gpudispatch.yaml").write_text(yaml.safe_dump(
+        {"seed": 7, "interpreter": sys.executable, "directives": {"timeout": "5m"}}))
 
     dry = cli("sweep", str(spec_path), "--dir", str(root), "--dry-run", check=True)
     assert "3 jobs" in dry.stdout and not (root / "queue").exists()
+    assert "seed 7" in dry.stdout and "#GPUDISPATCH --timeout 5m" in dry.stdout
 
     cli("sweep", str(spec_path), "--dir", str(root), check=True)
     queued = sorted(p.name for p in (root / "queue").iterdir())

@@ -112,23 +112,26 @@ def test_dry_run_of_a_billion_runs_streams(tmp_path: Path) -> None:
     assert run["peak_mb"] < PEAK_RSS_LIMIT_MB, run
 
 
-def test_yes_takes_a_big_sweep_past_the_question(tmp_path: Path) -> None:
-    """Above the limit, --yes goes on to the (lazy) name check: one name of the sweep is
-    taken here, so all-or-nothing stops it before any file is written."""
-    count = CONFIRM_ABOVE + 1
+def test_a_big_sweep_queued_again_asks_and_resumes_lazily(tmp_path: Path) -> None:
+    """One job of a sweep above the limit is there already: queueing it again says so in
+    one line; --resume counts the runs still missing (lazily) and asks for --yes."""
+    count = CONFIRM_ABOVE + 2
     spec = write_spec(tmp_path / "big.yaml", "name: big\nparameters:\n"
                       f"  n: {{distribution: int_uniform, min: 1, max: {count}}}\n")
     root = tmp_path / "root"
-    FolderQueue(root).enqueue_text(f"big-{count:06d}.sh", "#!/bin/sh\n")
+    sweep = build_sweep(spec)
+    FolderQueue(root).enqueue_text(sweep.jobs[count - 1].name, "#!/bin/sh\n",
+                                   params=sweep.jobs[count - 1].params)
 
-    asked = measured("sweep", str(spec), "--dir", str(root))
-    assert asked["rc"] != 0 and "100,001 runs" in asked["stderr"], asked["stderr"]
+    again = measured("sweep", str(spec), "--dir", str(root), "--yes")
+    assert again["rc"] == 2 and "Traceback" not in again["stderr"], again["stderr"]
+    assert again["stderr"].count("\n") == 1, again["stderr"]
+    assert f"already in {root}: 1 jobs (big-{count:06d}.sh: 1 queued)" in again["stderr"]
 
-    run = measured("sweep", str(spec), "--dir", str(root), "--yes")
-    assert run["rc"] != 0 and "Traceback" not in run["stderr"], run["stderr"]
-    assert f"already in use: big-{count:06d}.sh" in run["stderr"], run["stderr"]
+    asked = measured("sweep", str(spec), "--dir", str(root), "--resume")
+    assert asked["rc"] == 2 and f"{count - 1:,} runs" in asked["stderr"], asked["stderr"]
     assert names_in(root, "queue") == [f"big-{count:06d}.sh"]
-    assert run["peak_mb"] < PEAK_RSS_LIMIT_MB, run
+    assert asked["peak_mb"] < PEAK_RSS_LIMIT_MB, asked
 
 
 def test_queueing_makes_one_job_at_a_time(tmp_path: Path) -> None:

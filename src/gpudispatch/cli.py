@@ -699,27 +699,95 @@ def cmd_resume(args) -> int:
 
 
 # ---------------------------------------------------------------------- sweeps
+def _notes(notes: list[str]) -> None:
+    """A sweep's notes (keys accepted, not acted on), on stderr, once the sweep is found
+    fit to run: a refusal stays one line."""
+    for note in notes:
+        print(f"note: {printable(note)}", file=sys.stderr)
+
+
+def _sweep_status(args) -> int:
+    """``sweep --status FILE|NAME``: the sweep's jobs in the queue, counted by state."""
+    from gpudispatch.sweep import SweepError, build_sweep, existing_jobs
+
+    name = str(args.spec)
+    if args.spec.is_file():
+        try:
+            name = build_sweep(args.spec, settings={"prefix": args.prefix},
+                               settings_file=args.settings, ignore_unsupported=True).name
+        except SweepError as exc:
+            raise CliError(str(exc)) from None
+    existing = existing_jobs(_queue(args), name)
+    if not existing.jobs:
+        raise CliError(f"no sweep named {printable(name)} in {_root(args)}")
+    print(printable(f"sweep {name}: {existing.describe()}"))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from gpudispatch.sweep import (
         CONFIRM_ABOVE,
         SweepError,
         build_sweep,
+        existing_jobs,
         iter_queue_sweep,
+        plan_more,
         summary_lines,
         write_dry_run,
     )
 
+    if args.status:
+        return _sweep_status(args)
+    if args.extend is not None and args.extend < 1:
+        raise CliError(f"--extend: a number of runs above 0, not {args.extend}")
+    if args.resume and args.extend is not None:
+        raise CliError("--resume queues what is missing, --extend N adds N runs: give one")
+    settings = {"seed": args.seed, "prefix": args.prefix, "arg_style": args.arg_style}
     try:
-        sweep = build_sweep(args.spec)
+        sweep = build_sweep(args.spec, settings=settings, settings_file=args.settings,
+                            ignore_unsupported=args.ignore_unsupported)
     except SweepError as exc:
         raise CliError(str(exc)) from None
+    queue = None  # nothing is created before the sweep is found fit to queue
+    if os.path.isdir(_root(args)):
+        try:
+            queue = _queue(args)
+        except CliError:  # not a queue yet: made when queueing (and refused then)
+            queue = None
+    existing = existing_jobs(queue, sweep.name)
+    jobs, seed = sweep.jobs, sweep.seed
+    if existing.jobs:
+        if not (args.resume or args.extend is not None):
+            raise CliError(
+                f"sweep {sweep.name} is already in {_root(args)}: {existing.describe()}; "
+                "nothing was queued (--resume queues its runs not yet queued, --extend N "
+                "adds N runs, --prefix NAME starts a new sweep)")
+        try:
+            plan = plan_more(sweep, queue, existing, extend=args.extend)
+        except SweepError as exc:
+            raise CliError(str(exc)) from None
+        jobs, seed = plan.jobs, plan.seed
+        if not len(jobs):
+            _notes(sweep.notes)
+            print(f"sweep {sweep.name}: nothing to queue, {existing.describe()}"
+                  + ("" if args.extend is not None else "; --extend N adds runs"))
+            return 0
+    elif args.extend is not None:
+        raise CliError(f"--extend: sweep {sweep.name} has no jobs in {_root(args)} yet; "
+                       "nothing was queued (queue it first, without --extend)")
     if args.dry_run:
-        write_dry_run(sweep, sys.stdout)
+        _notes(sweep.notes)
+        if seed != sweep.seed:
+            import dataclasses
+
+            sweep = dataclasses.replace(sweep, seed=seed)
+        write_dry_run(sweep, sys.stdout, jobs)
         return 0
-    if len(sweep.jobs) > CONFIRM_ABOVE and not args.yes:
-        raise CliError(f"sweep {sweep.name} has {len(sweep.jobs):,} runs, more than "
+    if len(jobs) > CONFIRM_ABOVE and not args.yes:
+        raise CliError(f"sweep {sweep.name} has {len(jobs):,} runs, more than "
                        f"{CONFIRM_ABOVE:,}; nothing was queued (pass --yes to queue them all)")
-    queue = _queue(args, create=True)
+    if queue is None:
+        queue = _queue(args, create=True)
     extra, snap = _reproducible(queue, args)
     transform = None
     if snap is not None:  # the program of the snapshot, started in the snapshot
@@ -727,14 +795,23 @@ def cmd_sweep(args) -> int:
 
         from gpudispatch import control
 
-        sweep = build_sweep(args.spec, relocate=snap.relocate)
+        try:
+            sweep = build_sweep(args.spec, settings=settings, settings_file=args.settings,
+                                ignore_unsupported=args.ignore_unsupported,
+                                relocate=snap.relocate)
+            jobs = (plan_more(sweep, queue, existing, extend=args.extend).jobs
+                    if existing.jobs else sweep.jobs)
+        except SweepError as exc:
+            raise CliError(str(exc)) from None
         transform = functools.partial(control.with_workdir, workdir=snap.workdir)
     try:
-        names = iter_queue_sweep(sweep.jobs, queue, sweep.name, sweep.metric, extra,
+        names = iter_queue_sweep(jobs, queue, sweep.name, sweep.metric, seed, extra,
                                  transform)
     except SweepError as exc:
         raise CliError(str(exc)) from None
-    print("\n".join(printable(line) for line in summary_lines(sweep, names)))
+    _notes(sweep.notes)
+    lines = summary_lines(sweep, names, seed, len(existing.jobs))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 
@@ -1042,13 +1119,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("names", nargs="+", metavar="NAME")
 
     if want("sweep"):
-        p = verb("sweep", cmd_sweep, "queue one script per run of a W&B-style sweep file")
         from pathlib import Path
 
+        p = verb("sweep", cmd_sweep, "queue one script per run of a W&B sweep file")
         p.add_argument("spec", type=Path, metavar="SPEC.yaml")
-        p.add_argument("--dry-run", action="store_true", help="print the scripts; queue nothing")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the scripts; queue nothing")
         p.add_argument("--yes", action="store_true",
                        help="queue a sweep of more than 100,000 runs (refused without it)")
+        p.add_argument("--status", action="store_true",
+                       help="how many jobs of the sweep (SPEC.yaml, or its NAME) are in each "
+                       "state")
+        p.add_argument("--resume", action="store_true",
+                       help="queue only the runs of a sweep already queued that are not there "
+                       "yet")
+        p.add_argument("--extend", type=int, metavar="N",
+                       help="add N runs to a sweep already queued (random: the same stream, "
+                       "continued; grid: its next points not queued)")
+        p.add_argument("--settings", type=Path, metavar="FILE",
+                       help="gpudispatch's settings for the sweep (default: "
+                       "SPEC.gpudispatch.yaml beside SPEC.yaml, when there is one)")
+        p.add_argument("--seed", type=int, help="seed of a random sweep (default: one derived "
+                       "from the file, recorded with each run)")
+        p.add_argument("--prefix",
+                       help="job names PREFIX-0001.sh... (default: the sweep's name)")
+        p.add_argument("--arg-style", choices=("wandb", "classic"),
+                       help="wandb (default): --lr=0.001 --use_bn=False, as `wandb agent`; "
+                       "classic: --lr 0.001 and bare --flag for true, as create_shell_script")
+        p.add_argument("--ignore-unsupported", action="store_true",
+                       help="run a sweep whose early_terminate or metric.target is not "
+                       "supported (every run runs to the end)")
         _snapshot_flag(p)
 
     if want("results"):

@@ -379,3 +379,107 @@ def random_search(
     in ``space`` use their own randomness and are not covered by ``seed``.
     """
     return list(iter_random_search(space, n, seed))
+
+
+# --- the rest of W&B's distributions ------------------------------------------------------
+# Each samples as W&B's ``sweeps`` package does (its ``HyperParameter.ppf``), from the
+# standard library's ``random.Random`` instead of numpy/scipy.
+
+
+def _check_spread(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be 0 or more, not {value}")
+
+
+@dataclass(frozen=True)
+class normal(Distribution):
+    """A float from the normal distribution of mean ``mu`` and standard deviation
+    ``sigma`` (W&B's ``normal``)."""
+
+    mu: float = 0.0
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_spread("sigma", self.sigma)
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.normalvariate(self.mu, self.sigma)
+
+
+@dataclass(frozen=True)
+class log_normal(Distribution):
+    """``exp(normal(mu, sigma))`` (W&B's ``log_normal``: scipy's ``lognorm(s=sigma,
+    scale=exp(mu))``)."""
+
+    mu: float = 0.0
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_spread("sigma", self.sigma)
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.lognormvariate(self.mu, self.sigma)
+
+
+@dataclass(frozen=True)
+class beta(Distribution):
+    """A float in ``[0, 1]`` from the beta distribution with shapes ``a`` and ``b``."""
+
+    a: float = 1.0
+    b: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.a > 0 and self.b > 0):
+            raise ValueError(f"beta needs a and b above 0, not {self.a} and {self.b}")
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.betavariate(self.a, self.b)
+
+
+@dataclass(frozen=True)
+class exp_uniform(Distribution):
+    """``exp(u)`` for ``u`` uniform in ``[lo, hi]``, or ``exp(-u)`` with ``negate``:
+    W&B's ``log_uniform`` and ``inv_log_uniform``, whose ``min``/``max`` are these
+    natural-log exponents (the ``..._values`` forms take logs of their bounds first)."""
+
+    lo: float
+    hi: float
+    negate: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range(self.lo, self.hi)
+
+    def sample(self, rng: random.Random) -> float:
+        u = rng.uniform(self.lo, self.hi)
+        return math.exp(-u if self.negate else u)
+
+
+@dataclass(frozen=True)
+class quantized(Distribution):
+    """``round(base / q) * q`` (W&B's ``q_...`` distributions, numpy's round half to
+    even, as Python's): an int when ``q`` is an int, as W&B does, else a float."""
+
+    base: Distribution
+    q: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.q > 0:
+            raise ValueError(f"q must be above 0, not {self.q}")
+
+    def sample(self, rng: random.Random) -> float:
+        value = round(self.base.sample(rng) / self.q) * self.q
+        if isinstance(self.q, int) and not isinstance(self.q, bool):
+            return int(value)
+        return float(value)
+
+
+def q_grid(lo: float, hi: float, q: float) -> list[Any]:
+    """The values W&B's grid steps through for ``q_uniform``: ``numpy.arange(lo, hi, q)``
+    (``hi`` left out), ints when all three are ints."""
+    if not q > 0:
+        raise ValueError(f"q must be above 0, not {q}")
+    count = max(0, math.ceil((hi - lo) / q))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, q)):
+        return list(range(lo, hi, q))
+    step = (lo + q) - lo  # numpy fills start + i * (second - first)
+    return [float(lo + i * step) for i in range(count)]
