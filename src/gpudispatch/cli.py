@@ -760,12 +760,7 @@ def cmd_sweep(args) -> int:
             queue = None
     existing = existing_jobs(queue, sweep.name)
     jobs, seed = sweep.jobs, sweep.seed
-    if existing.jobs:
-        if not (args.resume or args.extend is not None):
-            raise CliError(
-                f"sweep {sweep.name} is already in {_root(args)}: {existing.describe()}; "
-                "nothing was queued (--resume queues its runs not yet queued, --extend N "
-                "adds N runs, --prefix NAME starts a new sweep)")
+    if existing.jobs:  # queued again: only its runs not there yet (as --resume)
         try:
             plan = plan_more(sweep, queue, existing, extend=args.extend)
         except SweepError as exc:
