@@ -15,9 +15,10 @@ client stays connected per queued job and its server takes 1,000 connections, so
 ``tsp -l``. For
 gflow (PyPI ``runqd``; --gflow names the folder of its ``gflowd``/``gbatch``/``gqueue``,
 else they are looked up on PATH; each job held with ``--begin now+1d``): N ``gbatch``
-calls up to 1,000 (beyond, their time scaled to N), ``gbatch --array`` (1,000 a call: a larger array's request fails), ``gqueue``
-with those N queued, the daemon's peak memory, and one more ``gbatch``. Peak memory is the process's
-``ru_maxrss`` (commands) or ``VmHWM`` (daemons). All in one run, so ratios share the
+calls up to 1,000 (beyond, their time scaled to N), ``gbatch --array`` (1,000 a call:
+a larger array's request fails), ``gqueue`` with those N queued, the daemon's peak
+memory, and one more ``gbatch``. Peak memory is the process's ``ru_maxrss`` (commands)
+or ``VmHWM`` (daemons). All in one run, so ratios share the
 machine's noise; the table ends with the ratios issue 16 asks for.
 """
 
