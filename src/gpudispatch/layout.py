@@ -40,7 +40,6 @@ STATE_DIRS: dict[JobState, str] = {
     JobState.FAILED: "failed",
 }
 
-_EDITOR_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".part", ".partial", ".crdownload")
 
 
 def default_root() -> Path:
@@ -56,12 +55,10 @@ def default_root_str() -> str:
 
 
 def is_job_name(name: str) -> bool:
-    """Whether a file name in ``queue/`` is a job: ``*.sh``, not hidden, not an editor temp."""
-    return (
-        name.endswith(".sh")
-        and not name.startswith((".", "#"))
-        and not name.endswith(_EDITOR_SUFFIXES)
-    )
+    """Whether a file name in ``queue/`` is a job: ``*.sh``, not hidden, not an editor's
+    lock file (``#a.sh#``, ``.#a.sh``). Editors' temporaries (``a.sh~``, ``.a.sh.swp``,
+    ``a.sh.tmp``) do not end in ``.sh``, so the suffix alone leaves them out."""
+    return name.endswith(".sh") and not name.startswith((".", "#"))
 
 
 NAME_MAX_BYTES = 255  # the longest file name Linux filesystems take (ext4, xfs, tmpfs, NFS)

@@ -140,13 +140,17 @@ class FolderQueue:
                      self.layout.where("tmp"))
 
     # --- where jobs are ----------------------------------------------------------------
-    def names(self, state: JobState) -> list[str]:
-        """Job names in one state folder, in run order (alphanumeric)."""
+    def names(self, state: JobState, ordered: bool = True) -> list[str]:
+        """Job names in one state folder, in run order (alphanumeric); with ``ordered``
+        False in the folder's order (a count, or a caller that picks a few itself)."""
         try:
-            return sorted(e.name for e in os.scandir(self.layout.state_folder(state))
-                          if is_job_name(e.name))
+            found = [e.name for e in os.scandir(self.layout.state_folder(state))
+                     if is_job_name(e.name)]
         except FileNotFoundError:
             return []
+        if ordered:
+            found.sort()
+        return found
 
     def locate(self, name: str) -> JobState | None:
         for state in STATE_DIRS:
