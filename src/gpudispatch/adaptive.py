@@ -282,7 +282,8 @@ class Driven:
             os.close(lock)
 
     def _advance_locked(self, free: int) -> list[str]:
-        from optuna.trial import FixedTrial, TrialState
+        import optuna
+        from optuna.trial import TrialState
 
         study = self.study()
         cap = int(self.spec["run_cap"])
@@ -296,9 +297,9 @@ class Driven:
             number = trial.number + 1
             job = jobs.get(number)
             if "job" not in trial.user_attrs:  # asked; its queueing not known to be done
-                if job is None:
-                    name = self._queue_trial(trial, trial_params(self.spec,
-                                                                 FixedTrial(trial.params)))
+                if job is None:  # its params: those it has, the rest asked now
+                    live = optuna.trial.Trial(study, trial._trial_id)
+                    name = self._queue_trial(trial, trial_params(self.spec, live))
                     self.log.info("sweep %s: trial %d was asked but not queued; queued %s",
                                   self.name, trial.number, name)
                     queued.append(name)
@@ -417,9 +418,14 @@ def open_study(queue: FolderQueue, name: str, spec: Mapping[str, Any], seed: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(f"{queue.layout.sweep_dir(name)}/study.journal"))
     goal = (spec.get("metric") or {}).get("goal", "minimize")
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                               direction=goal, load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=name, direction=goal,
+                                load_if_exists=True)
+    # Each opening draws on from where the study is: the same seed again would ask the
+    # very configurations of the first trials again (TPE's first ones are random).
+    if seed is not None:
+        seed = (seed + 1_000_003 * len(study.get_trials(deepcopy=False))) % 2**32
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    return study
 
 
 class SweepDriver:
