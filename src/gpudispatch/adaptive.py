@@ -438,6 +438,7 @@ class SweepDriver:
         self._next_list = 0.0
         self._seen_running = -1
         self.pending = False  # a bayes sweep has trials to tell or ask (--drain waits)
+        self.stops: list[tuple[str, str]] = []  # early stops asked by the last look
 
     @property
     def next_due(self) -> float:
@@ -461,6 +462,7 @@ class SweepDriver:
         """One look (when due): the names queued. ``free``: slots free for new jobs;
         ``running``: how many jobs run here (a change means one ended: look now);
         ``stoppable``: names of the jobs running here that may be stopped early."""
+        self.stops = []
         if now < self._next and running == self._seen_running:
             return []
         self._next, self._seen_running = now + ADVANCE_SECONDS, running
@@ -472,10 +474,11 @@ class SweepDriver:
             return []
         queued: list[str] = []
         names = list(stoppable())
+        self.stops = []
         for sweep in list(self.sweeps.values()):
             try:
                 if sweep.bands:
-                    sweep.stop_early(names)
+                    self.stops += sweep.stop_early(names)
                 if sweep.method == "bayes":
                     queued += sweep.advance_bayes(max(0, free - len(queued)))
                     if not sweep.pending:

@@ -483,6 +483,8 @@ class Dispatcher:
             lambda: [n for n, j in self.running.items()
                      if j.phase is Phase.RUNNING and not j.kill_reason])
         self.intake.events.update(queued)
+        if self.sweeps.stops:  # stopped early: a cancel request each, acted on now
+            self._next_cancel_check = 0.0
 
     def _schedule(self, now: float) -> None:
         if self.stopping or not self.intake.pending or self.paused:
