@@ -41,6 +41,7 @@ import fcntl
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
@@ -52,6 +53,7 @@ ADVANCE_SECONDS = 0.2  # how often the step looks, when no job of ours has ended
 LIST_SECONDS = 1.0  # how often new sweep folders are looked for
 FIRST_AHEAD = 2  # trials `gpudispatch sweep` queues before any dispatcher runs
 MISSING_CHECKS = 3
+RELIST_SECONDS = 2.0  # a state folder whose mtime did not change is listed again after this
 QUANTILE_EDGE = 1e-9  # normal/log_normal are asked as a quantile in [e, 1 - e]
 
 
@@ -198,6 +200,30 @@ def check_bayes(spec: Mapping[str, Any]) -> None:
 # --- the driver: one per dispatcher, one entry per driven sweep -------------------------
 
 
+class FolderNames:
+    """The names in each state folder, listed again only when the folder's mtime changed
+    (or every :data:`RELIST_SECONDS`, for a change within one timestamp tick): a queue of
+    100,000 ended jobs is not listed five times a second."""
+
+    def __init__(self, queue: FolderQueue, clock: Callable[[], float]) -> None:
+        self.queue, self.clock = queue, clock
+        self._cache: dict[JobState, tuple[int, float, list[str]]] = {}
+
+    def __call__(self, state: JobState) -> list[str]:
+        try:
+            mtime = os.stat(self.queue.layout.state_folder(state)).st_mtime_ns
+        except OSError:
+            return []
+        now = self.clock()
+        cached = self._cache.get(state)
+        if cached and cached[0] == mtime and now - cached[1] < RELIST_SECONDS:
+            return cached[2]
+        names = self.queue.names(state)
+        self._cache[state] = (mtime, now, names)
+        return names
+
+
+
 def _job_name(prefix: str, number: int, width: int) -> str:
     return f"{prefix}-{number:0{width}d}.sh"
 
@@ -206,8 +232,9 @@ class Driven:
     """One driven sweep, as the dispatcher sees it (rebuilt from its folder at start)."""
 
     def __init__(self, queue: FolderQueue, name: str, definition: dict[str, Any],
-                 log: Any) -> None:
+                 log: Any, names: Callable[[JobState], list[str]] | None = None) -> None:
         self.queue, self.name, self.log = queue, name, log
+        self.names = names or queue.names
         self.definition = definition
         self.spec: dict[str, Any] = definition["spec"]
         self.method = self.spec.get("method", "grid")
@@ -235,7 +262,7 @@ class Driven:
         """Its jobs in the state folders, listed in the order a job moves through them."""
         found: dict[int, tuple[str, JobState]] = {}
         for state in (JobState.QUEUED, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED):
-            for name in self.queue.names(state):
+            for name in self.names(state):
                 match = self.pattern.fullmatch(name)
                 if match:
                     found[int(match.group(1))] = (name, state)
@@ -379,7 +406,7 @@ class Driven:
 
         histories: dict[str, tuple[list[float], list[Any]]] = {}
         for state in (JobState.RUNNING, JobState.COMPLETED, JobState.FAILED):
-            for name in self.queue.names(state):
+            for name in self.names(state):
                 if not self.pattern.fullmatch(name):
                     continue
                 if state is not JobState.RUNNING and name in self.finished:
@@ -439,6 +466,7 @@ class SweepDriver:
         self._seen_running = -1
         self.pending = False  # a bayes sweep has trials to tell or ask (--drain waits)
         self.stops: list[tuple[str, str]] = []  # early stops asked by the last look
+        self.names = FolderNames(queue, time.monotonic)
 
     @property
     def next_due(self) -> float:
@@ -452,7 +480,8 @@ class SweepDriver:
             if definition is None or not isinstance(definition.get("spec"), dict):
                 continue  # being written: seen at the next look
             try:
-                self.sweeps[name] = Driven(self.queue, name, definition, self.log)
+                self.sweeps[name] = Driven(self.queue, name, definition, self.log,
+                                           self.names)
             except (KeyError, TypeError, ValueError) as exc:
                 self.log.error("sweep %s: its definition cannot be read (%s); not driven",
                                name, exc)
