@@ -1,6 +1,6 @@
 """Sweeps that learn (issue 13): method bayes and hyperband through the real dispatcher.
 
-    .venv/bin/python bench/adaptive.py            # about a minute and a half
+    .venv/bin/python bench/adaptive.py            # about a minute
     .venv/bin/python bench/adaptive.py --seeds 3 --runs 40 --random-seeds 20
 
 - **bayes**: ``--seeds`` sweeps of ``--runs`` runs (2 slots) on the 2-D quadratic
@@ -12,6 +12,8 @@
   reach 0.02.
 - **controller overhead per run**: the bayes sweep's wall time against a random sweep of
   the same size through the same dispatcher, per run, in ms.
+- **Branin and Hartmann-6**: bayes through the dispatcher against Optuna's TPE
+  in-process, same seeds and budget (``--function-seeds``): best found, median and range.
 - **hyperband**: 27 runs of 9 steps (``min_iter: 1, eta: 3``), half of them hopeless
   (loss 5..8 against 0.1..1.5), each step 0.05 s: steps run out of 243, and that the best
   run ran all 9. Requirement: fewer than 60% of the steps, and the best kept.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -52,6 +55,53 @@ while [ $i -le 9 ]; do
   sleep 0.05
 done
 """
+
+
+BRANIN = r"""
+for a in "$@"; do case $a in --x1=*) x1=${a#--x1=};; --x2=*) x2=${a#--x2=};; esac; done
+awk -v x1="$x1" -v x2="$x2" 'BEGIN { pi = atan2(0, -1);
+    b = 5.1 / (4 * pi * pi); c = 5 / pi; t = 1 / (8 * pi);
+    printf "{\"step\": 1, \"loss\": %.12g}\n",
+        (x2 - b * x1 * x1 + c * x1 - 6) ^ 2 + 10 * (1 - t) * cos(x1) + 10 }' \
+    >> "$GPUDISPATCH_METRICS"
+"""
+HARTMANN6 = r"""
+for a in "$@"; do case $a in --x*=*) k=${a%%=*}; eval "${k#--}=${a#*=}";; esac; done
+awk -v x1="$x1" -v x2="$x2" -v x3="$x3" -v x4="$x4" -v x5="$x5" -v x6="$x6" 'BEGIN {
+    split("1.0 1.2 3.0 3.2", al, " ")
+    split("10 3 17 3.5 1.7 8 0.05 10 17 0.1 8 14 " \
+          "3 3.5 1.7 10 17 8 17 8 0.05 10 0.1 14", A, " ")
+    split("1312 1696 5569 124 8283 5886 2329 4135 8307 3736 1004 9991 " \
+          "2348 1451 3522 2883 3047 6650 4047 8828 8732 5743 1091 381", P, " ")
+    x[1] = x1; x[2] = x2; x[3] = x3; x[4] = x4; x[5] = x5; x[6] = x6
+    f = 0
+    for (i = 1; i <= 4; i++) {
+        s = 0
+        for (j = 1; j <= 6; j++) s += A[(i - 1) * 6 + j] * (x[j] - P[(i - 1) * 6 + j] / 10000) ^ 2
+        f -= al[i] * exp(-s)
+    }
+    printf "{\"step\": 1, \"loss\": %.12g}\n", f }' >> "$GPUDISPATCH_METRICS"
+"""
+BRANIN_SPACE = {"x1": (-5.0, 10.0), "x2": (0.0, 15.0)}
+HARTMANN_SPACE = {f"x{i}": (0.0, 1.0) for i in range(1, 7)}
+
+
+def branin(p: dict) -> float:
+    x1, x2 = p["x1"], p["x2"]
+    b, c, t = 5.1 / (4 * math.pi ** 2), 5 / math.pi, 1 / (8 * math.pi)
+    return (x2 - b * x1 * x1 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+
+
+HA = [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8],
+      [17, 8, 0.05, 10, 0.1, 14]]
+HP = [[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+      [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]]
+
+
+def hartmann6(p: dict) -> float:
+    x = [p[f"x{i}"] for i in range(1, 7)]
+    return -sum(a * math.exp(-sum(HA[i][j] * (x[j] - HP[i][j] / 1e4) ** 2 for j in range(6)))
+                for i, a in enumerate((1.0, 1.2, 3.0, 3.2)))
 
 
 def quad(x: float, y: float) -> float:
@@ -145,6 +195,48 @@ def bench_bayes(work: Path, seeds: int, runs: int, random_seeds: int) -> bool:
     return ok
 
 
+def optuna_on(fn, space: dict, seed: int, runs: int) -> float:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(lambda t: fn({k: t.suggest_float(k, lo, hi) for k, (lo, hi) in
+                                 space.items()}), n_trials=runs)
+    return study.best_value
+
+
+def bench_functions(work: Path, seeds: int, runs: int) -> None:
+    """Branin and Hartmann-6 through the dispatcher against Optuna in-process (same
+    sampler, same budget, one trial at a time there, 2 at a time here)."""
+    print(f"## bayes against Optuna in-process: {seeds} seeds x {runs} runs, best found "
+          "(median, min..max)")
+    for label, program, fn, space_ in (("branin (min 0.397887)", BRANIN, branin,
+                                        BRANIN_SPACE),
+                                       ("hartmann6 (min -3.32237)", HARTMANN6, hartmann6,
+                                        HARTMANN_SPACE)):
+        ours, theirs = [], []
+        for seed in range(1, seeds + 1):
+            name = f"{label.split()[0]}{seed}"
+            folder = work / name
+            spec = {"name": name, "program": "prog.sh", "method": "bayes", "run_cap": runs,
+                    "metric": {"name": "loss", "goal": "minimize"},
+                    "parameters": {k: {"min": lo, "max": hi} for k, (lo, hi) in
+                                   space_.items()}, "_seed": seed}
+            run_sweep(folder, write_sweep(folder, spec, program))
+            rows = results(folder / "root", name)
+            assert len(rows) == runs and all(r["state"] == "completed" for r in rows)
+            check = rows[0]  # the job computed what the function gives
+            assert abs(check["loss"] - fn(check)) < 1e-6, check
+            ours.append(min(r["loss"] for r in rows))
+            theirs.append(optuna_on(fn, space_, seed, runs))
+
+        def show(values: list[float]) -> str:
+            v = sorted(values)
+            return f"{v[len(v) // 2]:.4f} ({v[0]:.4f}..{v[-1]:.4f})"
+
+        print(f"  {label}: gpudispatch {show(ours)}; Optuna in-process {show(theirs)}")
+
+
 def bench_hyperband(work: Path) -> bool:
     print("## hyperband: 27 runs of 9 steps, min_iter 1, eta 3, half hopeless, 2 slots")
     rng = random.Random(5)
@@ -184,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--random-seeds", type=int, default=20)
-    parser.add_argument("--only", choices=("bayes", "hyperband"))
+    parser.add_argument("--only", choices=("bayes", "functions", "hyperband"))
+    parser.add_argument("--function-seeds", type=int, default=5)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="gd-adaptive-"))
@@ -193,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
         if args.only in (None, "bayes"):
             ok &= bench_bayes(work, args.seeds, args.runs, args.random_seeds)
+        if args.only in (None, "functions"):
+            bench_functions(work, args.function_seeds, args.runs)
         if args.only in (None, "hyperband"):
             ok &= bench_hyperband(work)
     finally:
