@@ -451,7 +451,7 @@ def open_study(queue: FolderQueue, name: str, spec: Mapping[str, Any], seed: int
     # very configurations of the first trials again (TPE's first ones are random).
     if seed is not None:
         seed = (seed + 1_000_003 * len(study.get_trials(deepcopy=False))) % 2**32
-    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     return study
 
 
@@ -463,10 +463,21 @@ class SweepDriver:
         self.sweeps: dict[str, Driven] = {}
         self._next = 0.0
         self._next_list = 0.0
-        self._seen_running = -1
+        self._seen_running: Any = None
         self.pending = False  # a bayes sweep has trials to tell or ask (--drain waits)
         self.stops: list[tuple[str, str]] = []  # early stops asked by the last look
         self.names = FolderNames(queue, time.monotonic)
+
+    def _ended_mtimes(self) -> tuple[int, int]:
+        """When ``completed/`` and ``failed/`` last changed: a job that ended and was
+        moved there is told (and the next asked) at once, not at the next 0.2 s."""
+        out = []
+        for state in (JobState.COMPLETED, JobState.FAILED):
+            try:
+                out.append(os.stat(self.queue.layout.state_folder(state)).st_mtime_ns)
+            except OSError:
+                out.append(0)
+        return out[0], out[1]
 
     @property
     def next_due(self) -> float:
@@ -492,9 +503,10 @@ class SweepDriver:
         ``running``: how many jobs run here (a change means one ended: look now);
         ``stoppable``: names of the jobs running here that may be stopped early."""
         self.stops = []
-        if now < self._next and running == self._seen_running:
+        seen = (running, *self._ended_mtimes()) if self.sweeps else running
+        if now < self._next and seen == self._seen_running:
             return []
-        self._next, self._seen_running = now + ADVANCE_SECONDS, running
+        self._next, self._seen_running = now + ADVANCE_SECONDS, seen
         if now >= self._next_list:
             self._next_list = now + LIST_SECONDS
             self._refresh()
