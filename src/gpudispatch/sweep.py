@@ -1,8 +1,10 @@
 """A sweep file (W&B's sweep configuration format) -> one script per run, in a queue.
 
 A sweep file is a W&B sweep file: W&B's validator accepts ours, and every file it accepts
-is read whole. W&B keys: ``program``, ``method`` (``grid`` or ``random``; default
-``grid``), ``parameters`` (every W&B distribution, sampled as W&B's ``sweeps`` package
+is read whole. W&B keys: ``program``, ``method`` (``grid``, ``random`` or ``bayes``;
+default ``grid``; a bayes sweep's runs are asked one by one by the dispatcher, see
+:mod:`gpudispatch.adaptive`), ``early_terminate`` (hyperband, any method; the dispatcher
+stops runs early), ``parameters`` (every W&B distribution, sampled as W&B's ``sweeps`` package
 samples it, ``probabilities``, nested ``parameters``), ``run_cap``, ``name`` (the default
 job-name prefix), ``description``, ``metric`` (kept on the :class:`Sweep` and in each
 record, so ``results`` ranks the runs) and ``command`` (W&B's agent's macros: ``${env}``,
@@ -11,9 +13,9 @@ default is W&B's ``${env} ${interpreter} ${program} ${args}``). Each run's argum
 the words ``wandb agent`` would pass (``--lr=0.001 --use_bn=False --layers=[64, 32]``).
 
 Keys accepted and not acted on are reported in :attr:`Sweep.notes` (``project``,
-``entity``, ``controller``, ``job``...); ``early_terminate`` and ``metric.target`` are
-refused (not supported yet) unless ``ignore_unsupported``; ``bayes``, ``custom``,
-``scheduler`` and ``metrics`` are refused.
+``entity``, ``controller``, ``job``...); ``metric.target`` is refused (not supported
+yet) unless ``ignore_unsupported``; ``custom``, ``scheduler`` and ``metrics`` are
+refused.
 
 gpudispatch's own settings (``interpreter`` (default ``python``), ``interpreter_options``
 (default ``-u``), ``headers``, ``footers``, ``directives`` (``#GPUDISPATCH`` lines, a
