@@ -249,7 +249,7 @@ class Driven:
         self.stopped: set[str] = set()
         self.missing: dict[int, int] = {}
         self.pending = self.method == "bayes"
-        self.broken = False
+        self._parsed: dict[str, tuple[tuple[int, int], tuple[list[float], list[Any]]]] = {}
         self._study = None
         self._make = None
 
@@ -292,8 +292,13 @@ class Driven:
             text = with_workdir(text, workdir=workdir)
         extra = dict(self.definition.get("extra") or {})
         extra["sweep_trial"] = trial.number
+        from gpudispatch.store import QueueError
+
         if self.queue.locate(name) is None:
-            self.queue.enqueue_text(name, text, params=job.params, extra=extra)
+            try:
+                self.queue.enqueue_text(name, text, params=job.params, extra=extra)
+            except QueueError:  # there after all (moving as we looked): queued once
+                pass
         return name
 
     def advance_bayes(self, free: int) -> list[str]:
@@ -332,7 +337,9 @@ class Driven:
                     queued.append(name)
                     job = (name, JobState.QUEUED)
                 study._storage.set_trial_user_attr(trial._trial_id, "job", job[0])
-            if job is None:
+            if job is not None:
+                self.missing.pop(number, None)
+            else:
                 if self.queue.locate(_job_name(self.prefix, number, self.definition["width"])):
                     continue  # moving between folders as they were listed
                 self.missing[number] = self.missing.get(number, 0) + 1
@@ -395,15 +402,29 @@ class Driven:
         self.log.info("sweep %s: trial %d (%s) told %s", self.name, trial.number, name, told)
 
     # --- hyperband --------------------------------------------------------------------
+    def _series(self, name: str) -> tuple[list[float], list[Any]]:
+        """A job's metric series, parsed again only when its file changed."""
+        from gpudispatch.results import metric_history
+
+        path = self.queue.layout.metrics(name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return [], []
+        key = (st.st_size, st.st_mtime_ns)
+        cached = self._parsed.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        series = metric_series(metric_history(path), self.metric, self.maximize)
+        self._parsed[name] = (key, series)
+        return series
+
     def stop_early(self, stoppable: Iterable[str]) -> list[tuple[str, str]]:
         """Ask the jobs of ``stoppable`` (running here) that fall below a band's cut to
         stop; ``(name, reason)`` for each asked."""
         mine = [n for n in stoppable if self.pattern.fullmatch(n) and n not in self.stopped]
         if not mine or not self.bands or not self.metric:
             return []
-        layout = self.queue.layout
-        from gpudispatch.results import metric_history
-
         histories: dict[str, tuple[list[float], list[Any]]] = {}
         for state in (JobState.RUNNING, JobState.COMPLETED, JobState.FAILED):
             for name in self.names(state):
@@ -412,9 +433,7 @@ class Driven:
                 if state is not JobState.RUNNING and name in self.finished:
                     histories[name] = self.finished[name]
                     continue
-                series = metric_series(metric_history(layout.metrics(name)), self.metric,
-                                       self.maximize)
-                histories[name] = series
+                histories[name] = series = self._series(name)
                 if state is not JobState.RUNNING:
                     self.finished[name] = series
         thresholds = band_thresholds(self.bands, (h for h, _ in histories.values()),
@@ -467,6 +486,7 @@ class SweepDriver:
         self.pending = False  # a bayes sweep has trials to tell or ask (--drain waits)
         self.stops: list[tuple[str, str]] = []  # early stops asked by the last look
         self.names = FolderNames(queue, time.monotonic)
+        self.broken: set[str] = set()  # sweeps that raised: logged once, not driven
 
     def _ended_mtimes(self) -> tuple[int, int]:
         """When ``completed/`` and ``failed/`` last changed: a job that ended and was
@@ -485,7 +505,7 @@ class SweepDriver:
 
     def _refresh(self) -> None:
         for name in self.queue.sweep_names():
-            if name in self.sweeps or self.queue.sweep_done(name):
+            if name in self.sweeps or name in self.broken or self.queue.sweep_done(name):
                 continue
             definition = self.queue.read_sweep(name)
             if definition is None or not isinstance(definition.get("spec"), dict):
@@ -496,6 +516,7 @@ class SweepDriver:
             except (KeyError, TypeError, ValueError) as exc:
                 self.log.error("sweep %s: its definition cannot be read (%s); not driven",
                                name, exc)
+                self.broken.add(name)
 
     def advance(self, now: float, free: int, running: int,
                 stoppable: Callable[[], Iterable[str]]) -> list[str]:
@@ -528,6 +549,7 @@ class SweepDriver:
                 self.log.error("sweep %s: %s: %s; it is not driven any more (fix it and "
                                "restart the dispatcher)", sweep.name, type(exc).__name__, exc)
                 del self.sweeps[sweep.name]
+                self.broken.add(sweep.name)
         self.pending = any(s.pending for s in self.sweeps.values())
         return queued
 
