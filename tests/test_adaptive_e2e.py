@@ -147,3 +147,74 @@ def test_hyperband_stops_hopeless_runs_and_keeps_the_best(launch, tmp_path):
                             rec["reason"]), rec
         steps = (root / "logs" / f"hb-{i:04d}.sh.metrics.json").read_text().splitlines()
         assert len(steps) < 6  # it did not run to the end
+
+
+# A multi-step run of the quadratic: fails for x < -0.6; logs 4 steps, 0.2 s apart.
+QUAD_STEPS = r"""
+for a in "$@"; do case $a in --x=*) x=${a#--x=};; --y=*) y=${a#--y=};; esac; done
+if awk -v x="$x" 'BEGIN { exit !(x < -0.6) }'; then echo "x too small" >&2; exit 1; fi
+i=1
+while [ $i -le 4 ]; do
+  awk -v x="$x" -v y="$y" -v i="$i" 'BEGIN { printf "{\"step\": %d, \"loss\": %.12g}\n",
+      i, (x - 0.37) ^ 2 + (y + 0.21) ^ 2 + 1 / i }' >> "$GPUDISPATCH_METRICS"
+  i=$((i + 1))
+  sleep 0.2
+done
+"""
+
+
+def test_bayes_with_hyperband_tells_each_outcome(launch, tmp_path):
+    """Completed runs are told their last value, failed ones FAIL, runs stopped early
+    PRUNED (with what they reported); --drain exits 1 only for the failures."""
+    root = tmp_path / "root"
+    spec = sweep_files(tmp_path, {**bayes_spec("mix", 12), "early_terminate": {
+        "type": "hyperband", "min_iter": 1, "eta": 2}}, QUAD_STEPS)
+    cli("sweep", str(spec), "--dir", str(root), check=True)
+    proc = launch.run(root, "--slots", "3", "--drain", "--kill-grace", "2")
+    code = proc.wait(120)
+    failed, completed = names_in(root, "failed"), names_in(root, "completed")
+    assert code == (1 if failed else 0), proc.output()
+    assert len(failed) + len(completed) == 12
+    trials = {t.user_attrs["job"]: t for t in study_of(root, "mix").get_trials()}
+    assert len(trials) == 12
+    states = optuna.trial.TrialState
+    pruned = 0
+    for job, trial in trials.items():
+        rec = record(root, job)
+        if job in failed:
+            assert trial.state is states.FAIL and "exit code 1" in rec["reason"], rec
+        elif (rec["reason"] or "").startswith("stopped early by hyperband"):
+            pruned += 1
+            assert trial.state is states.PRUNED, (job, trial)
+            assert list(trial.intermediate_values.values())[-1] == pytest.approx(
+                loss_of(root, job))
+        else:
+            assert rec["reason"] is None and trial.state is states.COMPLETE
+            assert trial.value == pytest.approx(loss_of(root, job))
+            assert len((root / "logs" / f"{job}.metrics.json").read_text().splitlines()) == 4
+    assert pruned >= 1  # eta 2 keeps half: some run is stopped
+
+
+def test_an_early_stop_asked_before_a_kill9_is_carried_out_after(launch, tmp_path):
+    """The stop is a request on disk: the next dispatcher adopts the job and stops it,
+    and it still ends completed with the reason."""
+    from gpudispatch.store import FolderQueue
+
+    root = tmp_path / "root"
+    spec = sweep_files(tmp_path, {
+        "name": "hk", "program": "prog.sh", "method": "grid",
+        "metric": {"name": "loss", "goal": "minimize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 100, "eta": 3},  # never cuts
+        "parameters": {"q": {"values": [1]}}},
+        "echo '{\"step\": 1, \"loss\": 1}' >> \"$GPUDISPATCH_METRICS\"; sleep 60")
+    cli("sweep", str(spec), "--dir", str(root), check=True)
+    first = launch.run(root, "--slots", "1")
+    wait_until(lambda: names_in(root, "running") == ["hk-0001.sh"]
+               and (root / "logs" / "hk-0001.sh.metrics.json").exists(), 20)
+    first.kill9()
+    reason = "stopped early by hyperband at step 1 (loss=1)"
+    FolderQueue(root).request_early_stop("hk-0001.sh", reason)
+    second = launch.run(root, "--slots", "1", "--drain", "--kill-grace", "2")
+    assert second.wait(30) == 0, second.output()
+    assert names_in(root, "completed") == ["hk-0001.sh"]
+    assert record(root, "hk-0001.sh")["reason"] == reason
