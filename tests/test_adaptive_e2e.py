@@ -100,6 +100,8 @@ def test_bayes_sweep_end_to_end(launch, tmp_path):
     assert proc.wait(90) == 0, proc.output()
     check_study_matches_queue(root, "quad", 8)
     assert (root / ".gpudispatch" / "sweeps" / "quad" / "done").exists()
+    status = cli("sweep", "quad", "--status", "--dir", str(root), check=True).stdout
+    assert "8 completed); bayes, 8 of 8 runs asked, done" in status
     again = cli("sweep", str(spec), "--dir", str(root))
     assert again.returncode != 0 and "already in" in again.stderr
     rows = json.loads(cli("results", "--dir", str(root), "--sweep", "quad", "--json",
@@ -138,6 +140,8 @@ def test_hyperband_stops_hopeless_runs_and_keeps_the_best(launch, tmp_path):
     assert proc.wait(60) == 0, proc.output()  # stopped early is not a failure
     assert names_in(root, "failed") == []
     assert names_in(root, "completed") == [f"hb-{i:04d}.sh" for i in range(1, 7)]
+    status = cli("sweep", "hb", "--status", "--dir", str(root), check=True).stdout
+    assert re.search(r"; [4-5] stopped early by hyperband$", status.strip()), status
     best = record(root, "hb-0001.sh")
     assert best["reason"] is None and best["exit_code"] == 0
     assert len((root / "logs" / "hb-0001.sh.metrics.json").read_text().splitlines()) == 6

@@ -717,10 +717,21 @@ def _sweep_status(args) -> int:
                                settings_file=args.settings, ignore_unsupported=True).name
         except SweepError as exc:
             raise CliError(str(exc)) from None
-    existing = existing_jobs(_queue(args), name)
+    queue = _queue(args)
+    existing = existing_jobs(queue, name)
     if not existing.jobs:
         raise CliError(f"no sweep named {printable(name)} in {_root(args)}")
-    print(printable(f"sweep {name}: {existing.describe()}"))
+    line = f"sweep {name}: {existing.describe()}"
+    definition = queue.read_sweep(name) if name in queue.sweep_names() else None
+    spec = (definition or {}).get("spec") or {}
+    if spec.get("method") == "bayes":  # the study says how far it is
+        line += (f"; bayes, {len(existing.jobs)} of {spec.get('run_cap')} runs asked"
+                 + (", done" if queue.sweep_done(name) else ""))
+    if spec.get("early_terminate"):
+        stopped = sum(1 for n, _ in existing.jobs.values()
+                      if (queue.read_record(n).reason or "").startswith("stopped early"))
+        line += f"; {stopped} stopped early by hyperband"
+    print(printable(line))
     return 0
 
 
