@@ -88,3 +88,19 @@ def test_priority_order_holds_with_two_dispatchers(tmp_path, root, launch):
     for i, early in enumerate(order):
         for late in order[i + 2:]:
             assert priority[early] >= priority[late], order
+
+
+def test_a_handed_over_run_says_so_in_its_record(tmp_path, root, launch):
+    """The report marks hand-overs (issue 14): the record of a run the keeper started the
+    moment its slot's job ended says so; a run started by the dispatcher does not."""
+    from conftest import record
+
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "a.sh", job_text(runs=runs, gate=gate))
+    write_script(root / "queue" / "b.sh", job_text(runs=runs))
+    proc = launch.run(root, "--slots", "1")
+    wait_lines(runs, 1)  # a runs; b is now handed over to follow it
+    open_gate(gate)
+    wait_state(root, "b.sh", "completed", proc=proc)
+    assert record(root, "b.sh")["extra"].get("handed_over") is True
+    assert "handed_over" not in record(root, "a.sh")["extra"]

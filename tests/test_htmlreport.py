@@ -80,6 +80,14 @@ def test_failures_cancelled_retries_and_earlier_runs(queue):
     assert kinds == ["completed", "earlier"]
 
 
+def test_hand_overs_are_marked(queue):
+    finished(queue, "first.sh", [0], 0, 10)
+    finished(queue, "next.sh", [0], 10, 20, extra={"handed_over": True})
+    jobs = {j["n"]: j for j in htmlreport.snapshot(queue, now=T0.timestamp() + 40)["jobs"]}
+    assert jobs["next.sh"]["ho"] is True and jobs["first.sh"]["ho"] is False
+    assert "handed over" in htmlreport.render(htmlreport.snapshot(queue))  # the legend
+
+
 def test_waiting_says_why(queue):
     finished(queue, "prep.sh", [0], 0, 1, JobState.FAILED, reason="exit code 1")
     queue.enqueue_text("after.sh", "#!/bin/sh\n#GPUDISPATCH --after prep.sh\ntrue\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from gpudispatch.dispatcher.intake import DISCOVER_BATCH, Intake
+from gpudispatch.dispatcher.intake import DISCOVER_BATCH, DISCOVER_FIRST, Intake
 from gpudispatch.job import JobState
 from gpudispatch.store import FolderQueue
 
@@ -21,10 +21,13 @@ def test_a_large_folder_is_read_a_batch_at_a_time(tmp_path) -> None:
     intake = Intake(queue, wait=1.0, impossible=lambda directives, name: None)
     added, rejected = intake.discover(0.0, busy=lambda name: False, watched=True)
     assert not rejected
-    assert len(added) == DISCOVER_BATCH and added[0] == "j00000.sh"
-    assert len(intake.backlog) == 500  # the loop is woken at once for them
+    # a small first bite while nothing is pending: the first jobs start at once
+    assert len(added) == DISCOVER_FIRST and added[0] == "j00000.sh"
     added, _ = intake.discover(0.0, busy=lambda name: False, watched=True)
-    assert len(added) == 500 and not intake.backlog
+    assert len(added) == DISCOVER_BATCH and added[0] == f"j{DISCOVER_FIRST:05d}.sh"
+    assert len(intake.backlog) == 500 - DISCOVER_FIRST  # the loop is woken at once for them
+    added, _ = intake.discover(0.0, busy=lambda name: False, watched=True)
+    assert len(added) == 500 - DISCOVER_FIRST and not intake.backlog
     assert len(intake.pending) == total
     added, _ = intake.discover(11.0, busy=lambda name: False, watched=True)  # a rescan
     assert added == [] and not intake.backlog  # what is pending is not read again

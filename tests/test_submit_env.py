@@ -94,3 +94,13 @@ def test_env_text_exports_what_sh_can_and_leaves_ours_out() -> None:
                      "BASH_FUNC", "É"):
         assert left_out not in text
     assert "export PWD" not in text
+
+
+def test_names_matching_gpudispatch_env_drop_are_left_out() -> None:
+    environ = {"WANDB_API_KEY": "k", "MY_TOKEN_X": "t", "AWS_SECRET": "s", "KEEP": "v",
+               "GPUDISPATCH_ENV_DROP": "*TOKEN*:AWS_*::WANDB_API_KEY"}
+    text = env_text(environ)
+    assert "export KEEP=v" in text
+    for dropped in ("WANDB_API_KEY", "MY_TOKEN_X", "AWS_SECRET", "GPUDISPATCH_ENV_DROP"):
+        assert dropped not in text
+    assert "WANDB_API_KEY" in env_text({"WANDB_API_KEY": "k"})  # kept unless asked

@@ -86,9 +86,9 @@ def test_random_sweep_queued_again_resume_and_extend(tmp_path: Path) -> None:
     cli("sweep", str(spec), "--dir", str(root), check=True)
     first = params_in(root)
 
-    again = cli("sweep", str(spec), "--dir", str(root))
-    one_line_error(again, "sweep rs is already in", "3 jobs (rs-0001.sh .. rs-0003.sh: "
-                   "3 queued)", "--resume", "--extend N")
+    again = cli("sweep", str(spec), "--dir", str(root), check=True)  # queued again: resumed
+    assert again.stdout == ("sweep rs: nothing to queue, 3 jobs (rs-0001.sh .. rs-0003.sh: "
+                            "3 queued); --extend N adds runs\n")
     assert params_in(root) == first
 
     resumed = cli("sweep", str(spec), "--dir", str(root), "--resume", check=True)
@@ -189,7 +189,8 @@ def test_old_top_level_keys_queue_with_a_note_and_refusals_stay_one_line(tmp_pat
                              "W&B's validator refuse it; move them to gs.gpudispatch.yaml "
                              "(see README)\n")
     assert "#GPUDISPATCH --gpus 1" in (tmp_path / "root" / "queue" / "gs-0001.sh").read_text()
-    one_line_error(cli("sweep", str(spec), "--dir", str(tmp_path / "root")), "already in")
+    again = cli("sweep", str(spec), "--dir", str(tmp_path / "root"), check=True)
+    assert "nothing to queue" in again.stdout
 
 
 def test_status_counts_a_sweeps_jobs_by_state(tmp_path: Path) -> None:

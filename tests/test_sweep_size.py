@@ -113,8 +113,8 @@ def test_dry_run_of_a_billion_runs_streams(tmp_path: Path) -> None:
 
 
 def test_a_big_sweep_queued_again_asks_and_resumes_lazily(tmp_path: Path) -> None:
-    """One job of a sweep above the limit is there already: queueing it again says so in
-    one line; --resume counts the runs still missing (lazily) and asks for --yes."""
+    """One job of a sweep above the limit is there already: queueing it again (or with
+    --resume) counts the runs still missing, lazily, and asks for --yes in one line."""
     count = CONFIRM_ABOVE + 2
     spec = write_spec(tmp_path / "big.yaml", "name: big\nparameters:\n"
                       f"  n: {{distribution: int_uniform, min: 1, max: {count}}}\n")
@@ -123,10 +123,11 @@ def test_a_big_sweep_queued_again_asks_and_resumes_lazily(tmp_path: Path) -> Non
     FolderQueue(root).enqueue_text(sweep.jobs[count - 1].name, "#!/bin/sh\n",
                                    params=sweep.jobs[count - 1].params)
 
-    again = measured("sweep", str(spec), "--dir", str(root), "--yes")
+    again = measured("sweep", str(spec), "--dir", str(root))  # again: resumes, so asks
     assert again["rc"] == 2 and "Traceback" not in again["stderr"], again["stderr"]
     assert again["stderr"].count("\n") == 1, again["stderr"]
-    assert f"already in {root}: 1 jobs (big-{count:06d}.sh: 1 queued)" in again["stderr"]
+    assert f"{count - 1:,} runs" in again["stderr"] and "--yes" in again["stderr"]
+    assert again["peak_mb"] < PEAK_RSS_LIMIT_MB, again
 
     asked = measured("sweep", str(spec), "--dir", str(root), "--resume")
     assert asked["rc"] == 2 and f"{count - 1:,} runs" in asked["stderr"], asked["stderr"]

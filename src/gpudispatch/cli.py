@@ -483,13 +483,15 @@ def _submit_each_line(args, options: list[str]) -> int:
     extra, snap = _reproducible(queue, args)
     cwd = snap.workdir if snap else os.getcwd()
     env_file = _kept_env(queue, args)
+    from gpudispatch.cmdparams import line_params
+
     queued: list[str] = []
     try:
         for name, line in zip(control.each_line_names(lines), lines, strict=True):
             text = control.with_directives(
                 control.command_script(["sh", "-c", line], cwd, env_file), options)
             queued.append(queue.enqueue_text(_check_name(name), text, rename=True,
-                                             extra=extra))
+                                             params=line_params(line), extra=extra))
     except (QueueError, OSError) as exc:
         if queued:
             print("\n".join(printable(name) for name in queued), flush=True)
@@ -546,8 +548,10 @@ def cmd_submit(args) -> int:
                                         _kept_env(queue, args))
         text = control.with_directives(script, options)
         name = _check_name(args.name or control.command_name(args.command))
+        from gpudispatch.cmdparams import command_params
+
         names.append(queue.enqueue_text(name, text, rename=args.rename or not args.name,
-                                        extra=extra))
+                                        params=command_params(args.command), extra=extra))
     else:
         from pathlib import Path
 
@@ -769,12 +773,7 @@ def cmd_sweep(args) -> int:
     if sweep.method == "bayes":
         return _sweep_bayes(args, sweep, queue, existing, settings)
     jobs, seed = sweep.jobs, sweep.seed
-    if existing.jobs:
-        if not (args.resume or args.extend is not None):
-            raise CliError(
-                f"sweep {sweep.name} is already in {_root(args)}: {existing.describe()}; "
-                "nothing was queued (--resume queues its runs not yet queued, --extend N "
-                "adds N runs, --prefix NAME starts a new sweep)")
+    if existing.jobs:  # queued again: only its runs not there yet (as --resume)
         try:
             plan = plan_more(sweep, queue, existing, extend=args.extend)
         except SweepError as exc:

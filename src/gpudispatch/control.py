@@ -57,15 +57,24 @@ ENV_NOT_KEPT = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PWD", "O
 ENV_PREFIXES_NOT_KEPT = ("GPUDISPATCH_", "SLURM_")
 
 
+ENV_DROP_ENV = "GPUDISPATCH_ENV_DROP"  # patterns of names not kept, e.g. "*TOKEN*:AWS_*"
+
+
 def env_text(environ: dict[str, str]) -> str:
     """The environment a job of ``submit --`` runs in, as ``export`` lines for ``sh``
     (pure): the submitting shell's, as pueue keeps it, so a command that works there
     (a virtual environment's PATH, a variable set for it) works when it runs. A name
-    that is not a shell variable's (``BASH_FUNC_f%%``) cannot be exported by ``sh``."""
+    that is not a shell variable's (``BASH_FUNC_f%%``) cannot be exported by ``sh``;
+    names matching a pattern of ``$GPUDISPATCH_ENV_DROP`` (``:``-separated shell
+    patterns, case-sensitive) are left out, for secrets a job does not need."""
+    drop = [p for p in environ.get(ENV_DROP_ENV, "").split(":") if p]
+    if drop:
+        from fnmatch import fnmatchcase
     lines = ["# the environment of `gpudispatch submit`, sourced by its jobs"]
     for name in sorted(environ):
         if (name in ENV_NOT_KEPT or name.startswith(ENV_PREFIXES_NOT_KEPT)
-                or not name.isascii() or not name.isidentifier()):
+                or not name.isascii() or not name.isidentifier()
+                or any(fnmatchcase(name, pattern) for pattern in drop)):
             continue
         lines.append(f"export {name}={shlex.quote(environ[name])}")
     return "\n".join(lines) + "\n"

@@ -141,7 +141,8 @@ def snapshot(queue: FolderQueue, now: float | None = None) -> dict[str, Any]:
                    "a": record.attempts, "r": _text(record.reason), "x": record.exit_code,
                    "h": _text(record.host), "t0": _epoch(record.started_at),
                    "t1": _epoch(record.ended_at) if state.is_final else None,
-                   "q": _epoch(record.submitted_at)}
+                   "q": _epoch(record.submitted_at),
+                   "ho": record.extra.get("handed_over") is True}
             jobs.append(job)
             if record.host:
                 hosts.add(record.host)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gpudispatch import safeio
-from gpudispatch.job import JobRecord, safe_iso
+from gpudispatch.job import JobRecord, JobState, safe_iso
 from gpudispatch.store import FolderQueue, write_atomic
 from gpudispatch.track import METRICS_ENV, log
 
@@ -178,9 +178,26 @@ def collect(queue: FolderQueue, sweep: str | None = None) -> Results:
             "gpus": list(record.gpus),
         }
         metrics = read_metrics(queue.layout.metrics(job.name))
-        rows.append(merge_row(base, record.params, metrics))
+        params = record.params or script_params_of(queue, job.name, job.state)
+        rows.append(merge_row(base, params, metrics))
     rows.sort(key=lambda row: row["name"])
     return Results(rows, sweeps, goals)
+
+
+SCRIPT_READ_LIMIT = 256 << 10  # a script longer than this is no command line of ours
+
+
+def script_params_of(queue: FolderQueue, name: str, state: JobState) -> dict[str, Any]:
+    """The parameters a job's script passes to its program, for a job that recorded none
+    (a script the seed's ``create_shell_script`` wrote, dropped into ``queue/``): read
+    without following a symlink, ``{}`` when it cannot be read."""
+    from gpudispatch.cmdparams import script_params
+
+    try:
+        data = safeio.read_regular(queue.layout.script(state, name), SCRIPT_READ_LIMIT)
+    except OSError:
+        return {}
+    return script_params(data.decode(errors="replace"))
 
 
 def result_rows(queue: FolderQueue, sweep: str | None = None) -> list[dict[str, Any]]:

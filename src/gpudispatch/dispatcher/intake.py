@@ -33,6 +33,9 @@ class _Unready:
 
 
 DISCOVER_BATCH = 2000  # files looked at per step of the loop
+# ... and while nothing is pending: a first small bite, so a dispatcher started on a
+# sweep-sized queue starts its first jobs before it has read 2,000 files.
+DISCOVER_FIRST = 200
 
 
 class Intake:
@@ -83,7 +86,8 @@ class Intake:
             self._woken, self.events = self.events, set()
             fresh = {n for n in names if n not in self.pending}
             self.backlog = sorted(fresh) + [n for n in self.backlog if n not in fresh]
-        batch, self.backlog = self.backlog[:DISCOVER_BATCH], self.backlog[DISCOVER_BATCH:]
+        size = DISCOVER_BATCH if self.pending else DISCOVER_FIRST
+        batch, self.backlog = self.backlog[:size], self.backlog[size:]
         added, rejected = [], []
         for name in batch:
             self._blocked.discard(name)

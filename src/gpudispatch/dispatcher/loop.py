@@ -655,6 +655,7 @@ class Dispatcher:
             job.slot_ids = (job.variants or {}).get(message.after or -1, [])
             job.variants = None
             job.record.gpus = gpus_of(self.slots, job.slot_ids)
+            job.record.extra["handed_over"] = True  # started by the keeper, no gap (report)
         job.to(Phase.RUNNING)
         job.pid, job.started = message.pid, message.started
         job.record.pid = message.pid

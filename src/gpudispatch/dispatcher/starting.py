@@ -41,6 +41,7 @@ def new_run_record(queue: FolderQueue, name: str, directives: Directives,
     record.ended_at, record.exit_code, record.reason = None, None, None
     record.backend, record.backend_id = "local", None
     record.extra["directives"] = directives.to_dict()
+    record.extra.pop("handed_over", None)  # said again by the start, if this run is one
     record.log = queue.layout.job_log(name, record.attempts)
     return record
 

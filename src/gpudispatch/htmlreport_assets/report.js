@@ -67,7 +67,8 @@
     var legend = ["completed", "failed", "cancelled", "running", "earlier"].map(function (k) {
       return '<span><i style="background:' + COLOR[k] + '"></i>' +
         (k === "earlier" ? "earlier run of a name dropped again" : k) + "</span>";
-    }).join("") + '<span><i style="background:#fff;border:1.5px dashed #000"></i>retried (attempts &gt; 1)</span>';
+    }).join("") + '<span><i style="background:#fff;border:1.5px dashed #000"></i>retried (attempts &gt; 1)</span>' +
+      '<span><b style="color:#111">\u25b8</b> handed over (started the moment the run before it on its slot ended)</span>';
     document.getElementById("legend").innerHTML = legend;
     document.getElementById("filter").addEventListener("input", function (e) {
       filterText = e.target.value.toLowerCase();
@@ -170,6 +171,11 @@
                '" width="' + bw.toFixed(1) + '" height="' + (laneH - 2) + '" rx="2" fill="' +
                (COLOR[kind] || "#999") + '"' +
                (retried ? ' stroke="#111" stroke-dasharray="3,2" stroke-width="1.2"' : "") + "/>");
+      if (job.ho && kind !== "earlier") {  // a hand-over: a notch at the bar's start
+        out.push('<path class="handover" d="M' + bx.toFixed(1) + "," + by + "l5," +
+                 ((laneH - 2) / 2) + "l-5," + ((laneH - 2) / 2) + 'z" fill="#111" ' +
+                 'style="pointer-events:none"/>');
+      }
       if (bw > 46) {
         var label = (retried ? "\u21bb" + job.a + " " : "") + job.n;
         var fit = Math.floor((bw - 6) / 6.2);
@@ -199,6 +205,7 @@
                  "  (" + dur(b[3] - b[2]) + ")",
                  "attempts: " + j.a + (j.x != null ? "   exit code: " + j.x : "") +
                  (j.h ? "   host: " + j.h : "")];
+    if (j.ho && b[4] !== "earlier") lines.push("handed over: started the moment the run before it on this slot ended");
     if (j.r) lines.push("reason: " + j.r);
     tip.textContent = lines.join("\n");
     tip.style.display = "block";
