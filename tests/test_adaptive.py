@@ -134,3 +134,26 @@ def test_every_random_distribution_is_asked_of_the_trial() -> None:
         study.tell(trial, 0.0)
     dist = study.trials[0].distributions  # a log one is asked in log space
     assert (dist["lr"].low, dist["lr"].high) == pytest.approx((math.log(1e-4), math.log(0.1)))
+
+
+def test_bayes_without_optuna_is_refused_in_one_line(tmp_path) -> None:
+    import subprocess
+
+    import yaml
+    from conftest import PYTHON, job_env
+
+    spec = tmp_path / "b.yaml"
+    spec.write_text(yaml.safe_dump({"program": "t.py", "method": "bayes", "run_cap": 3,
+                                    "metric": {"name": "l"},
+                                    "parameters": {"x": {"min": 0.0, "max": 1.0}}}))
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "from gpudispatch.cli import main\n"
+            f"raise SystemExit(main(['sweep', {str(spec)!r}, '--dir', "
+            f"{str(tmp_path / 'root')!r}]))")
+    result = subprocess.run([PYTHON, "-c", code], env=job_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gpudispatch sweep: method bayes needs Optuna: pip install 'gpudispatch[bayes]'; "
+        "nothing was queued"]
+    assert not (tmp_path / "root").exists()

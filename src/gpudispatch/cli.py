@@ -842,6 +842,9 @@ def _sweep_bayes(args, sweep, queue, existing, settings) -> int:
         adaptive.check_bayes(sweep.spec)
     except (SweepError, adaptive.DrivenSweepError) as exc:
         raise CliError(str(exc)) from None
+    except ImportError:
+        raise CliError("method bayes needs Optuna: pip install 'gpudispatch[bayes]'; "
+                       "nothing was queued") from None
     cap = run_cap(sweep.spec)
     if args.dry_run:
         _notes(sweep.notes)
