@@ -43,7 +43,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from statistics import NormalDist
 from typing import Any
 
 from gpudispatch.job import JobState
@@ -169,6 +168,8 @@ class _TrialSource:
         return self.trial.suggest_float(self.name, QUANTILE_EDGE, 1 - QUANTILE_EDGE)
 
     def normalvariate(self, mu: float, sigma: float) -> float:
+        from statistics import NormalDist  # here: the dispatcher imports this module
+
         return NormalDist(mu, sigma).inv_cdf(self._quantile())
 
     def lognormvariate(self, mu: float, sigma: float) -> float:
