@@ -23,6 +23,7 @@ NEVER_ON_SUBMIT = {
     "gpudispatch.cgroups", "gpudispatch.procs", "gpudispatch.monitor", "gpudispatch.keeper",
     "watchdog", "pynvml", "rich", "dataclasses", "inspect", "logging", "socket", "ctypes",
     "typing", "shutil", "datetime",
+    "optuna", "gpudispatch.adaptive",  # method bayes: only for a bayes sweep
 }
 # A command and the status table use paths as strings (submit SCRIPT reads a Path).
 NEVER_ON_SUBMIT_COMMAND = NEVER_ON_SUBMIT | {"pathlib"}

@@ -129,7 +129,6 @@ def test_wandb_only_keys_accepted_with_a_note_and_metric_kept() -> None:
 
 
 @pytest.mark.parametrize("overrides", [
-    {"early_terminate": {"type": "hyperband", "min_iter": 3}},
     {"metric": {"name": "loss", "target": 0.1}},
 ])
 def test_unsupported_keys_refused_unless_ignored_with_a_note(overrides: dict) -> None:
@@ -143,7 +142,20 @@ def test_unsupported_keys_refused_unless_ignored_with_a_note(overrides: dict) ->
     ("overrides", "message"),
     [
         ({"bogus": 1}, "'bogus'"),
-        ({"method": "bayes"}, "'bayes'"),
+        ({"method": "bayes"}, "run_cap"),
+        ({"method": "bayes", "run_cap": 3}, "'metric' is required"),
+        ({"method": "custom"}, "'custom'"),
+        ({"early_terminate": {"type": "hyperband", "min_iter": 3}}, "needs 'metric'"),
+        ({"metric": {"name": "l"}, "early_terminate": {"type": "asha"}}, "hyperband"),
+        ({"metric": {"name": "l"}, "early_terminate": {"type": "hyperband"}}, "min_iter"),
+        ({"metric": {"name": "l"}, "early_terminate": {"type": "hyperband", "max_iter": 9}},
+         "'s'"),
+        ({"metric": {"name": "l"}, "early_terminate": {"type": "hyperband", "min_iter": 1,
+                                                       "eta": 1}}, "eta"),
+        ({"metric": {"name": "l"}, "early_terminate": {"type": "hyperband", "min_iter": 1,
+                                                       "bogus": 1}}, "bogus"),
+        ({"metric": {"name": "l"}, "early_terminate": {"type": "hyperband", "max_iter": 2,
+                                                       "s": 1, "eta": 3}}, "no band"),
         ({"method": "random"}, "run_cap"),
         ({"run_cap": 0}, "run_cap"),
         ({"seed": "x"}, "seed"),

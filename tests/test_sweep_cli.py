@@ -143,9 +143,12 @@ def test_grid_sweep_resume_queues_missing_points_by_value(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("change", "args", "words"), [
     ({"early_terminate": {"type": "hyperband", "min_iter": 3}}, [], ["early_terminate",
-                                                                   "not supported yet"]),
+                                                                   "needs 'metric'"]),
     ({"metric": {"name": "loss", "target": 0.1}}, [], ["metric.target", "not supported yet"]),
-    ({"method": "bayes"}, [], ["'bayes' is not supported"]),
+    ({"method": "custom"}, [], ["'custom' is not supported"]),
+    ({"method": "bayes", "metric": {"name": "l"}, "parameters": {"x": {
+        "distribution": "beta"}}}, [], ["beta is not supported with method bayes"]),
+    ({"method": "bayes", "metric": {"name": "l"}}, ["--extend", "2"], ["bayes", "--extend"]),
     ({}, ["--extend", "0"], ["--extend"]),
     ({}, ["--extend", "2", "--resume"], ["give one"]),
     ({}, ["--extend", "2"], ["has no jobs in", "queue it first"]),
@@ -170,13 +173,13 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
 
 
 def test_ignore_unsupported_notes_what_it_ignores(tmp_path: Path) -> None:
-    spec = write(tmp_path / "gs.yaml", {**GRID, "early_terminate": {
-        "type": "hyperband", "min_iter": 3}, "project": "p"})
+    spec = write(tmp_path / "gs.yaml", {**GRID, "metric": {"name": "l", "target": 1},
+                                        "project": "p"})
     result = cli("sweep", str(spec), "--dir", str(tmp_path / "root"), "--ignore-unsupported",
                  "--dry-run", check=True)
     assert result.stderr.splitlines() == [
         "note: ignored (they mean something to W&B only): project",
-        "note: ignored (--ignore-unsupported): early_terminate: every run runs to the end"]
+        "note: ignored (--ignore-unsupported): metric.target: every run runs to the end"]
 
 
 def test_old_top_level_keys_queue_with_a_note_and_refusals_stay_one_line(tmp_path: Path) -> None:

@@ -46,6 +46,14 @@ def test_wandb_validator_accepts_our_example() -> None:
     assert "#GPUDISPATCH --gpus 1 --timeout 10m\n\nset -e\n" in sweep.jobs[0].text
 
 
+def test_wandb_validator_accepts_our_bayes_example() -> None:
+    config = yaml.safe_load((EXAMPLES / "bayes.yaml").read_text())
+    assert violations(config) == []
+    sweep = build_sweep(EXAMPLES / "bayes.yaml")
+    assert (sweep.method, sweep.notes, len(sweep.jobs)) == ("bayes", (), 20)
+    assert sweep.spec["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
+
+
 def test_our_keys_at_the_top_level_still_work_with_a_note(tmp_path: Path) -> None:
     path = tmp_path / "old.yaml"
     path.write_text("program: t.py\nparameters:\n  a: {values: [1]}\n"

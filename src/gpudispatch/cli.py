@@ -725,10 +725,21 @@ def _sweep_status(args) -> int:
                                settings_file=args.settings, ignore_unsupported=True).name
         except SweepError as exc:
             raise CliError(str(exc)) from None
-    existing = existing_jobs(_queue(args), name)
+    queue = _queue(args)
+    existing = existing_jobs(queue, name)
     if not existing.jobs:
         raise CliError(f"no sweep named {printable(name)} in {_root(args)}")
-    print(printable(f"sweep {name}: {existing.describe()}"))
+    line = f"sweep {name}: {existing.describe()}"
+    definition = queue.read_sweep(name) if name in queue.sweep_names() else None
+    spec = (definition or {}).get("spec") or {}
+    if spec.get("method") == "bayes":  # the study says how far it is
+        line += (f"; bayes, {len(existing.jobs)} of {spec.get('run_cap')} runs asked"
+                 + (", done" if queue.sweep_done(name) else ""))
+    if spec.get("early_terminate"):
+        stopped = sum(1 for n, _ in existing.jobs.values()
+                      if (queue.read_record(n).reason or "").startswith("stopped early"))
+        line += f"; {stopped} stopped early by hyperband"
+    print(printable(line))
     return 0
 
 
@@ -763,6 +774,8 @@ def cmd_sweep(args) -> int:
         except CliError:  # not a queue yet: made when queueing (and refused then)
             queue = None
     existing = existing_jobs(queue, sweep.name)
+    if sweep.method == "bayes":
+        return _sweep_bayes(args, sweep, queue, existing, settings)
     jobs, seed = sweep.jobs, sweep.seed
     if existing.jobs:  # queued again: only its runs not there yet (as --resume)
         try:
@@ -812,8 +825,70 @@ def cmd_sweep(args) -> int:
                                  transform)
     except SweepError as exc:
         raise CliError(str(exc)) from None
+    if "early_terminate" in sweep.spec:  # the dispatcher stops runs early: it reads this
+        queue.write_sweep(sweep.name, {"spec": sweep.spec, "prefix": sweep.name})
     _notes(sweep.notes)
     lines = summary_lines(sweep, names, seed, len(existing.jobs))
+    print("\n".join(printable(line) for line in lines))
+    return 0
+
+
+def _sweep_bayes(args, sweep, queue, existing, settings) -> int:
+    """``gpudispatch sweep`` for method bayes: the sweep's definition and study under ROOT,
+    its first trials queued; the dispatcher asks the rest as results come in."""
+    from gpudispatch import adaptive
+    from gpudispatch.sweep import SweepError, bayes_width, build_sweep, run_cap
+
+    if args.resume or args.extend is not None:
+        raise CliError(f"sweep {sweep.name} is bayes: the dispatcher asks its runs one by "
+                       "one until run_cap; --resume and --extend do not apply")
+    try:
+        adaptive.check_bayes(sweep.spec)
+    except (SweepError, adaptive.DrivenSweepError) as exc:
+        raise CliError(str(exc)) from None
+    except ImportError:
+        raise CliError("method bayes needs Optuna: pip install 'gpudispatch[bayes]'; "
+                       "nothing was queued") from None
+    cap = run_cap(sweep.spec)
+    if args.dry_run:
+        _notes(sweep.notes)
+        print(f"# sweep {sweep.name} (bayes, seed {sweep.seed}): up to {cap} runs, each "
+              "asked of Optuna's TPE when a slot is free, from the results before it; "
+              "dry run, nothing queued")
+        return 0
+    if queue is not None and (existing.jobs or sweep.name in queue.sweep_names()):
+        what = existing.describe() if existing.jobs else "its study"
+        raise CliError(f"sweep {sweep.name} is already in {_root(args)}: {what}; nothing was "
+                       "queued (--prefix NAME starts a new sweep)")
+    if queue is None:
+        queue = _queue(args, create=True)
+    extra, snap = _reproducible(queue, args)
+    spec = sweep.spec
+    if snap is not None:
+        try:
+            spec = build_sweep(args.spec, settings=settings, settings_file=args.settings,
+                               ignore_unsupported=args.ignore_unsupported,
+                               relocate=snap.relocate).spec
+        except SweepError as exc:
+            raise CliError(str(exc)) from None
+    extra.update({"sweep": sweep.name, "sweep_seed": sweep.seed,
+                  "sweep_metric": {"name": sweep.metric["name"],
+                                   "goal": sweep.metric.get("goal", "minimize")}})
+    definition = {"spec": {**spec, "prefix": sweep.name}, "prefix": sweep.name,
+                  "seed": sweep.seed, "width": bayes_width(spec), "extra": extra,
+                  "workdir": snap.workdir if snap is not None else None}
+    try:
+        names = adaptive.start_bayes(queue, sweep.name, definition)
+    except (SweepError, adaptive.DrivenSweepError) as exc:
+        raise CliError(str(exc)) from None
+    _notes(sweep.notes)
+    lines = [f"queued {len(names)} jobs for sweep {sweep.name} (bayes, seed {sweep.seed}); "
+             f"`gpudispatch run` asks the rest, up to {cap}, as results come in"]
+    if names:
+        lines.append(f"  {names[0]} .. {names[-1]}")
+    desc = " --desc" if sweep.metric.get("goal") == "maximize" else ""
+    lines.append(f"  results: gpudispatch results --sweep {sweep.name} "
+                 f"--sort {sweep.metric['name']}{desc}")
     print("\n".join(printable(line) for line in lines))
     return 0
 

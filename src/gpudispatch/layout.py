@@ -139,6 +139,9 @@ _PLACES = {
     "snapshots": "snapshots",
     "capsules": "capsules",
     "capsule_cache": ".gpudispatch/capsule-cache",  # what is costly to learn again
+    # Sweeps the dispatcher drives (method bayes, early_terminate): one folder each, made
+    # by `gpudispatch sweep` (its definition, Optuna's study journal, a lock).
+    "sweeps": ".gpudispatch/sweeps",
 }
 _FOLDERS = ("queue", "running", "completed", "failed", "logs", "exits", "cancels",
             "dispatchers", "tmp", "envs")
@@ -172,6 +175,7 @@ class Layout:
     snapshots: Path
     capsules: Path
     capsule_cache: Path
+    sweeps: Path
 
     def __init__(self, root: Path | str) -> None:
         # Resolved: the same queue reached through a symlink must compare equal, or a
@@ -285,6 +289,10 @@ class Layout:
 
     def cancel_request(self, name: str) -> str:
         return f"{self._places['cancels']}/{name}"
+
+    def sweep_dir(self, name: str) -> str:
+        """A driven sweep's folder: ``sweep.json``, ``study.journal``, ``lock``, ``done``."""
+        return f"{self._places['sweeps']}/{name}"
 
     def dispatcher_file(self, owner: str) -> str:
         return f"{self._places['dispatchers']}/{owner}"

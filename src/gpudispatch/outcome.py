@@ -85,6 +85,8 @@ class Ending:
     oom: bool = False  # its log ends with a CUDA out-of-memory error
     error_line: str | None = None  # the last line of its log that says why it failed
     interrupted_by: str = "its monitor ended without an exit status"
+    # The reason of an early stop (hyperband) asked for it: not a failure, completed.
+    stopped_early: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ def decide(ending: Ending, directives: Directives, attempts: int, interruptions:
            oom_retries_used: int, timeout: float | None = None) -> Verdict:
     """The verdict on one run. ``attempts`` counts this run; ``interruptions`` the earlier
     runs that were interrupted (they are not failures of the job)."""
+    if ending.stopped_early and (ending.cancelled or ending.kill_reason == "cancelled"):
+        return Verdict(ending.stopped_early, JobState.COMPLETED)
     if ending.cancelled or ending.kill_reason == "cancelled":
         return Verdict("cancelled", JobState.FAILED)
     if ending.kill_reason == "cold stop":

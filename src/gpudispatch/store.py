@@ -17,6 +17,8 @@ from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
 from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
 from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
+EARLY_STOP = "stopped early"  # how an early stop's cancel request (and reason) begins
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (CLI start)
 if TYPE_CHECKING:
     from pathlib import Path
@@ -357,11 +359,61 @@ class FolderQueue:
     def cancel_requested(self, name: str) -> bool:
         return os.path.lexists(self.layout.cancel_request(name))
 
+    def request_early_stop(self, name: str, reason: str) -> None:
+        """A cancel request that says the job was stopped early (hyperband): the
+        dispatcher stops it as a cancel, and it ends in ``completed/`` with ``reason``."""
+        if not reason.startswith(EARLY_STOP):
+            raise ValueError(f"an early stop's reason starts with {EARLY_STOP!r}")
+        write_atomic(self.layout.cancel_request(name), reason.encode(), self.layout.tmp)
+
+    def early_stop_reason(self, name: str) -> str | None:
+        """The reason of an early stop requested for ``name``; None for none (or for a
+        plain cancel, whose request holds its time)."""
+        try:
+            text = safeio.read_regular(self.layout.cancel_request(name), 4096).decode(
+                errors="replace")
+        except OSError:
+            return None
+        return text if text.startswith(EARLY_STOP) else None
+
     def drop_cancel_request(self, name: str) -> None:
         try:
             os.unlink(self.layout.cancel_request(name))
         except FileNotFoundError:
             pass
+
+    # --- sweeps the dispatcher drives (bayes, hyperband) -----------------------------------
+    def sweep_names(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.layout.where("sweeps")))
+        except FileNotFoundError:
+            return []
+
+    def write_sweep(self, name: str, definition: dict) -> None:
+        """A driven sweep's definition, once (``gpudispatch sweep``); its folder is made."""
+        import json
+
+        folder = self.layout.sweep_dir(name)
+        os.makedirs(self.layout.where("sweeps"), 0o700, exist_ok=True)
+        os.makedirs(folder, 0o700, exist_ok=True)
+        write_atomic(f"{folder}/sweep.json", json.dumps(definition, indent=1, default=str).encode(),
+                     self.layout.tmp)
+
+    def read_sweep(self, name: str) -> dict | None:
+        import json
+
+        try:
+            data = safeio.read_regular(f"{self.layout.sweep_dir(name)}/sweep.json", 16 << 20)
+            definition = json.loads(data)
+        except (OSError, ValueError):
+            return None
+        return definition if isinstance(definition, dict) else None
+
+    def mark_sweep_done(self, name: str) -> None:
+        write_atomic(f"{self.layout.sweep_dir(name)}/done", now_iso().encode(), self.layout.tmp)
+
+    def sweep_done(self, name: str) -> bool:
+        return os.path.exists(f"{self.layout.sweep_dir(name)}/done")
 
     # --- flags -------------------------------------------------------------------------
     def is_paused(self) -> bool:

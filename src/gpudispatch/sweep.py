@@ -1,8 +1,10 @@
 """A sweep file (W&B's sweep configuration format) -> one script per run, in a queue.
 
 A sweep file is a W&B sweep file: W&B's validator accepts ours, and every file it accepts
-is read whole. W&B keys: ``program``, ``method`` (``grid`` or ``random``; default
-``grid``), ``parameters`` (every W&B distribution, sampled as W&B's ``sweeps`` package
+is read whole. W&B keys: ``program``, ``method`` (``grid``, ``random`` or ``bayes``;
+default ``grid``; a bayes sweep's runs are asked one by one by the dispatcher, see
+:mod:`gpudispatch.adaptive`), ``early_terminate`` (hyperband, any method; the dispatcher
+stops runs early), ``parameters`` (every W&B distribution, sampled as W&B's ``sweeps`` package
 samples it, ``probabilities``, nested ``parameters``), ``run_cap``, ``name`` (the default
 job-name prefix), ``description``, ``metric`` (kept on the :class:`Sweep` and in each
 record, so ``results`` ranks the runs) and ``command`` (W&B's agent's macros: ``${env}``,
@@ -11,9 +13,9 @@ default is W&B's ``${env} ${interpreter} ${program} ${args}``). Each run's argum
 the words ``wandb agent`` would pass (``--lr=0.001 --use_bn=False --layers=[64, 32]``).
 
 Keys accepted and not acted on are reported in :attr:`Sweep.notes` (``project``,
-``entity``, ``controller``, ``job``...); ``early_terminate`` and ``metric.target`` are
-refused (not supported yet) unless ``ignore_unsupported``; ``bayes``, ``custom``,
-``scheduler`` and ``metrics`` are refused.
+``entity``, ``controller``, ``job``...); ``metric.target`` is refused (not supported
+yet) unless ``ignore_unsupported``; ``custom``, ``scheduler`` and ``metrics`` are
+refused.
 
 gpudispatch's own settings (``interpreter`` (default ``python``), ``interpreter_options``
 (default ``-u``), ``headers``, ``footers``, ``directives`` (``#GPUDISPATCH`` lines, a
@@ -85,7 +87,7 @@ WANDB_KEYS = frozenset(
 )
 WANDB_NOTED = ("project", "entity", "controller", "job", "image_uri", "apiVersion", "kind")
 # Accepted and not acted on only with --ignore-unsupported (else refused, one line).
-UNSUPPORTED = ("early_terminate", "metric.target")
+UNSUPPORTED = ("metric.target",)
 METRIC_NOTED = ("impute", "impute_while_running")  # bayes-only: noted, ignored
 # gpudispatch's own settings: in a settings file next to the sweep file
 # (``NAME.gpudispatch.yaml``), ``--settings FILE``, or flags; still read at the top
@@ -95,7 +97,9 @@ OUR_KEYS = frozenset(
      "arg_style"}
 )
 SPEC_KEYS = WANDB_KEYS | OUR_KEYS
-METHODS = ("grid", "random")
+METHODS = ("grid", "random", "bayes")
+DRIVEN_METHODS = ("bayes",)  # asked run by run by the dispatcher (gpudispatch.adaptive)
+HYPERBAND_KEYS = frozenset({"type", "min_iter", "max_iter", "s", "eta", "strict"})
 ARG_STYLES = ("wandb", "classic")
 SETTINGS_SUFFIX = ".gpudispatch.yaml"
 
@@ -484,7 +488,7 @@ def check_spec(spec: Mapping[str, Any], ignore_unsupported: bool = False) -> lis
             )
     method = spec.get("method", "grid")
     if method not in METHODS:
-        raise SweepError(f"'method': {method!r} is not supported (use grid or random)")
+        raise SweepError(f"'method': {method!r} is not supported (use grid, random or bayes)")
     for key in ("scheduler", "metrics"):
         if key in spec:
             raise SweepError(f"{key!r} (W&B's custom optimizers) is not supported; "
@@ -492,8 +496,8 @@ def check_spec(spec: Mapping[str, Any], ignore_unsupported: bool = False) -> lis
     cap = run_cap(spec)
     if cap is not None and (not _is_int(cap) or cap < 1):
         raise SweepError(f"'run_cap' must be a positive integer, not {spec['run_cap']!r}")
-    if method == "random" and cap is None:
-        raise SweepError("'run_cap' is required with method 'random' (it would never end)")
+    if method in ("random", "bayes") and cap is None:
+        raise SweepError(f"'run_cap' is required with method {method!r} (it would never end)")
     seed = spec.get("seed")
     if seed is not None and not _is_int(seed):
         raise SweepError(f"'seed' must be an integer, not {seed!r}")
@@ -513,6 +517,10 @@ def check_spec(spec: Mapping[str, Any], ignore_unsupported: bool = False) -> lis
         raise SweepError("'metric' must be a mapping with a 'name'")
     if metric is not None and metric.get("goal", "minimize") not in ("minimize", "maximize"):
         raise SweepError(f"'metric.goal' must be minimize or maximize, not {metric['goal']!r}")
+    if method == "bayes" and metric is None:
+        raise SweepError("'metric' is required with method 'bayes' (what it learns from)")
+    if "early_terminate" in spec:
+        check_early_terminate(spec["early_terminate"], metric)
     notes = []
     noted = [k for k in WANDB_NOTED if k in spec]
     noted += [f"metric.{k}" for k in METRIC_NOTED if metric and k in metric]
@@ -521,8 +529,7 @@ def check_spec(spec: Mapping[str, Any], ignore_unsupported: bool = False) -> lis
     unsupported = [k for k in UNSUPPORTED if k in spec
                    or (k == "metric.target" and metric and "target" in metric)]
     if unsupported and not ignore_unsupported:
-        what = {"early_terminate": "'early_terminate' (no run is stopped early)",
-                "metric.target": "'metric.target' (the sweep does not stop at a target)"}
+        what = {"metric.target": "'metric.target' (the sweep does not stop at a target)"}
         raise SweepError(f"{' and '.join(what[k] for k in unsupported)}: not supported yet; "
                          "nothing was queued (remove it, or pass --ignore-unsupported to "
                          "run every run to the end)")
@@ -530,6 +537,38 @@ def check_spec(spec: Mapping[str, Any], ignore_unsupported: bool = False) -> lis
         notes.append(f"ignored (--ignore-unsupported): {', '.join(unsupported)}: every run "
                      "runs to the end")
     return notes
+
+
+def check_early_terminate(value: Any, metric: Any) -> None:
+    """``early_terminate`` as W&B's schema has it: ``type: hyperband`` with ``min_iter``,
+    or ``max_iter`` and ``s``; ``eta`` (above 1, default 3), ``strict`` (default true)."""
+    if not isinstance(value, Mapping) or value.get("type") != "hyperband":
+        raise SweepError("'early_terminate' must be a mapping with 'type: hyperband' "
+                         "(the only early stopping W&B has)")
+    unknown = sorted(str(k) for k in value if k not in HYPERBAND_KEYS)
+    if unknown:
+        raise SweepError(f"'early_terminate': unknown keys {unknown} "
+                         f"(known: {', '.join(sorted(HYPERBAND_KEYS))})")
+    if metric is None:
+        raise SweepError("'early_terminate' needs 'metric' (the value runs are compared by)")
+    if "min_iter" not in value and not ("max_iter" in value and "s" in value):
+        raise SweepError("'early_terminate': give 'min_iter', or 'max_iter' and 's'")
+    for key in ("min_iter", "max_iter"):
+        if key in value and (not _is_int(value[key]) or value[key] < 1):
+            raise SweepError(f"'early_terminate.{key}' must be an integer of 1 or more, "
+                             f"not {value[key]!r}")
+    if "s" in value and (not _is_number(value["s"]) or value["s"] < 1):
+        raise SweepError(f"'early_terminate.s' must be a number of 1 or more, not {value['s']!r}")
+    eta = value.get("eta", 3)
+    if not _is_number(eta) or eta <= 1:
+        raise SweepError(f"'early_terminate.eta' must be a number above 1, not {eta!r}")
+    if not isinstance(value.get("strict", True), bool):
+        raise SweepError("'early_terminate.strict' must be true or false")
+    from gpudispatch.adaptive import hyperband_bands
+
+    if not hyperband_bands(value):
+        raise SweepError("'early_terminate': no band of 1 step or more (raise max_iter or "
+                         "lower eta or s)")
 
 
 def text_lines(key: str, value: Any) -> list[str]:
@@ -798,11 +837,17 @@ def build_sweep(
         program = relocate(program)
     command = parse_command(spec, program)
     prefix = sweep_prefix(spec, spec_file)
+    if program:  # as the dispatcher reads it back (a driven sweep's definition)
+        spec["program"] = program
     method = spec.get("method", "grid")
     seed = None
-    if method == "random":
+    if method in ("random", "bayes"):
         seed = spec["seed"] if spec.get("seed") is not None else derived_seed(spec, prefix)
-    runs = sweep_params(spec, seed)
+    if method == "bayes":  # asked one by one (gpudispatch.adaptive): none made here
+        parse_parameters(spec.get("parameters"))
+        runs: Sequence[dict[str, Any]] = LazySequence(run_cap(spec) or 0, lambda: iter(()))
+    else:
+        runs = sweep_params(spec, seed)
     if not len(runs):
         raise SweepError("the sweep has no runs (is a 'values' list empty?)")
     # Once for the whole sweep: a passwd lookup per script was half the cost of making it.
@@ -821,6 +866,11 @@ def build_sweep(
                  spec.get("metric"), spec.get("description"), spec, seed, seed_given,
                  tuple(notes), more_runs, job,
                  grid_size(spec) if method == "grid" else None)
+
+
+def bayes_width(spec: Mapping[str, Any]) -> int:
+    """The digits of a bayes sweep's job numbers (as :func:`job_names` for its run_cap)."""
+    return max(4, len(str(run_cap(spec) or 0)))
 
 
 # --- queueing ----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from gpudispatch.backends.sbatch import (
     COMMENT_PREFIX,
@@ -76,6 +77,7 @@ log = logging.getLogger("gpudispatch.slurm")
 
 # Looking for a job whose sbatch may have happened: any field may hold '|' here.
 LOOKUP_FORMAT = "%i\x1f%T\x1f%V\x1f%j\x1f%k"
+SWEEP_AHEAD = 2  # a driven sweep's jobs pending in Slurm before it asks the next run
 COMMAND_TIMEOUT = 60.0  # squeue gives up on a dead controller after ~18 s, sbatch ~9 s
 
 # --- running Slurm commands -------------------------------------------------------------
@@ -155,6 +157,7 @@ class SlurmBackend:
     _sacct: list[str] | None = field(default=None, init=False)
     _config_read: bool = field(default=False, init=False)
     failures: int = field(default=0, init=False)
+    _sweeps: Any = field(default=None, init=False)  # adaptive.SweepDriver, made on first tick
 
     @property
     def layout(self) -> Layout:
@@ -170,6 +173,7 @@ class SlurmBackend:
         now = time.monotonic() if now is None else now
         if not self._reconciled:
             self.reconcile()
+        self._advance_sweeps(now)
         self._take_cancel_requests()
         if not self.queue.is_paused():
             self.submit_queued()
@@ -177,8 +181,24 @@ class SlurmBackend:
             self._last_poll = now
             self.poll()
 
+    def _advance_sweeps(self, now: float) -> None:
+        """Driven sweeps (bayes, hyperband; ``gpudispatch.adaptive``): the controller
+        lives here. Slurm has no free slots to count: at most SWEEP_AHEAD jobs wait in
+        Slurm (pending) before a sweep asks its next run."""
+        if self._sweeps is None:
+            from gpudispatch.adaptive import SweepDriver
+
+            self._sweeps = SweepDriver(self.queue, self.logger)
+        pending = sum(t.state == "PENDING" for t in self._tracked.values())
+        self._sweeps.advance(now, max(0, SWEEP_AHEAD - pending), len(self._tracked),
+                             lambda: [n for n, t in self._tracked.items()
+                                      if t.state == "RUNNING"])
+
     def idle(self) -> bool:
-        """Nothing queued (or paused) and nothing in Slurm's hands: ``--drain`` may stop."""
+        """Nothing queued (or paused) and nothing in Slurm's hands: ``--drain`` may stop
+        (nor a bayes sweep with runs still to ask or tell)."""
+        if self._sweeps is not None and self._sweeps.pending:
+            return False
         queued = not self.queue.is_paused() and self.queue.names(JobState.QUEUED)
         return not queued and not self.queue.names(JobState.RUNNING)
 
@@ -632,6 +652,12 @@ class SlurmBackend:
         record.extra.pop("slurm_reason", None)  # a pending reason, stale once it ended
         if status.exit_code is not None:
             record.extra["slurm_exit"] = f"{status.exit_code}:{status.signal or 0}"
+        early = record.extra.get("early_stop")
+        if early and (status.state == "CANCELLED" or result.state is JobState.COMPLETED):
+            record.reason = early  # stopped early (hyperband): not a failure
+            self.logger.info("%s %s (Slurm job %s)", name, early, tracked.job_id)
+            self._conclude(name, record, JobState.COMPLETED)
+            return
         if result.state is JobState.COMPLETED:
             self.logger.info("%s returned 0 (Slurm job %s)", name, tracked.job_id)
             self._conclude(name, record, JobState.COMPLETED)
@@ -682,6 +708,9 @@ class SlurmBackend:
                              "outcome stands", name, ended)
             return False
         record.extra["cancel_requested"] = True
+        early = self.queue.early_stop_reason(name)  # hyperband's: the request is gone soon
+        if early:
+            record.extra["early_stop"] = early
         self.queue.write_record(record)
         if record.backend_id:
             res = self._run(["scancel", record.backend_id])

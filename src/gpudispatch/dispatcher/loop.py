@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gpudispatch import cgroups, peers, procs, safeio
+from gpudispatch.adaptive import SweepDriver
 from gpudispatch.dispatcher.bookkeeping import (
     Settled,
     Settlement,
@@ -179,6 +180,7 @@ class Dispatcher:
         "heartbeat",  # say we live; settle what dead dispatchers left
         "recheck_unsure",  # orphans whose owner could not be told a moment ago
         "read_gpus",
+        "advance_sweeps",  # bayes: tell ended trials, queue the next; hyperband: stop early
         "discover",
         "schedule",
         "settle",  # hand ended jobs to the writer, after the next ones started
@@ -232,6 +234,7 @@ class Dispatcher:
         self._idle_logged = False
         self._paused: bool | None = None  # read once a tick (see paused)
         self.watcher: FolderWatcher | None = None
+        self.sweeps = SweepDriver(queue, self.log)
         self._steps = [getattr(self, "_" + step) for step in self.STEPS]
 
     # ------------------------------------------------------------------ one step
@@ -267,7 +270,8 @@ class Dispatcher:
             if self._unsure_waited(time.monotonic()):
                 return False
             paused = self.paused
-            return not self.running and (paused or (not self.intake.pending
+            return not self.running and (paused or (not self.sweeps.pending
+                                                    and not self.intake.pending
                                                     and not self.intake.waiting
                                                     and not self.intake.backlog))
         return False
@@ -470,6 +474,17 @@ class Dispatcher:
             self._withdraw_handovers(before=min(self.intake.pending[n].sort_key for n in added))
             shown = added if len(added) <= 20 else [*added[:20], f"... {len(added) - 20} more"]
             self.log.info("%d new jobs added to queue %s", len(added), shown)
+
+    def _advance_sweeps(self, now: float) -> None:
+        if self.stopping:
+            return
+        queued = self.sweeps.advance(
+            now, max(0, len(self.slots) - len(self.running)), len(self.running),
+            lambda: [n for n, j in self.running.items()
+                     if j.phase is Phase.RUNNING and not j.kill_reason])
+        self.intake.events.update(queued)
+        if self.sweeps.stops:  # stopped early: a cancel request each, acted on now
+            self._next_cancel_check = 0.0
 
     def _schedule(self, now: float) -> None:
         if self.stopping or not self.intake.pending or self.paused:
@@ -748,8 +763,10 @@ class Dispatcher:
         record.exit_code = code
         extra = record.extra
         tail = safeio.read_tail(record.log, OOM_TAIL_BYTES) if code else b""
+        cancelled = self.queue.cancel_requested(job.name)
         verdict = decide(
-            Ending(code, job.kill_reason, self.queue.cancel_requested(job.name),
+            Ending(code, job.kill_reason, cancelled,
+                   stopped_early=self.queue.early_stop_reason(job.name) if cancelled else None,
                    oom=oom_in_tail(tail), interrupted_by=interrupted_by,
                    error_line=last_error_line(
                        tail, str(self.layout.script(JobState.RUNNING, job.name)))),
@@ -1035,6 +1052,8 @@ class Dispatcher:
             wake_at.append(now)  # more files to read, between the other steps
         if self.disk.trouble:
             wake_at.append(self.disk.next_probe)
+        if self.sweeps.pending or (self.running and self.sweeps.sweeps):
+            wake_at.append(self.sweeps.next_due)
         if self.leftovers.next_due is not None and (self.running or self.leftovers.busy):
             wake_at.append(self.leftovers.next_due)
         if self.intake.pending and self.paused:
