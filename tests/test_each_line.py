@@ -1,5 +1,5 @@
 """``submit --each-line FILE``: one job per line, run in line order by a real dispatcher,
-each line a command as ``submit -- sh -c LINE`` takes it; bad input is one clear line."""
+each line a command as ``sh -c LINE`` takes it; bad input is one clear line."""
 
 from __future__ import annotations
 
@@ -80,16 +80,22 @@ def test_each_line_takes_the_directives_and_later_batches_run_after(root, launch
     assert read_lines(runs) == ["a", "b", "c"]
 
 
-def test_each_line_script_is_what_submit_dash_dash_makes(root, tmp_path) -> None:
-    line = "python train.py --lr 1e-3 'a b' \"$HOME\""
+def test_each_line_script_holds_the_line_as_typed_after_the_directives(root, tmp_path):
+    """The line is the script's own command (no ``exec sh -c``: one process fewer per
+    job), after the directives, the kept environment and the ``cd`` ``submit --`` makes."""
+    line = "python train.py --lr 1e-3 'a b' \"$HOME\" | tee out.txt"
     ours = submit_lines(root, line + "\n", "--gpus", "1", cwd=tmp_path)
     theirs = cli("submit", "--dir", str(root), "--gpus", "1", "--name", "ref.sh", "--",
                  "sh", "-c", line, cwd=tmp_path, check=True)
     assert ours.returncode == 0, ours.stderr
     (name,) = ours.stdout.split()
     assert name.endswith("-1-python.sh")
-    made = (root / "queue" / name).read_text()
-    assert made == (root / "queue" / theirs.stdout.strip()).read_text()
+    made = (root / "queue" / name).read_text().splitlines()
+    reference = (root / "queue" / theirs.stdout.strip()).read_text().splitlines()
+    assert made[-1] == line  # as typed
+    # the same directives, environment and folder as the command submit -- makes
+    assert [m for m in made if not m.startswith("#") or m.startswith("#GPUDISPATCH")][:-1] \
+        == [r for r in reference if not r.startswith("#") or r.startswith("#GPUDISPATCH")][:-1]
 
 
 @pytest.mark.parametrize("data, flags, fragment", [

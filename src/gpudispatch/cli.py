@@ -469,7 +469,7 @@ def read_command_lines(source: str) -> list[str]:
 
 
 def _submit_each_line(args, options: list[str]) -> int:
-    """One job per line, as ``submit -- sh -c LINE`` would make it, queued in line order.
+    """One job per line, each line run as ``sh -c LINE`` would, queued in line order.
 
     The names are printed once every line is queued (a reader that goes away early must
     not stop the queueing); when a line cannot be queued, those before it are printed
@@ -492,8 +492,8 @@ def _submit_each_line(args, options: list[str]) -> int:
     queued: list[str] = []
     try:
         for name, line in zip(control.each_line_names(lines), lines, strict=True):
-            text = control.with_directives(
-                control.command_script(["sh", "-c", line], cwd, env_file), options)
+            text = control.with_directives(control.line_script(line, cwd, env_file),
+                                           options)
             queued.append(queue.enqueue_text(_check_name(name), text, rename=True,
                                              params=line_params(line), extra=extra))
     except (QueueError, OSError) as exc:
@@ -1156,7 +1156,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="pick a free name when the name is taken (NAME-2.sh, ...)")
         p.add_argument("--each-line", metavar="FILE",
                        help="one job per non-blank line of FILE (- for standard input), each "
-                       "line a shell command as `submit -- sh -c LINE` takes it; they run in "
+                       "line a shell command as `sh -c LINE` takes it; they run in "
                        "line order")
         p.add_argument("--no-env", action="store_true",
                        help="with -- or --each-line: run with the dispatcher's environment, "

@@ -80,6 +80,19 @@ def env_text(environ: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def line_script(line: str, cwd: str | None = None, env_file: str | None = None) -> str:
+    """A script that runs one shell command line as ``sh -c LINE`` would (pipes,
+    redirections and ``&&`` included), in the job's own shell: one ``exec`` fewer per
+    job than ``submit -- sh -c LINE``, which a queue of trivial commands feels."""
+    lines = ["#!/bin/sh", "# submitted with: gpudispatch submit --each-line"]
+    if env_file:
+        lines.append(f". {shlex.quote(env_file)} || exit 1")
+    if cwd:
+        lines.append(f"cd {shlex.quote(cwd)} || exit 1")
+    lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def command_name(argv: Sequence[str]) -> str:
     """A file name for a wrapped command: its program's name, made safe."""
     stem = os.path.basename(argv[0]) if argv else "command"
