@@ -20,7 +20,6 @@ Nothing here fails a submit for want of git, NVML or ``nvidia-smi``.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -169,8 +168,20 @@ def environment_prefix() -> str:
     return os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX") or sys.prefix
 
 
+def _matching(folder: str, prefix: str, suffix: str) -> list[str]:
+    """Names in ``folder`` that start and end so (``glob`` costs every submit its import
+    and a pattern's compile, for one listing)."""
+    try:
+        return sorted(n for n in os.listdir(folder) if n.startswith(prefix)
+                      and n.endswith(suffix))
+    except OSError:
+        return []
+
+
 def _package_dirs(prefix: str) -> list[str]:
-    found = glob.glob(os.path.join(glob.escape(prefix), "lib", "python*", "site-packages"))
+    lib = os.path.join(prefix, "lib")
+    found = [os.path.join(lib, n, "site-packages") for n in _matching(lib, "python", "")
+             if os.path.isdir(os.path.join(lib, n, "site-packages"))]
     conda = os.path.join(prefix, "conda-meta")
     return sorted(found) + ([conda] if os.path.isdir(conda) else [])
 
@@ -210,8 +221,8 @@ def _python_version(prefix: str) -> str | None:
     match = re.search(r"^version(?:_info)?\s*=\s*(\S+)", cfg, re.M)
     if match:
         return match.group(1)
-    found = glob.glob(os.path.join(glob.escape(prefix), "conda-meta", "python-3*.json"))
-    return found[0].rsplit("/", 1)[1].split("-")[1] if found else None
+    found = _matching(os.path.join(prefix, "conda-meta"), "python-3", ".json")
+    return found[0].split("-")[1] if found else None
 
 
 def python_part(layout: Layout) -> dict:

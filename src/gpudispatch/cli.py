@@ -17,6 +17,11 @@ from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe
 from gpudispatch.layout import ROOT_ENV, default_root_str, name_problem, printable
 from gpudispatch.store import FolderQueue, JobView, QueueError
 
+# argparse passes each of its messages through gettext, and gettext looks for a catalogue
+# of them in a dozen places per message, every start (5 ms of a one-job submit). Python
+# ships none for argparse: its messages are English, as ours are.
+argparse._ = str  # type: ignore[attr-defined]
+
 EXIT_USAGE = 2
 MAX_SLOTS = 4096  # CPU-only slots; more is a typo, and each one is a list entry
 
