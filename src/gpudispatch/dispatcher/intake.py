@@ -106,7 +106,7 @@ class Intake:
         return sorted(added), rejected
 
     def _scan(self) -> list[str]:
-        names = self.queue.names(JobState.QUEUED)
+        names = self.queue.names(JobState.QUEUED, ordered=False)  # discover sorts what is new
         present = set(names)
         self._blocked &= present
         gone = [name for name in self.pending if name not in present]
