@@ -167,3 +167,9 @@ def test_cli_report_and_lazy_imports(queue, tmp_path):
                           str(queue.layout.root), "--port", "70000"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--port" in bad.stderr
+    nowhere = subprocess.run([sys.executable, "-m", "gpudispatch", "report", "--dir",
+                              str(queue.layout.root), "-o", str(tmp_path / "no" / "r.html")],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert nowhere.returncode == 2 and "Traceback" not in nowhere.stderr
+    assert nowhere.stderr == (f"gpudispatch report: cannot write {tmp_path / 'no' / 'r.html'}"
+                              ": No such file or directory\n")

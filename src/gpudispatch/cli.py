@@ -1030,7 +1030,11 @@ def cmd_report(args) -> int:
 
     queue = _queue(args)
     started = time.monotonic()
-    size = write_report(queue, args.output)
+    try:
+        size = write_report(queue, args.output)
+    except OSError as exc:  # a folder that is not there, a full disk, no permission
+        raise CliError(f"cannot write {printable(args.output)}: "
+                       f"{exc.strerror or exc}") from None
     if args.output != "-":
         print(f"{printable(args.output)}: {size:,} bytes, "
               f"{time.monotonic() - started:.2f} s; open it in a browser")
