@@ -92,3 +92,21 @@ def test_status_draws_the_gpu_table_from_a_fresh_report(tmp_path, monkeypatch) -
     assert "0 Fake A100" in flat and "1.0 GiB / 80.0 GiB" in flat and "7%" in flat
     assert "a.sh (1.0 GiB)" in flat and "bob pid 42 [red]py 512.0 MiB" in flat
     assert "busy: held by bob" in flat and "queued 0 running 0" in flat
+
+
+def test_a_kept_column_is_cut_only_when_nothing_else_can_be() -> None:
+    table = Table()
+    table.add_column("name", keep=True)
+    for header in ("state", "started", "reason"):
+        table.add_column(header)
+    table.add_row("experiment-0001.sh", "completed", "11-29 04:50:22", "exit code 1: " + "x" * 40)
+    lines = table.render(60).splitlines()
+    assert max(len(line) for line in lines) <= 60
+    assert any("experiment-0001.sh" in line for line in lines)  # whole, on one line
+    unkept = Table()
+    for header in ("name", "state", "started", "reason"):
+        unkept.add_column(header)
+    unkept.add_row("experiment-0001.sh", "completed", "11-29 04:50:22", "x" * 53)
+    assert not any("experiment-0001.sh" in line for line in unkept.render(60).splitlines())
+    tiny = table.render(20).splitlines()  # no room at all: the kept column is cut too
+    assert max(len(line) for line in tiny) <= 20

@@ -283,7 +283,8 @@ def status_table(queue: FolderQueue, views: list[JobView], counts: dict[JobState
         caption.append(("  PAUSED", "bold yellow"))
     caption.append((_containment(views), ""))
     table = Table(title=title or _plain(queue.layout.where("root")), caption=caption)
-    for column in ("name", "state", "gpus", "attempts", "exit", "started", "time", "reason"):
+    table.add_column("name", keep=True)  # whole, on one line, where the width allows
+    for column in ("state", "gpus", "attempts", "exit", "started", "time", "reason"):
         table.add_column(column)
     for view in views:
         rec = view.record

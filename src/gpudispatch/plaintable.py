@@ -96,21 +96,29 @@ class Table:
         self.title = title
         self.caption = caption or []
         self.columns: list[str] = []
+        self.kept: list[bool] = []  # columns cut only when no other one can be
         self.rows: list[list[Segment]] = []
 
-    def add_column(self, header: str) -> None:
+    def add_column(self, header: str, keep: bool = False) -> None:
+        """``keep``: a column whose cells are cut (folded) last, such as a job's name."""
         self.columns.append(header)
+        self.kept.append(keep)
 
     def add_row(self, *cells: str | Segment) -> None:
         self.rows.append([c if isinstance(c, tuple) else (c, "") for c in cells])
 
     def _widths(self, width: int) -> list[int]:
         """Column widths: each its widest cell; while the table is too wide, the widest
-        column is cut first, down to its header's width, then below it if need be."""
+        column is cut first, down to its header's width, then below it if need be; a
+        kept column only once no other can be cut."""
         widths = [max([text_width(h)] + [text_width(r[i][0]) for r in self.rows])
                   for i, h in enumerate(self.columns)]
         room = width - 3 * len(widths) - 1
-        for floors in ([min(text_width(h), 12) for h in self.columns], [1] * len(widths)):
+        headers = [min(text_width(h), 12) for h in self.columns]
+        for floors in ([w if keep else h for w, h, keep in zip(widths, headers, self.kept,
+                                                                 strict=True)],
+                       [w if keep else 1 for w, keep in zip(widths, self.kept, strict=True)],
+                       [1] * len(widths)):
             while sum(widths) > room:
                 cuttable = [i for i, w in enumerate(widths) if w > floors[i]]
                 if not cuttable:
