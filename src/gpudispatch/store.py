@@ -86,12 +86,12 @@ class FolderQueue:
         return self.read_record_bytes(name)[0]
 
     def read_record_bytes(self, name: str) -> tuple[JobRecord, bytes | None]:
-        """The record of ``name``, and the file's bytes when the record is exactly what
-        they say (else None: no file, or one set aside), for callers that pass records on
-        as JSON without encoding them again.
+        """The record of ``name`` (:meth:`read_record`), and the file's bytes when the
+        record is exactly what they say, for callers that pass records on as JSON without
+        encoding them again (None: no file, one set aside, one naming another job).
 
-        The record of ``name``; a fresh one when there is none, it cannot be read, or it
-        is not a record. Never raises for what is in the file.
+        The record is a fresh one when there is none, it cannot be read, or it is not a
+        record. Never raises for what is in the file.
 
         ``logs/`` is writable by people and their scripts: the record is opened without
         following a symlink or blocking on a FIFO, must be a regular file of at most
