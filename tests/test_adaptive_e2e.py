@@ -9,11 +9,11 @@ import re
 import warnings
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from conftest import STATES, cli, names_in, record, wait_until
 
-optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.slow
 
 # Reports the 2-D quadratic of its --x and --y (awk: no interpreter to start per run).
@@ -23,16 +23,20 @@ sleep "${PAUSE:-0}"
 awk -v x="$x" -v y="$y" 'BEGIN { printf "{\"step\": 1, \"loss\": %.12g}\n",
     (x - 0.37) ^ 2 + (y + 0.21) ^ 2 }' >> "$GPUDISPATCH_METRICS"
 """
-# Reports its --q as the loss at each of 6 steps, 0.15 s apart.
-STEPS = r"""
-q=${1#--q=}
+def steps_program(steps: int, pause: float) -> str:
+    """A program that reports its --q as the loss at each of ``steps`` steps."""
+    return rf"""
+q=${{1#--q=}}
 i=1
-while [ $i -le 6 ]; do
-  echo "{\"step\": $i, \"loss\": $q}" >> "$GPUDISPATCH_METRICS"
+while [ $i -le {steps} ]; do
+  echo "{{\"step\": $i, \"loss\": $q}}" >> "$GPUDISPATCH_METRICS"
   i=$((i + 1))
-  sleep 0.15
+  sleep {pause}
 done
 """
+
+
+STEPS = steps_program(6, 0.15)
 
 
 def sweep_files(tmp_path: Path, spec: dict, program: str, pause: float = 0) -> Path:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, names_in, record
-from test_adaptive_e2e import QUAD, bayes_spec, check_study_matches_queue, sweep_files
+from test_adaptive_e2e import (
+    QUAD,
+    bayes_spec,
+    check_study_matches_queue,
+    steps_program,
+    sweep_files,
+)
 
 pytestmark = [
     pytest.mark.slurm, pytest.mark.slow,
@@ -19,15 +25,7 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parent.parent
 
-SLOW_STEPS = r"""
-q=${1#--q=}
-i=1
-while [ $i -le 20 ]; do
-  echo "{\"step\": $i, \"loss\": $q}" >> "$GPUDISPATCH_METRICS"
-  i=$((i + 1))
-  sleep 0.5
-done
-"""
+SLOW_STEPS = steps_program(20, 0.5)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -231,8 +231,7 @@ def test_slurm_job_runs_from_the_snapshot(tmp_path, repo):
     up = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / ".ci"
                                      / "slurm-up.sh")], capture_output=True, text=True,
                         timeout=120)
-    if up.returncode != 0:
-        pytest.skip(f"Slurm did not come up: {up.stderr[-200:]}")
+    assert up.returncode == 0, f"Slurm did not come up: {up.stderr[-200:]}"
     root = tmp_path / "root"
     name = f"t{uuid.uuid4().hex[:8]}-snap.sh"
     (repo / "train.py").write_text("import os; print('at submit', os.getcwd())\n")

@@ -70,7 +70,7 @@ def test_each_line_keeps_it_too_and_one_shell_shares_one_private_file(launch, ro
 
 
 def test_an_environment_file_that_is_not_the_shells_is_never_used(launch, root, tmp_path):
-    """A file at the name the environment's checksum gives, holding something else (a
+    """A file at the name the environment's hash gives, holding something else (a
     collision, or planted by the owner's own mistake), is passed over."""
     env = submitting_shell(tmp_path)
     cli("submit", "--dir", str(root), "--", "true", env=env, check=True)

@@ -14,17 +14,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np  # noqa: E402  (wandb[sweeps], in the test extras, brings these)
 import pytest
+import scipy.stats as stats  # noqa: E402
+import sweeps  # noqa: E402
 import yaml
-
-from gpudispatch.sweep import SweepError, build_sweep, sweep_params
-
-sweeps = pytest.importorskip("sweeps")
-np = pytest.importorskip("numpy")
-stats = pytest.importorskip("scipy.stats")
 from sweeps.grid_search import grid_search_next_runs  # noqa: E402
 from sweeps.params import HyperParameter  # noqa: E402
 from sweeps.random_search import random_search_next_runs  # noqa: E402
+
+from gpudispatch.sweep import SweepError, build_sweep, sweep_params
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 N = 3000  # draws per distribution, ours and W&B's

@@ -14,7 +14,7 @@ from gpudispatch import argcheck, safeio
 from gpudispatch.argcheck import OptionError
 from gpudispatch.backends import BACKENDS
 from gpudispatch.job import DirectiveError, JobState, parse_directive_args, safe_iso
-from gpudispatch.layout import ROOT_ENV, default_root_str, name_problem, printable
+from gpudispatch.layout import ROOT_ENV, default_root_str, is_job_name, name_problem, printable
 from gpudispatch.store import FolderQueue, JobView, QueueError
 
 # argparse passes each of its messages through gettext, and gettext looks for a catalogue
@@ -173,14 +173,19 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
-    """Finished jobs, newest first; only the newest ``limit`` records are read."""
+def _recent_finished(queue: FolderQueue, limit: int | None
+                     ) -> tuple[list[JobView], dict[JobState, int]]:
+    """Finished jobs, newest first (only the newest ``limit`` records are read), and how
+    many there are in each finished state: the folders are listed once, for both."""
     entries = []
-    for state in (JobState.COMPLETED, JobState.FAILED):
+    counts = dict.fromkeys((JobState.COMPLETED, JobState.FAILED), 0)
+    for state in counts:
         try:
-            found = list(os.scandir(queue.layout.state_folder(state)))
+            found = [e for e in os.scandir(queue.layout.state_folder(state))
+                     if is_job_name(e.name)]
         except OSError:  # gone, or not a folder: nothing finished there to show
             continue
+        counts[state] = len(found)
         for entry in found:
             try:
                 entries.append((entry.stat(follow_symlinks=False).st_ctime, entry.name, state))
@@ -189,7 +194,7 @@ def _recent_finished(queue: FolderQueue, limit: int | None) -> list[JobView]:
     entries.sort(reverse=True)
     if limit is not None:
         entries = entries[:limit]
-    return [JobView(name, state, queue.read_record(name)) for _, name, state in entries]
+    return [JobView(name, state, queue.read_record(name)) for _, name, state in entries], counts
 
 
 ORDER_READ_LIMIT = 2000  # queued scripts whose headers status reads to show run order
@@ -220,17 +225,20 @@ def _queued_in_order(queue: FolderQueue, names: list[str], limit: int | None) ->
     return ordered if limit is None else ordered[:limit]
 
 
-def status_views(queue: FolderQueue, listed: dict[JobState, list[str]],
-                 finished_limit: int | None, queued_limit: int | None = None
-                 ) -> list[JobView]:
+def status_views(queue: FolderQueue, finished_limit: int | None,
+                 queued_limit: int | None = None
+                 ) -> tuple[list[JobView], dict[JobState, int]]:
     """Running jobs, the next ``queued_limit`` queued ones in run order, and the newest
     ``finished_limit`` finished ones: records read stay bounded on a queue of 100,000.
-    ``listed``: each state folder's names, listed once for the whole table."""
-    running = [JobView(n, JobState.RUNNING, queue.read_record(n))
-               for n in sorted(listed[JobState.RUNNING])]
+    And how many jobs are in each state: every state folder is listed once."""
+    running_names = queue.names(JobState.RUNNING)
+    queued_names = queue.names(JobState.QUEUED, ordered=False)
+    running = [JobView(n, JobState.RUNNING, queue.read_record(n)) for n in running_names]
     queued = [JobView(n, JobState.QUEUED, queue.read_record(n))
-              for n in _queued_in_order(queue, listed[JobState.QUEUED], queued_limit)]
-    return running + queued + _recent_finished(queue, finished_limit)
+              for n in _queued_in_order(queue, queued_names, queued_limit)]
+    finished, counts = _recent_finished(queue, finished_limit)
+    return running + queued + finished, {JobState.QUEUED: len(queued_names),
+                                         JobState.RUNNING: len(running_names), **counts}
 
 
 def _plain(text: object) -> str:
@@ -337,9 +345,8 @@ def status_view(queue: FolderQueue, limit: int | None,
     under a table of what runs where)."""
     from gpudispatch.report import read_gpu_report
 
-    listed = {state: queue.names(state, ordered=False) for state in JobState}
-    views = status_views(queue, listed, limit, queued_limit)
-    jobs = status_table(queue, views, {state: len(names) for state, names in listed.items()})
+    views, counts = status_views(queue, limit, queued_limit)
+    jobs = status_table(queue, views, counts)
     gpus = read_gpu_report(queue.layout)
     if gpus:
         try:

@@ -203,12 +203,10 @@ class FolderQueue:
     def keep_env(self, text: str) -> str:
         """Store a submitting shell's environment (:func:`control.env_text`) where only
         its owner may read it (it may hold secrets); its path. Named by its content's
-        checksum and size, so the jobs of one shell share one file; a file of that name
-        holding anything else (a collision, a planted file) is passed over, never used."""
-        import zlib  # not hashlib: it costs every submit 10 ms and more to import
-
+        hash, so the jobs of one shell share one file; a file of that name holding
+        anything else (planted there) is passed over, never used."""
         data = text.encode(errors="surrogateescape")
-        stem = f"{zlib.crc32(data):08x}-{len(data)}"
+        stem = safeio.sha256(data).hexdigest()[:32]
         for n in range(1, 100):
             path = self.layout.env_file(stem if n == 1 else f"{stem}-{n}")
             try:
