@@ -38,13 +38,16 @@ MONITOR_SCRIPT = (
 # moment): at the end the monitor, outside it, kills it, records the status, and is gone
 # only once everything of the job is: it spins briefly (a SIGKILL is quick), then looks
 # every 10 ms, for at most about a minute (a process stuck in the kernel). A job that
-# ended before it was moved has no cgroup: each step fails at once, quietly.
+# ended before it was moved has no cgroup (most short ones): a test (a ``stat``, no
+# fork) skips both steps; one removed meanwhile fails at once, quietly.
 CGROUP_MONITOR_SCRIPT = (
     ": gpudispatch-monitor; trap : TERM INT HUP; "
     'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; c=$?; '
+    f'g=0; [ -d "${CGROUP_ENV}" ] && g=1 && '
     f'{{ echo 1 >"${CGROUP_ENV}/cgroup.kill"; }} 2>/dev/null; '
     f"{_RECORD}"
-    f'n=0; while [ $n -lt 5000 ] && read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events"'
+    f'n=0; while [ $g = 1 ] && [ $n -lt 5000 ] && '
+    f'read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events"'
     ' && [ "$p" = 1 ]; do n=$((n+1)); [ $n -lt 200 ] || sleep 0.01; done; exit $c'
 )
 JOURNAL_ROTATE_BYTES = 4 << 20
