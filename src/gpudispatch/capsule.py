@@ -29,11 +29,13 @@ from gpudispatch import safeio
 from gpudispatch.layout import Layout
 from gpudispatch.snapshot import (
     GitState,
+    Quiet,
     Snapshot,
     SnapshotError,
     find_top,
-    git,
     git_dir,
+    git_finish,
+    git_start,
     git_state,
     read_head,
     uncommitted_diff,
@@ -55,17 +57,23 @@ def collect(layout: Layout, cwd: str, argv: list[str], state: GitState | None | 
     state when already read (None outside git), True to read it here."""
     capsule: dict = {"version": CAPSULE_VERSION, "host": HOST, "cwd": cwd,
                      "argv": list(argv), "env_names": sorted(os.environ)}
+    pending: _QuickGit | dict | None = None
     if state is True:
         try:
-            part = quick_git_part(layout, cwd)
+            pending = _QuickGit.start(layout, cwd)  # git works while this process does
         except SnapshotError as exc:  # git missing or broken: said, never a failure
-            part = {"error": str(exc)}
-        if part is not None:
-            capsule["git"] = part
+            pending = {"error": str(exc)}
     elif state is not None:
         capsule["git"] = git_part(layout, state)
     capsule["python"] = python_part(layout)
     capsule["gpu"] = gpu_part(layout)
+    if isinstance(pending, _QuickGit):
+        try:
+            pending = pending.finish()
+        except SnapshotError as exc:
+            pending = {"error": str(exc)}
+    if pending is not None:
+        capsule["git"] = pending
     if snapshot is not None:
         capsule["snapshot"] = snapshot.to_dict()
     return capsule
@@ -139,26 +147,39 @@ def git_part(layout: Layout, state: GitState, diff: bytes | None = None) -> dict
     return part
 
 
-def quick_git_part(layout: Layout, cwd: str) -> dict | None:
-    """The git part of a capsule without a snapshot (None outside git), for one git
-    process: commit and branch are read from the git folder, and ``git diff --binary
-    HEAD`` says whether a tracked file differs (``dirty``) and how (the diff file).
-    Untracked files are listed only with a snapshot (the ``git status`` it needs finds
-    them, and it keeps them). (Caching the diff behind an ``lstat`` of every tracked
-    file was tried: on this project's machine 1,000 ``lstat`` calls from Python cost as
-    much as the ``git diff`` they would save.)"""
-    top = find_top(cwd)
-    if top is None:
-        return None
-    gitdir = git_dir(top)
-    head = read_head(gitdir) if gitdir else None
-    if head is None:  # no commit yet, or a git folder of another shape: ask git
-        return git_part(layout, git_state(cwd))
-    diff = git(top, "diff", "--binary", "--no-color", "--no-ext-diff", "HEAD", "--",
-               timeout=CAPSULE_GIT_TIMEOUT)
-    state = GitState(top=top, commit=head[0], branch=head[1],
-                     touched=["(in the diff)"] if diff else [])
-    return git_part(layout, state, diff)
+class _QuickGit:
+    """The git part of a capsule without a snapshot, for one git process: commit and
+    branch are read from the git folder, and ``git diff --binary HEAD`` says whether a
+    tracked file differs (``dirty``) and how (the diff file). It is started first and
+    waited for last, so the rest of the capsule is made while git runs (the diff is most
+    of a capsule's cost in a large tree). Untracked files are listed only with a
+    snapshot (the ``git status`` it needs finds them, and it keeps them). (Caching the
+    diff behind an ``lstat`` of every tracked file was tried: on this project's machine
+    1,000 ``lstat`` calls from Python cost as much as the ``git diff`` they would save.)"""
+
+    def __init__(self, layout: Layout, top: str, head: tuple[str, str | None],
+                 diff: Quiet) -> None:
+        self.layout, self.top, self.head, self.diff = layout, top, head, diff
+
+    @classmethod
+    def start(cls, layout: Layout, cwd: str) -> _QuickGit | dict | None:
+        """Started; or the part itself where there is nothing to wait for (None outside
+        git; no commit yet, or a git folder of another shape: git is asked in full)."""
+        top = find_top(cwd)
+        if top is None:
+            return None
+        gitdir = git_dir(top)
+        head = read_head(gitdir) if gitdir else None
+        if head is None:
+            return git_part(layout, git_state(cwd))
+        return cls(layout, top, head, git_start(top, "diff", "--binary", "--no-color",
+                                                "--no-ext-diff", "HEAD", "--"))
+
+    def finish(self) -> dict:
+        diff = git_finish(self.diff, timeout=CAPSULE_GIT_TIMEOUT)
+        state = GitState(top=self.top, commit=self.head[0], branch=self.head[1],
+                         touched=["(in the diff)"] if diff else [])
+        return git_part(self.layout, state, diff)
 
 
 # --------------------------------------------------------------------------- python

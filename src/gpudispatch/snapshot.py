@@ -114,15 +114,19 @@ def find_top(cwd: str) -> str | None:
         path = parent
 
 
-def run_quiet(argv: list[str], env: dict | None, timeout: float) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` (found on PATH) with stdin from /dev/null: its exit status, output
-    and error output. A ``posix_spawn`` and two pipes read with ``select``: importing
-    ``subprocess`` would cost every ``submit`` in a git tree more than the spawn.
-    FileNotFoundError when the program is not found; TimeoutError (it is killed) past
-    ``timeout`` seconds."""
-    import select
-    import time
+class Quiet:
+    """A program started by :func:`start_quiet`: its pid and the read ends of its
+    output and error output."""
 
+    def __init__(self, argv: list[str], pid: int, out_r: int, err_r: int) -> None:
+        self.argv, self.pid, self.out_r, self.err_r = argv, pid, out_r, err_r
+
+
+def start_quiet(argv: list[str], env: dict | None) -> Quiet:
+    """Start ``argv`` (found on PATH) with stdin from /dev/null and its output to two
+    pipes; :func:`finish_quiet` reads them. A ``posix_spawn``: importing ``subprocess``
+    would cost every ``submit`` in a git tree more than the spawn. FileNotFoundError when
+    the program is not found."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -138,16 +142,25 @@ def run_quiet(argv: list[str], env: dict | None, timeout: float) -> tuple[int, b
     finally:
         os.close(out_w)
         os.close(err_w)
-    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
-    open_fds = [out_r, err_r]
+    return Quiet(argv, pid, out_r, err_r)
+
+
+def finish_quiet(run: Quiet, timeout: float) -> tuple[int, bytes, bytes]:
+    """Its exit status, output and error output; TimeoutError (it is killed) past
+    ``timeout`` seconds."""
+    import select
+    import time
+
+    chunks: dict[int, list[bytes]] = {run.out_r: [], run.err_r: []}
+    open_fds = [run.out_r, run.err_r]
     deadline = time.monotonic() + timeout
     try:
         while open_fds:
             left = deadline - time.monotonic()
             ready = select.select(open_fds, [], [], max(left, 0))[0] if left > 0 else []
             if not ready:
-                os.kill(pid, 9)
-                raise TimeoutError(f"{argv[0]} took over {timeout:g}s")
+                os.kill(run.pid, 9)
+                raise TimeoutError(f"{run.argv[0]} took over {timeout:g}s")
             for fd in ready:
                 data = os.read(fd, 1 << 16)
                 if data:
@@ -155,27 +168,44 @@ def run_quiet(argv: list[str], env: dict | None, timeout: float) -> tuple[int, b
                 else:
                     open_fds.remove(fd)
     finally:
-        os.close(out_r)
-        os.close(err_r)
-        status = os.waitpid(pid, 0)[1]
-    return (os.waitstatus_to_exitcode(status), b"".join(chunks[out_r]),
-            b"".join(chunks[err_r]))
+        os.close(run.out_r)
+        os.close(run.err_r)
+        status = os.waitpid(run.pid, 0)[1]
+    return (os.waitstatus_to_exitcode(status), b"".join(chunks[run.out_r]),
+            b"".join(chunks[run.err_r]))
+
+
+def run_quiet(argv: list[str], env: dict | None, timeout: float) -> tuple[int, bytes, bytes]:
+    """:func:`start_quiet` and :func:`finish_quiet`."""
+    return finish_quiet(start_quiet(argv, env), timeout)
+
+
+def git_start(top: str, *args: str, env: dict | None = None) -> Quiet:
+    """Start ``git -C top ARGS`` (:func:`git_finish` waits for it); SnapshotError when
+    git is not installed."""
+    try:
+        # --no-optional-locks: never take index.lock (a user's git may be running)
+        return start_quiet(["git", "--no-optional-locks", "-C", top, *args], env)
+    except FileNotFoundError:
+        raise SnapshotError("git is not installed (needed in a git work tree)") from None
+
+
+def git_finish(run: Quiet, timeout: float = GIT_TIMEOUT) -> bytes:
+    """Its output; SnapshotError (one line) when it fails or takes too long."""
+    top, verb = run.argv[3], run.argv[4]
+    try:
+        code, out, err = finish_quiet(run, timeout)
+    except TimeoutError:
+        raise SnapshotError(f"git {verb} took over {timeout:g}s in {top}") from None
+    if code != 0:
+        lines = err.decode(errors="replace").strip().splitlines() or ["failed"]
+        raise SnapshotError(f"git {verb} in {printable(top)}: {lines[-1]}")
+    return out
 
 
 def git(top: str, *args: str, env: dict | None = None, timeout: float = GIT_TIMEOUT) -> bytes:
     """``git -C top ARGS``'s output; SnapshotError (one line) when it fails."""
-    try:
-        # --no-optional-locks: never take index.lock (a user's git may be running)
-        code, out, err = run_quiet(["git", "--no-optional-locks", "-C", top, *args], env,
-                                   timeout)
-    except FileNotFoundError:
-        raise SnapshotError("git is not installed (needed in a git work tree)") from None
-    except TimeoutError:
-        raise SnapshotError(f"git {args[0]} took over {timeout:g}s in {top}") from None
-    if code != 0:
-        lines = err.decode(errors="replace").strip().splitlines() or ["failed"]
-        raise SnapshotError(f"git {args[0]} in {printable(top)}: {lines[-1]}")
-    return out
+    return git_finish(git_start(top, *args, env=env), timeout)
 
 
 def parse_status(top: str, data: bytes) -> GitState:
