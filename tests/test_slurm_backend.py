@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gpudispatch.backends.sbatch import (
     COMMENT_PREFIX,
+    GPUS_NOTE,
     export_value,
     is_transient,
+    note_gpus,
     parse_sbatch_output,
     sbatch_command,
     sbatch_refusal,
@@ -22,7 +25,7 @@ from gpudispatch.backends.sbatch import (
     split_sbatch_args,
     time_limit,
 )
-from gpudispatch.backends.slurm import Result, SlurmBackend
+from gpudispatch.backends.slurm import Result, SlurmBackend, noted_gpus
 from gpudispatch.backends.slurm_status import (
     SlurmStatus,
     outcome,
@@ -611,3 +614,73 @@ def test_gpu_indices_of_a_running_job() -> None:
     assert parse_gpu_indices(detail) == [0, 1]
     assert parse_gpu_indices("GRES=gpu:tesla:3(IDX:0,2-3)") == [0, 2, 3]
     assert parse_gpu_indices("   TRES=cpu=1,mem=256M,node=1") == []
+
+
+# --- the GPUs a job ending between two looks was given -------------------------------------
+def test_note_gpus_goes_before_the_first_command_on_its_line() -> None:
+    text = "#!/bin/bash\n#SBATCH --gres=gpu:1\n# a comment\n\nset -eu\necho hi\n"
+    noted = note_gpus(text)
+    assert noted is not None
+    assert noted.split("\n") == ["#!/bin/bash", "#SBATCH --gres=gpu:1", "# a comment", "",
+                                 GPUS_NOTE + "set -eu", "echo hi", ""]  # line numbers kept
+    assert script_sbatch_options(noted) == script_sbatch_options(text)
+
+
+@pytest.mark.parametrize("shebang", ["#!/bin/sh", "#!/usr/bin/env bash", "#!/bin/zsh -l",
+                                     "#!/usr/bin/env -S bash -e"])
+def test_note_gpus_takes_posix_shells(shebang: str) -> None:
+    assert note_gpus(f"{shebang}\ntrue\n") == f"{shebang}\n{GPUS_NOTE}true\n"
+
+
+@pytest.mark.parametrize("text", ["#!/usr/bin/env python3\nprint(1)\n", "#!/bin/csh\nls\n",
+                                  "#!/bin/sh\n#SBATCH --gres=gpu:1\n", "echo no shebang\n"])
+def test_note_gpus_leaves_other_scripts_alone(text: str) -> None:
+    assert note_gpus(text) is None
+
+
+@pytest.mark.parametrize("gpus, ends", [("0", [0]), ("1,3", [1, 3]), ("", None)])
+def test_the_note_runs_under_set_eu_and_writes_what_slurm_gave(tmp_path: Path, gpus: str,
+                                                                ends: list[int] | None) -> None:
+    """The line itself, run by a real sh with ``-eu``: the job goes on either way."""
+    note = tmp_path / "n.gpus"
+    script = tmp_path / "job.sh"
+    script.write_text(note_gpus("#!/bin/sh -eu\necho after\n") or "")
+    env = {"PATH": os.environ["PATH"], "GPUDISPATCH_SLURM_GPUS_FILE": str(note)}
+    if gpus:
+        env["SLURM_JOB_GPUS"] = gpus
+    proc = subprocess.run(["sh", "-eu", str(script)], env=env, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "after\n", "")
+    assert (noted_gpus(str(note)) or None) == ends
+    assert not note.exists()  # read once, then removed
+
+
+def test_a_note_that_cannot_be_written_is_silent(tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text(note_gpus("#!/bin/sh\necho after\n") or "")
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_GPUS": "0",
+           "GPUDISPATCH_SLURM_GPUS_FILE": str(tmp_path / "no" / "such" / "dir")}
+    proc = subprocess.run(["sh", "-eu", str(script)], env=env, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "after\n", "")
+
+
+def test_a_gpu_job_is_sent_noted_and_exports_where_to_note(tmp_path: Path) -> None:
+    q = FolderQueue(tmp_path / "root")
+    q.enqueue_text("g.sh", "#!/bin/sh\n#GPUDISPATCH --gpus 1\necho hi\n")
+    q.enqueue_text("c.sh", "#!/bin/sh\necho cpu\n")
+    calls: list[tuple[list[str], str | None, dict | None]] = []
+
+    def runner(argv, stdin, env):
+        calls.append((argv, stdin, env))
+        if argv[0] == "sbatch":
+            return Result(0, f"{len(calls)}\n", "")
+        return Result(0, "", "")
+
+    SlurmBackend(q, runner=runner).tick()
+    sent = {next(a for a in argv if a.startswith("--job-name=")): (argv, stdin, env)
+            for argv, stdin, env in calls if argv[0] == "sbatch"}
+    argv, stdin, env = sent["--job-name=g.sh"]
+    assert stdin is not None and GPUS_NOTE + "echo hi" in stdin
+    assert "GPUDISPATCH_SLURM_GPUS_FILE" in next(a for a in argv if a.startswith("--export="))
+    assert env["GPUDISPATCH_SLURM_GPUS_FILE"] == q.layout.slurm_gpus("g.sh", 1)
+    argv, stdin, env = sent["--job-name=c.sh"]  # a CPU job is sent as it is, by its path
+    assert stdin is None and "GPUDISPATCH_SLURM_GPUS_FILE" not in env

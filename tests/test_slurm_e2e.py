@@ -428,6 +428,31 @@ def test_the_record_names_the_gpus_slurm_gave_a_running_job(queue: FolderQueue,
     assert rec.gpus == [int(seen)], rec  # not [] (shown as "cpu")
 
 
+def test_a_gpu_job_that_ended_between_two_looks_names_its_gpus(queue: FolderQueue,
+                                                                prefix: str) -> None:
+    """``scontrol -d`` lists a job's GPUs only while it runs: a job first seen ended
+    (shorter than a poll) has its GPUs from the note its first line wrote."""
+    quick = add(queue, f"{prefix}-quick.sh", 'echo "ran on $CUDA_VISIBLE_DEVICES"',
+                "#GPUDISPATCH --gpus 1\nset -eu\n")
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    backend.tick()  # submitted; not looked at again until Slurm says it ended
+    job_id = queue.read_record(quick).backend_id
+    assert job_id
+
+    def ended_in_slurm() -> bool:
+        out = subprocess.run(["squeue", "--noheader", "--states=all", "-j", job_id,
+                              "--format=%T"], capture_output=True, text=True).stdout
+        return out.strip() == "COMPLETED"
+
+    wait_until(ended_in_slurm, 40, message="the job to end in Slurm")
+    drive(backend, in_states(queue, FINAL, quick), what="its outcome")
+    rec = queue.read_record(quick)
+    seen = Path(rec.log).read_text().split()[-1]  # "ran on N"
+    assert queue.locate(quick) is JobState.COMPLETED, rec
+    assert rec.gpus == [int(seen)], rec  # not [] (shown as "cpu")
+    assert not Path(queue.layout.slurm_gpus(quick, 1)).exists()  # the note is gone
+
+
 def test_a_job_slurm_requeues_is_another_attempt_with_its_own_log(queue: FolderQueue,
                                                                   prefix: str) -> None:
     gate = queue.layout.root / "gate"

@@ -24,6 +24,8 @@ LOG_ENV = "GPUDISPATCH_LOG"
 EXIT_FILE_ENV = "GPUDISPATCH_EXIT_FILE"  # the journal the monitor appends to; finds it too
 RUN_ENV = "GPUDISPATCH_RUN"  # this run's identity in the journal: script inode and attempt
 CGROUP_ENV = "GPUDISPATCH_CGROUP"  # the run's own cgroup, which its shell joins (if any)
+# Slurm only: where a GPU job's first line notes ``$SLURM_JOB_GPUS`` (see sbatch.note_gpus).
+SLURM_GPUS_ENV = "GPUDISPATCH_SLURM_GPUS_FILE"
 # Every backend gives a job these (Slurm too); the local monitor's own bookkeeping
 # (EXIT_FILE, RUN, CGROUP) means nothing on a Slurm node and is local only.
 PUBLIC_JOB_VARS = (JOB_ENV, ROOT_ENV, ATTEMPT_ENV, LOG_ENV, METRICS_ENV)
@@ -240,6 +242,10 @@ class Layout:
 
     def metrics(self, name: str) -> str:
         return f"{self._logs}{name}.metrics.json"
+
+    def slurm_gpus(self, name: str, attempt: int) -> str:
+        """Where a Slurm run notes the GPUs it was given (read and removed at its end)."""
+        return f"{self._logs}{name}.{attempt}.gpus"
 
     def snapshot_dir(self, snapshot_id: str) -> str:
         """One snapshot: ``tree/`` (the files) and ``snapshot.json`` (what it is)."""

@@ -7,13 +7,14 @@ drops the matching one of ours (sbatch itself would let the command line win).
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 from gpudispatch.job import Directives
-from gpudispatch.layout import PUBLIC_JOB_VARS, Layout
+from gpudispatch.layout import PUBLIC_JOB_VARS, SLURM_GPUS_ENV, Layout
 
 COMMENT_PREFIX = "gpudispatch:"
 
@@ -129,7 +130,41 @@ def _value_of(group: Sequence[str]) -> str | None:
     return None
 
 
-def export_value(given: str | None) -> str:
+# Put before a GPU job's first command, on its line (line numbers stay as the author's):
+# safe under ``set -eu``, silent, and a no-op without GPUs or the variable.
+GPUS_NOTE = (f'[ -z "${{SLURM_JOB_GPUS-}}" ] || [ -z "${{{SLURM_GPUS_ENV}-}}" ] || '
+             f'printf "%s\\n" "$SLURM_JOB_GPUS" 2>/dev/null >"${SLURM_GPUS_ENV}" || :; ')
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"}
+
+
+def may_use_gpus(directives: Directives, script_text: str) -> bool:
+    """Whether Slurm may give the job GPUs: our ``--gpus`` or its own ``#SBATCH``."""
+    return bool(directives.gpus) or bool(_OVERRIDDEN_BY["gres"]
+                                         & set(script_sbatch_options(script_text)))
+
+
+def note_gpus(text: str) -> str | None:
+    """The script with :data:`GPUS_NOTE` before its first command, so that the record
+    learns its GPUs even when the job ends between two looks at Slurm (``scontrol -d``
+    lists a job's GPU indices only while it runs). None when its interpreter is not a
+    POSIX shell (its ``#!`` line names none) or it has no command: it is sent as it is."""
+    lines = text.split("\n")
+    if not lines[0].startswith("#!"):
+        return None
+    words = lines[0][2:].split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+    if not words or os.path.basename(words[0]) not in _SHELLS:
+        return None
+    for i, line in enumerate(lines[1:], 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):  # sbatch reads #SBATCH up to here
+            lines[i] = GPUS_NOTE + line
+            return "\n".join(lines)
+    return None
+
+
+def export_value(given: str | None, also: Sequence[str] = ()) -> str:
     """``--export`` that keeps what the script (or site) asked for and adds the names of
     :data:`PUBLIC_JOB_VARS`, whose values sbatch takes from its own environment.
 
@@ -142,7 +177,7 @@ def export_value(given: str | None) -> str:
     if words and words[0].upper() == "NONE":
         words = []
     named = {w.split("=", 1)[0] for w in words}
-    return ",".join(words + [v for v in PUBLIC_JOB_VARS if v not in named])
+    return ",".join(words + [v for v in (*PUBLIC_JOB_VARS, *also) if v not in named])
 
 
 def time_limit(seconds: float) -> str:
@@ -163,6 +198,7 @@ def sbatch_command(
     attempt: int = 1,
     token: str | None = None,
     env_export: str | None = None,
+    gpus_noted: bool = False,
 ) -> list[str]:
     """The sbatch argv that submits one job (pure).
 
@@ -173,7 +209,8 @@ def sbatch_command(
     over ``extra_args``. ``after_ids`` are the Slurm ids of the ``--after`` jobs still
     to finish. ``script_path`` None means the script comes on stdin. ``env_export`` is
     ``$SBATCH_EXPORT`` where set: ``--export`` is the script's, else the site's, else that,
-    plus our variables (:func:`export_value`).
+    plus our variables (:func:`export_value`); with ``gpus_noted`` (the script sent is
+    :func:`note_gpus`'s), the file it notes its GPUs in too.
     """
     script_options = script_sbatch_options(script_text)
     in_script = set(script_options)
@@ -202,7 +239,8 @@ def sbatch_command(
     site_export = [_value_of(g) for k, g in extra if k == "export"]
     given = script_options.get("export") if "export" in in_script else (
         site_export[-1] if site_export else env_export)
-    kept.append(("export", f"--export={export_value(given)}"))
+    also = (SLURM_GPUS_ENV,) if gpus_noted else ()
+    kept.append(("export", f"--export={export_value(given, also)}"))
     taken.add("export")
     argv = ["sbatch", "--parsable"] + [w for _, w in kept]
     for key, group in extra:

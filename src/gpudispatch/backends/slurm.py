@@ -36,6 +36,8 @@ from typing import Any
 from gpudispatch.backends.sbatch import (
     COMMENT_PREFIX,
     is_transient,
+    may_use_gpus,
+    note_gpus,
     parse_sbatch_output,
     sbatch_command,
     sbatch_refusal,
@@ -66,9 +68,9 @@ from gpudispatch.job import (
     now_iso,
     parse_directives,
 )
-from gpudispatch.layout import Layout
+from gpudispatch.layout import SLURM_GPUS_ENV, Layout
 from gpudispatch.outcome import OOM_TAIL_BYTES, last_error_line
-from gpudispatch.safeio import read_tail
+from gpudispatch.safeio import read_regular, read_tail
 from gpudispatch.scriptcheck import content_problem, owner_problem
 from gpudispatch.store import HOST, FolderQueue, write_atomic
 from gpudispatch.watch import read_if_complete
@@ -107,6 +109,21 @@ def run_command(argv: list[str], stdin: str | None = None,
 
 
 # --- the backend ------------------------------------------------------------------------
+
+
+def noted_gpus(path: str) -> list[int]:
+    """The GPU indices a job noted (``sbatch.note_gpus``), the note removed; [] when
+    there is none (no GPU, or it never ran)."""
+    try:
+        text = read_regular(path, 4096).decode(errors="replace")
+    except OSError:
+        return []
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    words = text.strip().split(",")
+    return [int(w) for w in words] if all(w.isdigit() for w in words) else []
 
 
 @dataclass
@@ -339,6 +356,7 @@ class SlurmBackend:
         record.backend, record.backend_id = "slurm", None
         record.host, record.pid, record.dispatcher = None, None, self.owner
         record.started_at = record.ended_at = record.exit_code = record.reason = None
+        record.extra.pop("slurm_gpus_noted", None)
         record.extra.update(slurm_token=token, slurm_state="SUBMITTING",
                             slurm_submit_at=now_iso(), directives=directives.to_dict(),
                             slurm_after=list(after_ids))
@@ -346,11 +364,19 @@ class SlurmBackend:
         self.queue.write_record(record)
 
         stdin = None if text.startswith("#!") else "#!/bin/sh\n" + text
+        noted = note_gpus(stdin or text) if may_use_gpus(directives, text) else None
+        if noted is not None:
+            stdin = noted
+            record.extra["slurm_gpus_noted"] = record.attempts  # (Slurm's requeues add more)
+            self.queue.write_record(record)
         argv = sbatch_command(None if stdin else path, name, directives, self.layout,
                               self.partition, self.sbatch_args, script_text=text,
                               after_ids=after_ids, attempt=record.attempts, token=token,
-                              env_export=os.environ.get("SBATCH_EXPORT"))
+                              env_export=os.environ.get("SBATCH_EXPORT"),
+                              gpus_noted=noted is not None)
         env = self._job_env(name, record)
+        if noted is not None:
+            env[SLURM_GPUS_ENV] = self.layout.slurm_gpus(name, record.attempts)
         res = self._run(argv, stdin, env)
         if res.returncode == 0:
             try:
@@ -599,7 +625,8 @@ class SlurmBackend:
             record.host = status.node or record.host
             if record.started_at is None:
                 record.started_at = now_iso()
-                if (record.extra.get("directives") or {}).get("gpus"):
+                if ((record.extra.get("directives") or {}).get("gpus")
+                        or record.extra.get("slurm_gpus_noted")):
                     res = self._run(["scontrol", "show", "job", "-d", tracked.job_id])
                     record.gpus = parse_gpu_indices(res.stdout) if res.returncode == 0 else []
                 self.logger.info("Running job %s in Slurm (%s) on %s...", tracked.name,
@@ -646,6 +673,10 @@ class SlurmBackend:
                 or os.path.exists(self.layout.cancel_request(name))):
             record.reason = "cancelled"
         record.host = status.node or record.host
+        noted_at = record.extra.pop("slurm_gpus_noted", None)
+        if type(noted_at) is int:  # (the path is ours to build, not the record's to name)
+            noted = noted_gpus(self.layout.slurm_gpus(name, noted_at))
+            record.gpus = record.gpus or noted  # [] when it ended before we saw it run
         record.started_at = slurm_time_iso(status.start) or record.started_at
         record.ended_at = slurm_time_iso(status.end) or now_iso()
         record.extra["slurm_state"] = status.state
