@@ -355,6 +355,63 @@ def test_a_reused_job_id_is_not_followed(queue: FolderQueue, prefix: str) -> Non
     assert Path(rec.log).name.endswith(".2.log")
 
 
+def _slurmctld_pid() -> int:
+    return int((SLURM_STATE / "slurmctld.pid").read_text())
+
+
+def _sbatch_outside(*args: str) -> str:
+    return subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_jobs_a_crashed_slurmctld_forgot_run_once_and_reused_ids_are_not_followed(
+        queue: FolderQueue, prefix: str) -> None:
+    """A real ``kill -9`` of slurmctld after it took our submissions and before it saved
+    them: it comes back without them and hands their ids to outside jobs. (Its state
+    file is put back as it was before our submissions, so the crash always lands in
+    that window, as it did 8 times in 12 when this was found.) Our jobs must run once
+    each, as a new attempt; the outside jobs' ends must never be taken for ours."""
+    state = SLURM_STATE / "ctld"
+    blocker = _sbatch_outside(f"--job-name={prefix}-blocker", "--cpus-per-task=2",
+                              "--wrap", "sleep 120")  # holds the node: ours stay pending
+    submitted = time.time()
+    wait_until(lambda: (state / "job_state").stat().st_mtime > submitted + 0.01, 30,
+               message="slurmctld to save its state with the blocker in it")
+    saved = {f: (state / f).read_bytes() for f in ("job_state", "job_state.old")
+             if (state / f).exists()}
+    names = [add(queue, f"{prefix}-{i}.sh", f'echo "ran {prefix}-{i}"') for i in range(3)]
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    backend.tick()
+    first_ids = [queue.read_record(n).backend_id for n in names]
+    assert all(first_ids), first_ids
+
+    pid = _slurmctld_pid()
+    os.kill(pid, 9)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, message="slurmctld to die")
+    for f, data in saved.items():  # what it had saved when it died
+        (state / f).write_bytes(data)
+    try:
+        backend.tick()  # the controller is away: nothing is decided
+        assert queue.names(JobState.FAILED) == []
+    finally:
+        up = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up.sh")], capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0, up.stderr
+    outside = [_sbatch_outside(f"--job-name={prefix}-outside", "--wrap", "exit 0")
+               for _ in names]
+    assert set(outside) & set(first_ids), (outside, first_ids)  # our ids, reused
+    subprocess.run(["scancel", blocker], check=True)
+
+    drive(backend, in_states(queue, FINAL, *names), timeout=90, what="our jobs to end")
+    for name, first in zip(names, first_ids, strict=True):
+        rec = queue.read_record(name)
+        assert queue.locate(name) is JobState.COMPLETED, rec
+        assert Path(rec.log).read_text().count("ran ") == 1, name
+        assert rec.attempts == 2 and rec.extra["interruptions"] == 1, rec
+        assert rec.backend_id not in (first, *outside), rec
+        assert Path(rec.log).name.endswith(".2.log")
+
+
 def test_slurm_jobs_see_what_local_jobs_see_and_their_metrics_reach_results(
         queue: FolderQueue, prefix: str) -> None:
     name = add(queue, f"{prefix}-env.sh",
