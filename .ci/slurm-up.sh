@@ -11,7 +11,12 @@ TIMEOUT="${SLURM_UP_TIMEOUT:-30}"
 CONF_DIR=/etc/slurm
 
 die() { echo "slurm-up: $*" >&2; exit 1; }
-alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon killed while a subreaper (a test process running a dispatcher in-process) was
+# its parent stays a zombie until reaped: kill -0 answers for it, but it is dead.
+alive() {
+  [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null \
+    && ! [[ "$(cat "/proc/$(cat "$1")/stat" 2>/dev/null)" =~ ^[0-9]+\ \(.*\)\ Z ]]
+}
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (installs packages, starts daemons)"
 

@@ -96,6 +96,31 @@ def slurm_ids_named(name: str) -> list[str]:
 FINAL = {JobState.COMPLETED, JobState.FAILED}
 
 
+def wait_gone(pid: int, what: str) -> None:
+    """Until ``pid`` has exited. A daemon started from this process while it is a
+    subreaper (an in-process dispatcher makes it one) is its child: reaped here, else it
+    would stay a zombie and look alive."""
+
+    def gone() -> bool:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        return not Path(f"/proc/{pid}").exists()
+
+    wait_until(gone, 30, message=what)
+
+
+def _slurmctld_pid() -> int:
+    return int((SLURM_STATE / "slurmctld.pid").read_text())
+
+
+def _sbatch_outside(*args: str) -> str:
+    return subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_exit_codes_logs_and_records(queue: FolderQueue, prefix: str) -> None:
     ok = add(queue, f"{prefix}-ok.sh", "echo hello from slurm")
     bad = add(queue, f"{prefix}-bad.sh", "echo failing; exit 3")
@@ -256,9 +281,9 @@ def test_slurmctld_restart_mid_run_loses_nothing(queue: FolderQueue, prefix: str
     drive(backend, lambda: slurm_state(queue, a) == "RUNNING"
           and queue.read_record(b).backend_id is not None, what="a to run")
 
-    pid = int((SLURM_STATE / "slurmctld.pid").read_text())
+    pid = _slurmctld_pid()
     subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, message="slurmctld to exit")
+    wait_gone(pid, "slurmctld to exit")
     try:
         add(queue, c, gate_body(gate, c))
         gate.touch()  # a and b end while the controller is away
@@ -355,15 +380,6 @@ def test_a_reused_job_id_is_not_followed(queue: FolderQueue, prefix: str) -> Non
     assert Path(rec.log).name.endswith(".2.log")
 
 
-def _slurmctld_pid() -> int:
-    return int((SLURM_STATE / "slurmctld.pid").read_text())
-
-
-def _sbatch_outside(*args: str) -> str:
-    return subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
 def test_jobs_a_crashed_slurmctld_forgot_run_once_and_reused_ids_are_not_followed(
         queue: FolderQueue, prefix: str) -> None:
     """A real ``kill -9`` of slurmctld after it took our submissions and before it saved
@@ -387,7 +403,7 @@ def test_jobs_a_crashed_slurmctld_forgot_run_once_and_reused_ids_are_not_followe
 
     pid = _slurmctld_pid()
     os.kill(pid, 9)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, message="slurmctld to die")
+    wait_gone(pid, "slurmctld to die")
     for f, data in saved.items():  # what it had saved when it died
         (state / f).write_bytes(data)
     try:
