@@ -30,6 +30,21 @@ class WaitTimeout(AssertionError):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _not_a_subreaper_after_the_test():
+    """A dispatcher run in this process makes it a subreaper (to catch its jobs'
+    daemons); afterwards it would adopt every orphan of later tests (a daemon that
+    ``slurm-up.sh`` starts, say) and, never reaping them, keep them as zombies that
+    ``kill -0`` takes for alive. Each test starts without it."""
+    yield
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
 def wait_until(
     predicate: Callable[[], object],
     timeout: float = 10.0,
