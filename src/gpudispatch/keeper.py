@@ -30,6 +30,9 @@ from gpudispatch.watch import drain_pipe
 _MAX_MESSAGE = 1 << 20
 _SOCKET_FD = 3  # where the keeper finds its end of the socket pair
 _MAX_FDS = 64  # descriptors with one message (a hand-over's pidfds, one per slot)
+_FDS_SPACE = socket.CMSG_SPACE(4 * _MAX_FDS)
+# A plain int: or-ing the IntFlag members at each call costs more than the call (twice a job).
+_RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
 
 
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -37,8 +40,7 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     when there is none). Received descriptors are
     inheritable unless asked otherwise (``socket.recv_fds`` drops its flags): a lock
     leaked into every later job would keep its job owned while any of them runs."""
-    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(4 * _MAX_FDS),
-                                                socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+    data, ancdata, _flags, _addr = sock.recvmsg(_MAX_MESSAGE, _FDS_SPACE, _RECV_FLAGS)
     fds = [int.from_bytes(d[i:i + 4], sys.byteorder) for level, kind, d in ancdata
            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
            for i in range(0, len(d) - len(d) % 4, 4)]
