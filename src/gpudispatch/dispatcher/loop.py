@@ -177,7 +177,6 @@ class Dispatcher:
         "check_disk",  # while the disk refuses writes, whether it takes them again
         "read_launcher",  # starts and ends the keeper reports
         "watch_monitors",  # ends of jobs we watch ourselves (adopted, or the keeper died)
-        "contain",  # jobs into their cgroups; daemons of ended jobs; cgroups emptied since
         "write_start_records",
         "act_on_stop",  # what the signal handlers asked
         "enforce_deadlines",
@@ -189,6 +188,9 @@ class Dispatcher:
         "discover",
         "schedule",
         "plan_handovers",
+        # Jobs into their cgroups; daemons of ended jobs (a /proc read); cgroups emptied
+        # since: after the starts, off the path of a job dropped into an idle queue.
+        "contain",
         # Ended jobs go to the writer last: its thread takes the GIL whenever this one
         # makes a system call, and the next hand-over must reach the keeper before the
         # job it follows ends (a trivial one ends within a millisecond).
