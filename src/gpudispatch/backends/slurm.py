@@ -356,19 +356,18 @@ class SlurmBackend:
         record.backend, record.backend_id = "slurm", None
         record.host, record.pid, record.dispatcher = None, None, self.owner
         record.started_at = record.ended_at = record.exit_code = record.reason = None
+        stdin = None if text.startswith("#!") else "#!/bin/sh\n" + text
+        noted = note_gpus(stdin or text) if may_use_gpus(directives, text) else None
         record.extra.pop("slurm_gpus_noted", None)
+        if noted is not None:
+            stdin = noted
+            record.extra["slurm_gpus_noted"] = record.attempts  # (Slurm's requeues add more)
         record.extra.update(slurm_token=token, slurm_state="SUBMITTING",
                             slurm_submit_at=now_iso(), directives=directives.to_dict(),
                             slurm_after=list(after_ids))
         record.log = str(self.layout.job_log(name, record.attempts))
         self.queue.write_record(record)
 
-        stdin = None if text.startswith("#!") else "#!/bin/sh\n" + text
-        noted = note_gpus(stdin or text) if may_use_gpus(directives, text) else None
-        if noted is not None:
-            stdin = noted
-            record.extra["slurm_gpus_noted"] = record.attempts  # (Slurm's requeues add more)
-            self.queue.write_record(record)
         argv = sbatch_command(None if stdin else path, name, directives, self.layout,
                               self.partition, self.sbatch_args, script_text=text,
                               after_ids=after_ids, attempt=record.attempts, token=token,
