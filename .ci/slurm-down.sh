@@ -5,16 +5,21 @@ set -euo pipefail
 STATE="${SLURM_STATE:-/var/lib/gpudispatch-slurm}"
 TIMEOUT="${SLURM_DOWN_TIMEOUT:-30}"
 
+# Alive and not a zombie (one whose parent does not reap it is dead all the same).
+running() {
+  kill -0 "$1" 2>/dev/null && ! [[ "$(cat "/proc/$1/stat" 2>/dev/null)" =~ ^[0-9]+\ \(.*\)\ Z ]]
+}
+
 pids=()
 for f in "$STATE/slurmctld.pid" "$STATE/slurmd.pid"; do
-  if [[ -s "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; then pids+=("$(cat "$f")"); fi
+  if [[ -s "$f" ]] && running "$(cat "$f")"; then pids+=("$(cat "$f")"); fi
 done
 if [[ ${#pids[@]} -eq 0 ]]; then echo "slurm-down: not running"; exit 0; fi
 
 scontrol shutdown >/dev/null 2>&1 || kill -TERM "${pids[@]}" 2>/dev/null || true
 deadline=$((SECONDS + TIMEOUT))
 for pid in "${pids[@]}"; do
-  while kill -0 "$pid" 2>/dev/null; do
+  while running "$pid"; do
     if (( SECONDS >= deadline )); then
       kill -TERM "$pid" 2>/dev/null || true
     fi
