@@ -16,6 +16,7 @@ from gpudispatch.backends.sbatch import (
     GPUS_NOTE,
     export_value,
     is_transient,
+    may_use_gpus,
     note_gpus,
     parse_sbatch_output,
     sbatch_command,
@@ -25,7 +26,7 @@ from gpudispatch.backends.sbatch import (
     split_sbatch_args,
     time_limit,
 )
-from gpudispatch.backends.slurm import Result, SlurmBackend, noted_gpus
+from gpudispatch.backends.slurm import Result, SlurmBackend, noted_gpus, run_command
 from gpudispatch.backends.slurm_status import (
     SlurmStatus,
     outcome,
@@ -635,10 +636,52 @@ def test_note_gpus_takes_posix_shells(shebang: str) -> None:
     assert note_gpus(f"{shebang}\ntrue\n") == f"{shebang}\n{GPUS_NOTE}true\n"
 
 
-@pytest.mark.parametrize("text", ["#!/usr/bin/env python3\nprint(1)\n", "#!/bin/csh\nls\n",
-                                  "#!/bin/sh\n#SBATCH --gres=gpu:1\n", "echo no shebang\n"])
+@pytest.mark.parametrize("text", [
+    "#!/usr/bin/env python3\nprint(1)\n", "#!/bin/csh\nls\n",
+    "#!/bin/sh\n#SBATCH --gres=gpu:1\n", "echo no shebang\n",
+    # A script that reads its own file would read the note too (a Python job behind sh):
+    "#!/bin/sh\n''''exec python3 -u -- \"$0\" ${1+\"$@\"} # '''\nprint('ok')\n",
+    '#!/bin/bash\nsource "${BASH_SOURCE%/*}/env.sh"\n', '#!/bin/sh\ncat "${0}"\n',
+    # A shell that traces or echoes its commands would show the note in the log:
+    "#!/bin/bash -x\necho hi\n", "#!/bin/sh -ev\necho hi\n",
+    "#!/usr/bin/env -S bash -xe\necho hi\n",
+])
 def test_note_gpus_leaves_other_scripts_alone(text: str) -> None:
     assert note_gpus(text) is None
+
+
+def test_a_note_that_is_not_a_list_of_indices_is_ignored(tmp_path: Path) -> None:
+    note = tmp_path / "n.gpus"
+    for text in ["\u00b2\n", "0,\n", "-1\n", "0 1\n", "9" * 40 + "\n", "x"]:
+        note.write_text(text)
+        assert noted_gpus(str(note)) == [], text  # never a traceback
+
+
+def test_may_use_gpus_sees_every_place_a_gpu_request_comes_from() -> None:
+    none = parse_directives("")
+    assert not may_use_gpus(none, "#!/bin/sh\ntrue\n", [], {})
+    assert may_use_gpus(parse_directives("#GPUDISPATCH --gpus 1\n"), "", [], {})
+    assert may_use_gpus(none, "#!/bin/sh\n#SBATCH --gpus-per-node=1\ntrue\n", [], {})
+    assert may_use_gpus(none, "", ["--gres=gpu:1"], {})  # the site's --sbatch-arg
+    assert may_use_gpus(none, "", [], {"SBATCH_GRES": "gpu:1"})  # sbatch's environment
+
+
+def test_scripts_reach_sbatch_byte_for_byte(tmp_path: Path) -> None:
+    """A GPU script goes on stdin: bytes that are not UTF-8 and lone CRs stay as they are
+    (through a real process: ``cat`` stands in for sbatch, and writes what it got)."""
+    q = FolderQueue(tmp_path / "root")
+    body = b"#!/bin/sh\n#GPUDISPATCH --gpus 1\nprintf 'caf\xe9 a\rb\\n'\n"
+    q.enqueue_text("g.sh", body)
+    sent = tmp_path / "sent"
+
+    def runner(argv, stdin, env):
+        if argv[0] == "sbatch":
+            assert run_command(["sh", "-c", f"cat > {sent}"], stdin, env).returncode == 0
+            return Result(0, "7\n", "")
+        return Result(0, "", "")
+
+    SlurmBackend(q, runner=runner).tick()
+    assert sent.read_bytes() == body.replace(b"printf", GPUS_NOTE.encode() + b"printf")
 
 
 @pytest.mark.parametrize("gpus, ends", [("0", [0]), ("1,3", [1, 3]), ("", None)])

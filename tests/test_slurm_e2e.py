@@ -526,6 +526,23 @@ def test_a_gpu_job_that_ended_between_two_looks_names_its_gpus(queue: FolderQueu
     assert not Path(queue.layout.slurm_gpus(quick, 1)).exists()  # the note is gone
 
 
+def test_a_gpu_job_that_reads_its_own_file_runs_as_written(queue: FolderQueue,
+                                                           prefix: str) -> None:
+    """A Python job behind a ``#!/bin/sh`` line (it execs ``python3 "$0"``) reads its own
+    file: it is sent without the GPU note, and runs."""
+    name = f"{prefix}-poly.sh"
+    queue.enqueue_text(name, "#!/bin/sh\n#GPUDISPATCH --gpus 1\n"
+                             "''''exec python3 -u -- \"$0\" ${1+\"$@\"} # '''\n"
+                             "import os\nprint('python on', os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    old = time.time() - 10
+    os.utime(queue.layout.script(JobState.QUEUED, name), (old, old))
+    backend = SlurmBackend(queue, poll_interval=0.2)
+    drive(backend, in_states(queue, FINAL, name), what="the job to end")
+    rec = queue.read_record(name)
+    assert queue.locate(name) is JobState.COMPLETED, rec
+    assert Path(rec.log).read_text().startswith("python on "), Path(rec.log).read_text()
+
+
 def test_a_job_slurm_requeues_is_another_attempt_with_its_own_log(queue: FolderQueue,
                                                                   prefix: str) -> None:
     gate = queue.layout.root / "gate"

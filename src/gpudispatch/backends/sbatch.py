@@ -137,24 +137,44 @@ GPUS_NOTE = (f'[ -z "${{SLURM_JOB_GPUS-}}" ] || [ -z "${{{SLURM_GPUS_ENV}-}}" ] 
 _SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"}
 
 
-def may_use_gpus(directives: Directives, script_text: str) -> bool:
-    """Whether Slurm may give the job GPUs: our ``--gpus`` or its own ``#SBATCH``."""
-    return bool(directives.gpus) or bool(_OVERRIDDEN_BY["gres"]
-                                         & set(script_sbatch_options(script_text)))
+# Where sbatch itself takes a GPU request from its environment.
+_GPU_ENV = ("SBATCH_GRES", "SBATCH_GPUS", "SBATCH_GPUS_PER_NODE", "SBATCH_GPUS_PER_TASK",
+            "SBATCH_GPUS_PER_SOCKET")
+# A script that reads its own file (a Python job behind a ``#!/bin/sh`` line that execs
+# ``python3 "$0"``) would read the note too: it is sent as it is.
+_READS_ITSELF = re.compile(r"\$\{?0\b|BASH_SOURCE|ZSH_SCRIPT")
+
+
+def may_use_gpus(directives: Directives, script_text: str, extra_args: Sequence[str] = (),
+                 environ: dict[str, str] | None = None) -> bool:
+    """Whether Slurm may give the job GPUs: our ``--gpus``, the script's own
+    ``#SBATCH`` lines, the site's ``--sbatch-arg`` or sbatch's environment."""
+    keys = set(script_sbatch_options(script_text)) | {k for k, _ in
+                                                      split_sbatch_args(list(extra_args))}
+    env = os.environ if environ is None else environ
+    return (bool(directives.gpus) or bool(_OVERRIDDEN_BY["gres"] & keys)
+            or any(env.get(name) for name in _GPU_ENV))
 
 
 def note_gpus(text: str) -> str | None:
     """The script with :data:`GPUS_NOTE` before its first command, so that the record
     learns its GPUs even when the job ends between two looks at Slurm (``scontrol -d``
-    lists a job's GPU indices only while it runs). None when its interpreter is not a
-    POSIX shell (its ``#!`` line names none) or it has no command: it is sent as it is."""
+    lists a job's GPU indices only while it runs). None, and the script is sent as it
+    is, when its interpreter is not a POSIX shell (its ``#!`` line names none), the shell
+    traces or echoes what it runs (``-x``, ``-v``: the note would show in the log), the
+    script reads its own file, or it has no command."""
     lines = text.split("\n")
-    if not lines[0].startswith("#!"):
+    if not lines[0].startswith("#!") or _READS_ITSELF.search(text):
         return None
     words = lines[0][2:].split()
-    if words and os.path.basename(words[0]) == "env":
-        words = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+    if words and os.path.basename(words[0]) == "env":  # env's own options and settings
+        words = words[1:]
+        while words and (words[0].startswith("-") or "=" in words[0]):
+            words = words[1:]
     if not words or os.path.basename(words[0]) not in _SHELLS:
+        return None
+    if any(w.startswith("-") and not w.startswith("--") and ("x" in w or "v" in w)
+           for w in words[1:]):
         return None
     for i, line in enumerate(lines[1:], 1):
         stripped = line.strip()

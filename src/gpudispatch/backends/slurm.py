@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -99,8 +100,10 @@ def run_command(argv: list[str], stdin: str | None = None,
                 env: dict[str, str] | None = None) -> Result:
     """Run one Slurm command; a missing binary or a hang is a (transient-looking) error."""
     try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
-                              timeout=COMMAND_TIMEOUT, check=False)
+        # surrogateescape: a script's bytes that are not UTF-8 reach sbatch as they were
+        proc = subprocess.run(argv, input=stdin, capture_output=True, encoding="utf-8",
+                              errors="surrogateescape", env=env, timeout=COMMAND_TIMEOUT,
+                              check=False)
     except FileNotFoundError:
         return Result(127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
@@ -122,8 +125,8 @@ def noted_gpus(path: str) -> list[int]:
         os.unlink(path)
     except OSError:
         pass
-    words = text.strip().split(",")
-    return [int(w) for w in words] if all(w.isdigit() for w in words) else []
+    return ([int(w) for w in text.split(",")]
+            if re.fullmatch(r"[0-9]{1,5}(,[0-9]{1,5})*\n?", text) else [])
 
 
 @dataclass
@@ -344,8 +347,8 @@ class SlurmBackend:
         """sbatch one claimed job; the record (with its token) is written first."""
         path = Path(self.layout.script(JobState.RUNNING, name))
         record = self.queue.fresh_record(name) if new_attempt else self.queue.read_record(name)
-        try:
-            text = path.read_text(errors="replace")
+        try:  # byte for byte (a script sent on stdin goes back to the same bytes)
+            text = path.read_bytes().decode("utf-8", "surrogateescape")
         except OSError as exc:
             record.reason = f"could not read the script: {exc}"
             self._finish_failed(name, record)
@@ -357,11 +360,17 @@ class SlurmBackend:
         record.host, record.pid, record.dispatcher = None, None, self.owner
         record.started_at = record.ended_at = record.exit_code = record.reason = None
         stdin = None if text.startswith("#!") else "#!/bin/sh\n" + text
-        noted = note_gpus(stdin or text) if may_use_gpus(directives, text) else None
+        gpus = may_use_gpus(directives, text, self.sbatch_args)
+        noted = note_gpus(stdin or text) if gpus else None
         record.extra.pop("slurm_gpus_noted", None)
+        record.extra["slurm_gpus"] = gpus  # its GPUs are looked up when it is seen running
         if noted is not None:
             stdin = noted
             record.extra["slurm_gpus_noted"] = record.attempts  # (Slurm's requeues add more)
+            try:  # not through whatever sits there (the job's shell would follow it)
+                os.unlink(self.layout.slurm_gpus(name, record.attempts))
+            except OSError:
+                pass
         record.extra.update(slurm_token=token, slurm_state="SUBMITTING",
                             slurm_submit_at=now_iso(), directives=directives.to_dict(),
                             slurm_after=list(after_ids))
@@ -625,7 +634,7 @@ class SlurmBackend:
             if record.started_at is None:
                 record.started_at = now_iso()
                 if ((record.extra.get("directives") or {}).get("gpus")
-                        or record.extra.get("slurm_gpus_noted")):
+                        or record.extra.get("slurm_gpus")):
                     res = self._run(["scontrol", "show", "job", "-d", tracked.job_id])
                     record.gpus = parse_gpu_indices(res.stdout) if res.returncode == 0 else []
                 self.logger.info("Running job %s in Slurm (%s) on %s...", tracked.name,
