@@ -266,3 +266,20 @@ def test_the_job_inherits_no_descriptor_but_its_output(tmp_path):
     os.close(w)
     fds = {line.split()[-3] for line in listing.splitlines()[1:]}
     assert fds == {"0", "1", "2", "3"}, listing  # 3: ls's own look at /proc/self/fd
+
+
+def test_a_child_start_time_without_proc_is_the_one_proc_gives() -> None:
+    """The identity a monitor is adopted by: computed from the clock around the spawn
+    (no /proc read), it must equal what /proc says, on either path."""
+    env = dict(os.environ)
+    for i in range(200):
+        before = procs.boot_ns()
+        if i % 4 == 0:  # a tick passed "during the spawn": /proc is read instead
+            before -= 10**9
+        pid = os.posix_spawn("/bin/sleep", ["/bin/sleep", "5"], env)
+        try:
+            started = procs.child_start_time(pid, before)
+            assert started is not None and started == procs.start_time(pid), i
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)

@@ -128,8 +128,9 @@ class KeeperGone(Exception):
 
 
 def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
-                  base_env: dict[str, str] | None = None) -> int:
-    """Start a job's monitor in a session of its own, its output to the job's log.
+                  base_env: dict[str, str] | None = None) -> tuple[int, int | None]:
+    """Start a job's monitor in a session of its own, its output to the job's log; its
+    pid and start time (its identity).
     ``posix_spawn`` (a vfork and an exec, no Python in the child) is safe from a process
     with threads, so the dispatcher calls this itself."""
     actions = [
@@ -144,12 +145,14 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
     if lock_fd is not None:
         actions.append((os.POSIX_SPAWN_DUP2, moved if moved is not None else lock_fd, LOCK_FD))
     try:
-        return os.posix_spawn(
+        before = procs.boot_ns()
+        pid = os.posix_spawn(
             request.argv[0], request.argv, env, setsid=True,
             # Ignored dispositions survive exec: a job that ignores SIGTERM cannot be
             # stopped gently (nor a pipeline end on SIGPIPE).
             setsigdef=_RESET_SIGNALS, file_actions=actions,
         )
+        return pid, procs.child_start_time(pid, before)
     finally:
         if moved is not None:
             os.close(moved)
@@ -181,7 +184,7 @@ class _KeeperState:
 
     def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None):
         try:
-            pid = spawn_monitor(request, lock_fd, self.base_env)
+            pid, started = spawn_monitor(request, lock_fd, self.base_env)
         except OSError as exc:  # (a hand-over's lock goes to the dispatcher with this)
             return SpawnFailed(request.name, str(exc), exc.errno,
                                lock_fd if after is not None else None)
@@ -189,7 +192,7 @@ class _KeeperState:
             if lock_fd is not None and after is None:
                 os.close(lock_fd)  # the monitor and the dispatcher hold it now
         self.children[pid] = request.name
-        return Started(request.name, pid, procs.start_time(pid), after,
+        return Started(request.name, pid, started, after,
                        lock_fd if after is not None else None)
 
     def hand_over(self, handover: Handover, after: int):
@@ -403,13 +406,13 @@ class Keeper:
     def spawn(self, request: SpawnRequest, lock_fd: int | None) -> Started | SpawnFailed:
         """Start a job's monitor now (the caller keeps its hold on ``lock_fd``)."""
         try:
-            pid = spawn_monitor(request, lock_fd, self._base_env)
+            pid, started = spawn_monitor(request, lock_fd, self._base_env)
         except OSError as exc:
             return SpawnFailed(request.name, str(exc), exc.errno)
         # Our unreaped child: its pid cannot be reused while we hold it, so this pidfd
         # is this process's for good.
         self._children[pid] = (request.name, os.pidfd_open(pid))
-        return Started(request.name, pid, procs.start_time(pid))
+        return Started(request.name, pid, started)
 
     def hand_over(self, handover: Handover) -> None:
         ours = tuple(pid for pid in handover.variants if pid in self._children)
