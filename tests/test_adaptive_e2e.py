@@ -59,6 +59,14 @@ def bayes_spec(name: str, cap: int) -> dict:
             "parameters": {"x": {"min": -1.0, "max": 1.0}, "y": {"min": -1.0, "max": 1.0}}}
 
 
+def hyperband_spec(name: str, min_iter: int, values: list[float]) -> dict:
+    """A grid sweep over ``q`` whose runs hyperband may stop early."""
+    return {"name": name, "program": "prog.sh", "method": "grid",
+            "metric": {"name": "loss", "goal": "minimize"},
+            "early_terminate": {"type": "hyperband", "min_iter": min_iter, "eta": 3},
+            "parameters": {"q": {"values": values}}}
+
+
 def study_of(root: Path, name: str):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -134,11 +142,7 @@ def test_kill9_of_the_dispatcher_mid_bayes_sweep_loses_and_repeats_no_trial(laun
 
 def test_hyperband_stops_hopeless_runs_and_keeps_the_best(launch, tmp_path):
     root = tmp_path / "root"
-    spec = sweep_files(tmp_path, {
-        "name": "hb", "program": "prog.sh", "method": "grid",
-        "metric": {"name": "loss", "goal": "minimize"},
-        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3},
-        "parameters": {"q": {"values": [0.1, 0.2, 5, 6, 7, 8]}}}, STEPS)
+    spec = sweep_files(tmp_path, hyperband_spec("hb", 1, [0.1, 0.2, 5, 6, 7, 8]), STEPS)
     cli("sweep", str(spec), "--dir", str(root), check=True)
     proc = launch.run(root, "--slots", "2", "--drain", "--kill-grace", "2")
     assert proc.wait(60) == 0, proc.output()  # stopped early is not a failure

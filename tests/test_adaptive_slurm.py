@@ -14,6 +14,7 @@ from test_adaptive_e2e import (
     QUAD,
     bayes_spec,
     check_study_matches_queue,
+    hyperband_spec,
     steps_program,
     sweep_files,
 )
@@ -46,11 +47,7 @@ def test_bayes_sweep_on_slurm(launch, tmp_path):
 
 def test_hyperband_on_slurm(launch, tmp_path):
     root = tmp_path / "root"
-    spec = sweep_files(tmp_path, {
-        "name": "shb", "program": "prog.sh", "method": "grid",
-        "metric": {"name": "loss", "goal": "minimize"},
-        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 3},
-        "parameters": {"q": {"values": [0.1, 0.2, 7]}}}, SLOW_STEPS)
+    spec = sweep_files(tmp_path, hyperband_spec("shb", 2, [0.1, 0.2, 7]), SLOW_STEPS)
     cli("sweep", str(spec), "--dir", str(root), check=True)
     proc = launch.run(root, "--backend", "slurm", "--wait", "0.3", "--drain")
     assert proc.wait(180) == 0, proc.output()
