@@ -20,7 +20,7 @@ from gpudispatch.keeper import (
     SpawnRequest,
     Started,
 )
-from gpudispatch.monitor import monitor_argv, read_exit_journals
+from gpudispatch.monitor import monitor_argv
 from gpudispatch.store import FolderQueue
 
 
@@ -244,127 +244,6 @@ def test_withdrawn_handover_stays_queued(setup, tmp_path):
     gate.touch()
     messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
     assert queue.locate("b.sh") is JobState.QUEUED
-
-
-# --- a hand-over's monitor started ahead, at its gate -------------------------------------
-def follow_b(queue: FolderQueue, keeper: Keeper, tmp_path: Path, body: str) -> int:
-    """a.sh runs until ``gate`` exists; b.sh (``body``) is handed over to follow it.
-    The pid of b.sh's monitor, started ahead and waiting at its gate."""
-    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {tmp_path / 'gate'} ]; do "
-                                           "sleep 0.02; done")
-    first = keeper.spawn(request(queue, "a.sh"), None).pid
-    write(queue, JobState.QUEUED, "b.sh", body)
-    st = os.lstat(queue.layout.script(JobState.QUEUED, "b.sh"))
-    keeper.hand_over(Handover("b.sh", {first: request(queue, "b.sh")},
-                              (st.st_ino, st.st_size, st.st_mtime_ns)))
-    monitors: dict = {}
-
-    def prepared() -> bool:
-        monitors.update(procs.find_monitors(str(queue.layout.exits)))
-        return "b.sh" in monitors
-
-    wait_until(prepared, 10, message="b.sh's monitor started ahead")
-    return monitors["b.sh"].pid
-
-
-def b_untouched(queue: FolderQueue, tmp_path: Path) -> bool:
-    """b.sh is queued, unlocked, did not run and has no exit status."""
-    probe = queue.lock_job("b.sh", JobState.QUEUED)
-    if probe is not None:
-        os.close(probe)
-    journal = read_exit_journals(str(queue.layout.exits))
-    return (probe is not None and not (tmp_path / "ran").exists()
-            and not any(name == "b.sh" for name, _ in journal))
-
-
-def test_a_prepared_handover_waits_unclaimed_then_its_monitor_runs_it(setup, tmp_path):
-    queue, keeper = setup
-    log = Path(queue.layout.job_log("b.sh", 1))
-    log.write_text("left from before\n")
-    ahead = follow_b(queue, keeper, tmp_path, f"echo b; touch {tmp_path / 'ran'}")
-    assert b_untouched(queue, tmp_path)  # another dispatcher may still take it
-    (tmp_path / "gate").touch()
-    seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) and x.name == "b.sh"
-                                                for x in m))
-    follow = started(seen, "b.sh")
-    assert follow.pid == ahead  # the monitor started ahead ran it
-    assert follow.lock_fd is not None
-    os.close(follow.lock_fd)
-    assert next(m for m in seen if isinstance(m, Exited) and m.name == "b.sh").code == 0
-    assert status(queue, "b.sh").code == 0 and (tmp_path / "ran").exists()
-    assert log.read_text() == "b\n"  # truncated at the claim, as a start from scratch is
-
-
-def test_a_withdrawn_prepared_handover_ends_its_monitor_without_a_trace(setup, tmp_path):
-    queue, keeper = setup
-    ahead = follow_b(queue, keeper, tmp_path, f"touch {tmp_path / 'ran'}")
-    keeper.withdraw("b.sh")
-    assert messages_until(keeper, lambda m: bool(m)) == [HandoverReturned("b.sh", "withdrawn")]
-    wait_until(lambda: not pid_alive(ahead), 10, message="the prepared monitor to end")
-    assert b_untouched(queue, tmp_path)
-    (tmp_path / "gate").touch()
-    messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
-    assert b_untouched(queue, tmp_path)
-
-
-def test_a_prepared_job_another_took_is_returned_and_never_run_here(setup, tmp_path):
-    queue, keeper = setup
-    ahead = follow_b(queue, keeper, tmp_path, f"touch {tmp_path / 'ran'}")
-    theirs = queue.lock_job("b.sh", JobState.QUEUED)  # another dispatcher claims it
-    assert theirs is not None and queue.claim("b.sh")
-    (tmp_path / "gate").touch()
-    seen = messages_until(keeper, lambda m: any(isinstance(x, HandoverReturned) for x in m))
-    assert HandoverReturned("b.sh", "taken") in seen
-    wait_until(lambda: not pid_alive(ahead), 10, message="the prepared monitor to end")
-    assert not (tmp_path / "ran").exists() and queue.locate("b.sh") is JobState.RUNNING
-    assert queue.lock_job("b.sh", JobState.RUNNING) is None  # still theirs alone
-    os.close(theirs)
-
-
-def test_a_prepared_script_replaced_before_the_claim_is_not_run_unchecked(setup, tmp_path):
-    """The monitor opened the script ahead; the one claimed is another file (same
-    content size): it goes back to the dispatcher to be checked, and runs nothing."""
-    queue, keeper = setup
-    ahead = follow_b(queue, keeper, tmp_path, f"touch {tmp_path / 'ran'}")
-    other = tmp_path / "other.sh"
-    other.write_text(f"#!/bin/sh\ntouch {tmp_path / 'rn2'}\n")
-    os.chmod(other, 0o755)
-    os.replace(other, queue.layout.script(JobState.QUEUED, "b.sh"))
-    (tmp_path / "gate").touch()
-    seen = messages_until(keeper, lambda m: any(isinstance(x, HandoverReturned) for x in m))
-    assert HandoverReturned("b.sh", "changed") in seen
-    wait_until(lambda: not pid_alive(ahead), 10, message="the prepared monitor to end")
-    assert not (tmp_path / "ran").exists() and not (tmp_path / "rn2").exists()
-    probe = queue.lock_job("b.sh", JobState.RUNNING)  # its lock went with the monitor
-    assert probe is not None
-    os.close(probe)
-
-
-def test_the_keeper_s_death_ends_its_prepared_monitors_and_leaves_the_job_queued(
-        setup, tmp_path):
-    queue, keeper = setup
-    ahead = follow_b(queue, keeper, tmp_path, f"touch {tmp_path / 'ran'}")
-    assert keeper.pid is not None
-    os.kill(keeper.pid, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(ahead), 10, message="the prepared monitor to end")
-    assert b_untouched(queue, tmp_path)
-    (tmp_path / "gate").touch()
-    assert b_untouched(queue, tmp_path)
-
-
-def test_a_prepared_monitor_killed_at_its_gate_leaves_a_start_from_scratch(setup, tmp_path):
-    queue, keeper = setup
-    ahead = follow_b(queue, keeper, tmp_path, f"touch {tmp_path / 'ran'}")
-    os.kill(ahead, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(ahead), 10, message="the prepared monitor to end")
-    assert b_untouched(queue, tmp_path)
-    (tmp_path / "gate").touch()
-    seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) and x.name == "b.sh"
-                                                for x in m))
-    follow = started(seen, "b.sh")
-    assert follow.pid != ahead and follow.lock_fd is not None
-    os.close(follow.lock_fd)
-    assert status(queue, "b.sh").code == 0 and (tmp_path / "ran").exists()
 
 
 def test_the_job_inherits_no_descriptor_but_its_output(tmp_path):

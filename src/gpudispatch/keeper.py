@@ -12,20 +12,18 @@ its hand-overs (they stay queued) and exits; the monitors carry on alone.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pickle
 import select
 import selectors
 import signal
 import socket
-import stat
 import sys
 from dataclasses import dataclass, field, replace
 
 from gpudispatch import procs
 from gpudispatch.job import JobState
-from gpudispatch.monitor import GATE_FD, LOCK_FD, gated_argv
+from gpudispatch.monitor import LOCK_FD
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import drain_pipe
 
@@ -130,31 +128,22 @@ class KeeperGone(Exception):
 
 
 def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
-                  base_env: dict[str, str] | None = None, log_fd: int | None = None,
-                  gate_fd: int | None = None) -> tuple[int, int | None]:
+                  base_env: dict[str, str] | None = None) -> tuple[int, int | None]:
     """Start a job's monitor in a session of its own, its output to the job's log; its
     pid and start time (its identity).
     ``posix_spawn`` (a vfork and an exec, no Python in the child) is safe from a process
-    with threads, so the dispatcher calls this itself. A monitor started ahead of its
-    claim gets its log already open (``log_fd``, not truncated) and its gate."""
-    # dup2 onto itself keeps CLOEXEC, and a source that is another's target is overwritten
-    # before it is read: any such descriptor is copied out of the way first.
-    moved = [_out_of_the_way(fd) for fd in (lock_fd, log_fd, gate_fd)]
-    lock_src, log_src, gate_src = ((m if m is not None else fd) for m, fd in
-                                   zip(moved, (lock_fd, log_fd, gate_fd), strict=True))
-    actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
-    if log_src is None:
+    with threads, so the dispatcher calls this itself."""
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         # Never through a planted symlink; a FIFO there fails instead of blocking us.
-        actions.append((os.POSIX_SPAWN_OPEN, 1, request.log_path, _LOG_FLAGS | os.O_TRUNC,
-                        0o644))
-    else:
-        actions.append((os.POSIX_SPAWN_DUP2, log_src, 1))
-    actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
-    if lock_src is not None:
-        actions.append((os.POSIX_SPAWN_DUP2, lock_src, LOCK_FD))
-    if gate_src is not None:
-        actions.append((os.POSIX_SPAWN_DUP2, gate_src, GATE_FD))
+        (os.POSIX_SPAWN_OPEN, 1, request.log_path,
+         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
     env = {**(os.environ if base_env is None else base_env), **request.env}
+    moved = os.dup(lock_fd) if lock_fd == LOCK_FD else None  # dup2 onto itself keeps CLOEXEC
+    if lock_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, moved if moved is not None else lock_fd, LOCK_FD))
     try:
         before = procs.boot_ns()
         pid = os.posix_spawn(
@@ -165,38 +154,8 @@ def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
         )
         return pid, procs.child_start_time(pid, before)
     finally:
-        for fd in moved:
-            if fd is not None:
-                os.close(fd)
-
-
-_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-_TARGETS = (0, 1, 2, GATE_FD, LOCK_FD)
-
-
-def _out_of_the_way(fd: int | None) -> int | None:
-    """A copy of ``fd`` above every target of the spawn's actions, if it is one of them."""
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) if fd in _TARGETS else None
-
-
-@dataclass
-class _Prepared:
-    """A hand-over's monitor started ahead, waiting at its gate, so that when the job it
-    follows ends only the claim and one byte stand between them (a monitor's exec and
-    start are most of a trivial job's cost, and off that path now).
-
-    Its job is still queued and unlocked: ``script_fd`` is the script opened, not
-    locked. The monitor holds the same open file description as its fd 9, so the
-    ``flock`` the keeper takes on it at the claim is the monitor's lock, as with a start
-    from scratch. Only a hand-over that can follow one job (one variant: its slots and
-    environment known) is prepared, one per followed job."""
-
-    pid: int
-    started: int | None
-    after: int  # the monitor pid it follows
-    gate: int  # the write end of its gate
-    script_fd: int
-    log_fd: int
+        if moved is not None:
+            os.close(moved)
 
 
 @dataclass
@@ -208,8 +167,6 @@ class _KeeperState:
     handovers: list[Handover] = field(default_factory=list)  # in run order
     base_env: dict[str, str] | None = None  # what the monitors inherit
     pidfds: dict[int, int] = field(default_factory=dict)  # followed, not ours: pid -> pidfd
-    prepared: dict[str, _Prepared] = field(default_factory=dict)  # by job name
-    retired: set[int] = field(default_factory=set)  # prepared monitors sent away, unreaped
 
     def send(self, message) -> None:
         self.sock.send(pickle.dumps(message))
@@ -241,109 +198,27 @@ class _KeeperState:
     def hand_over(self, handover: Handover, after: int):
         """Lock, claim and start a handed-over job (the lock goes to the dispatcher with
         the start; until this moment, other dispatchers could take the job)."""
-        prepared = self.prepared.pop(handover.name, None)
-        if prepared is not None and prepared.after != after:
-            self.retire(prepared)
-            prepared = None
         if self.queue.is_paused():
-            self.retire(prepared)
             return HandoverReturned(handover.name, "withdrawn")
-        lock_fd = (self.lock_prepared(prepared) if prepared is not None
-                   else self.queue.lock_job(handover.name, JobState.QUEUED))
+        lock_fd = self.queue.lock_job(handover.name, JobState.QUEUED)
         try:
             claimed = lock_fd is not None and self.queue.claim(handover.name)
         except OSError:  # the disk refuses the rename (read-only): it stays queued
-            self.retire(prepared, lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
             return HandoverReturned(handover.name, "withdrawn")
         if not claimed:
-            self.retire(prepared, lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
             return HandoverReturned(handover.name, "taken")
-        assert lock_fd is not None
         st = os.fstat(lock_fd)
-        if ((st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity
-                or not self.queue.holds(lock_fd, handover.name, JobState.RUNNING)):
-            # changed since checked (or replaced since opened ahead): checked again
-            self.retire(prepared, lock_fd)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
+            os.close(lock_fd)  # changed since checked: the dispatcher checks it again
             return HandoverReturned(handover.name, "changed")
         # What the ended job left in its group goes before the next job takes its slot
         # (the dispatcher does the same when it hears of the end, maybe later than this).
         procs.end_leftovers(after)
-        if prepared is not None:
-            started = self.release(prepared, handover.name, lock_fd)
-            if started is not None:
-                return started
         return self.start(handover.variants[after], lock_fd, after)
-
-    def prepare(self, handover: Handover) -> None:
-        """Start the monitor of a hand-over ahead, at its gate, if it is one to prepare
-        (see :class:`_Prepared`); if anything is in the way, it starts from scratch."""
-        if len(handover.variants) != 1:
-            return
-        (after, request), = handover.variants.items()
-        argv = gated_argv(request.argv)
-        if argv is None or any(p.after == after for p in self.prepared.values()):
-            return
-        opened: list[int] = []
-        try:
-            script_fd = os.open(self.queue.layout.script(JobState.QUEUED, handover.name),
-                                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            opened.append(script_fd)
-            st = os.fstat(script_fd)
-            if (not stat.S_ISREG(st.st_mode)
-                    or (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity):
-                raise FileNotFoundError
-            log_fd = os.open(request.log_path, _LOG_FLAGS | os.O_CLOEXEC, 0o644)
-            opened.append(log_fd)
-            gate_r, gate_w = os.pipe()
-            opened.append(gate_w)
-            try:
-                pid, started = spawn_monitor(replace(request, argv=argv), script_fd,
-                                             self.base_env, log_fd, gate_r)
-            finally:
-                os.close(gate_r)
-        except OSError:
-            for fd in opened:
-                os.close(fd)
-            return
-        self.prepared[handover.name] = _Prepared(pid, started, after, gate_w, script_fd,
-                                                 log_fd)
-
-    @staticmethod
-    def lock_prepared(prepared: _Prepared) -> int | None:
-        """The prepared monitor's script, locked now (its descriptor), or None."""
-        try:
-            fcntl.flock(prepared.script_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return None
-        return os.dup(prepared.script_fd)  # (closed with the rest of it)
-
-    def release(self, prepared: _Prepared, name: str, lock_fd: int) -> Started | None:
-        """Let a prepared monitor go, its job claimed; None if it is gone (then the job
-        starts from scratch)."""
-        try:
-            if os.fstat(prepared.log_fd).st_size:
-                os.ftruncate(prepared.log_fd, 0)  # (as O_TRUNC at a start from scratch)
-            os.write(prepared.gate, b"\n")
-        except OSError:  # it died waiting (EPIPE): retired
-            self.retire(prepared)
-            return None
-        for fd in (prepared.gate, prepared.script_fd, prepared.log_fd):
-            os.close(fd)
-        self.children[prepared.pid] = name
-        return Started(name, prepared.pid, prepared.started, prepared.after, lock_fd)
-
-    def retire(self, prepared: _Prepared | None, lock_fd: int | None = None) -> None:
-        """Send a prepared monitor away unreleased (the end of its gate ends it, having
-        done nothing); it is reaped without a word. Closes ``lock_fd`` too."""
-        if lock_fd is not None:
-            os.close(lock_fd)
-        if prepared is None:
-            return
-        # Its fd 9 shares the lock taken (if one was): let it go now, not when it ends.
-        fcntl.flock(prepared.script_fd, fcntl.LOCK_UN)
-        for fd in (prepared.gate, prepared.script_fd, prepared.log_fd):
-            os.close(fd)
-        self.retired.add(prepared.pid)
 
     def follow(self, handover: Handover, fds: list[int]) -> None:
         """Take a hand-over, with the pidfds of the dispatcher's monitors it follows. It
@@ -361,7 +236,6 @@ class _KeeperState:
                       if pid not in self.children and pid not in self.pidfds), None)
         if ended is None:
             self.handovers.append(handover)
-            self.prepare(handover)
         else:
             self.send_started(self.hand_over(handover, ended))
             self.forget_pidfds()
@@ -445,14 +319,13 @@ def _serve(state: _KeeperState) -> bool:
             for i, handover in enumerate(state.handovers):
                 if handover.name == message.name:
                     del state.handovers[i]
-                    state.retire(state.prepared.pop(message.name, None))
                     state.send(HandoverReturned(message.name, "withdrawn"))
                     state.forget_pidfds()
                     break
 
 
 def _reap(state: _KeeperState) -> None:
-    while state.children or state.retired or state.prepared:
+    while state.children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -461,11 +334,6 @@ def _reap(state: _KeeperState) -> None:
             return
         name = state.children.pop(pid, None)
         if name is None:
-            state.retired.discard(pid)
-            died = [n for n, p in state.prepared.items() if p.pid == pid]
-            for waiting in died:  # ended at its gate (killed): its job starts from scratch
-                state.retire(state.prepared.pop(waiting))
-                state.retired.discard(pid)
             continue
         follow = state.follower(pid)
         started = state.hand_over(follow, pid) if follow else None  # refill the slot first

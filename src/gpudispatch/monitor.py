@@ -28,7 +28,6 @@ from gpudispatch.layout import CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, RUN_ENV
 from gpudispatch.safeio import read_regular
 
 LOCK_FD = 9
-GATE_FD = 8
 _RECORD = f'printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; '
 MONITOR_SCRIPT = (
     ": gpudispatch-monitor; trap : TERM INT HUP; "
@@ -51,11 +50,6 @@ CGROUP_MONITOR_SCRIPT = (
     f'read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events"'
     ' && [ "$p" = 1 ]; do n=$((n+1)); [ $n -lt 200 ] || sleep 0.01; done; exit $c'
 )
-# A monitor started ahead of its job (a hand-over's; see keeper._Prepared) waits at a
-# gate first: the keeper's pipe on fd 8. A line means the job is claimed: go on. The end of
-# the pipe without one (the hand-over withdrawn, the claim lost, the keeper gone) means
-# that the job is not this monitor's: it ends, having done nothing and written nothing.
-_GATE = f"read -r _ <&{GATE_FD} || exit 0; exec {GATE_FD}<&-; "
 JOURNAL_ROTATE_BYTES = 4 << 20
 JOURNAL_READ_LIMIT = 64 << 20  # rotated at start only: a long-lived one may grow past 4 MB
 MARKER = b": gpudispatch-monitor;"
@@ -67,14 +61,6 @@ def monitor_argv(argv: list[str], plain_sh: bool, cgroup: bool = False) -> list[
     rest = ["."] if plain_sh else argv
     return ["/bin/sh", "-c", CGROUP_MONITOR_SCRIPT if cgroup else MONITOR_SCRIPT, script,
             *rest]
-
-
-def gated_argv(argv: list[str]) -> list[str] | None:
-    """A monitor's argv that first waits at its gate (None when ``argv`` is not one)."""
-    head = MARKER.decode() + " "
-    if len(argv) < 3 or not argv[2].startswith(head):
-        return None
-    return [*argv[:2], head + _GATE + argv[2][len(head):], *argv[3:]]
 
 
 @dataclass(frozen=True)
