@@ -37,15 +37,22 @@ class JobState(str, enum.Enum):
 def now_iso() -> str:
     """Now, local time with its UTC offset, to the millisecond: what
     ``datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")`` gives,
-    made with :mod:`time` so that ``submit`` need not import :mod:`datetime`."""
+    made with :mod:`time` so that ``submit`` need not import :mod:`datetime`. The text of
+    each second is made once (a drain stamps two a job)."""
     seconds, ns = divmod(time.time_ns(), 1_000_000_000)
-    local = time.localtime(seconds)
-    offset = local.tm_gmtoff or 0
-    hours, rest = divmod(abs(offset), 3600)
-    minutes, secs = divmod(rest, 60)
-    zone = f"{'-' if offset < 0 else '+'}{hours:02d}:{minutes:02d}" + (f":{secs:02d}" if secs
-                                                                      else "")
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{ns // 1_000_000:03d}{zone}"
+    if (seconds, time.tzname) != _second[0]:
+        local = time.localtime(seconds)
+        offset = local.tm_gmtoff or 0
+        hours, rest = divmod(abs(offset), 3600)
+        minutes, secs = divmod(rest, 60)
+        zone = f"{'-' if offset < 0 else '+'}{hours:02d}:{minutes:02d}" + (
+            f":{secs:02d}" if secs else "")
+        _second[:] = [(seconds, time.tzname), time.strftime("%Y-%m-%dT%H:%M:%S", local), zone]
+    return f"{_second[1]}.{ns // 1_000_000:03d}{_second[2]}"
+
+
+# The second (and time zone: ``time.tzset``) now_iso made text of last, its text, its zone.
+_second: list = [None, "", ""]
 
 
 def _fromisoformat():

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import TypeVar
 
 from gpudispatch.dispatcher.diskspace import RETRY_SECONDS, DiskWatch
@@ -48,6 +49,11 @@ class Settled:
 
 
 class Writer:
+    """One thread, fed once a tick: what a tick asks of it (log files to prepare, ended
+    jobs to settle) goes as one batch at its end (:meth:`flush`), so the thread is woken
+    once, not once a request (each wake costs both threads the GIL, a thread pool's
+    futures more: tens of microseconds a job)."""
+
     def __init__(self, queue: FolderQueue, on_done: Callable[[], None], disk: DiskWatch,
                  log: logging.Logger) -> None:
         self._queue = queue
@@ -55,29 +61,41 @@ class Writer:
         self._disk = disk
         self._log = log
         self._closing = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpudispatch-writer")
-        self._futures: list[Future] = []
+        self._batch: list[tuple[Callable, tuple, bool]] = []  # (task, args, settles)
+        self._inbox: SimpleQueue[list | None] = SimpleQueue()
+        self._done: deque[list[Settled] | BaseException] = deque()
+        self._pending = 0  # settlements sent and not collected (the loop's count alone)
+        self._thread = threading.Thread(target=self._work, name="gpudispatch-writer",
+                                        daemon=True)
+        self._thread.start()
 
     @property
     def busy(self) -> bool:
-        return bool(self._futures)
+        return self._pending > 0 or any(settles for _t, _a, settles in self._batch)
 
     def settle(self, settlements: list[Settlement]) -> None:
-        future = self._pool.submit(self._settle, settlements)
-        # Wake the loop once the future is done, not from inside the task: woken
-        # earlier, the loop would find it still pending and sleep on.
-        future.add_done_callback(lambda _f: self._on_done())
-        self._futures.append(future)
+        self._batch.append((self._settle, (settlements,), True))
 
     def run(self, task: Callable, *args) -> None:
         """Some other write off the loop (log files prepared ahead), kept in order."""
-        self._pool.submit(task, *args)
+        self._batch.append((task, args, False))
+
+    def flush(self) -> None:
+        """Hand this tick's requests to the thread, in order."""
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._pending += sum(settles for _t, _a, settles in batch)
+            self._inbox.put(batch)
 
     def collect(self) -> list[Settled]:
         """What finished writes settled; a write that failed raises here (OSError)."""
         out: list[Settled] = []
-        while self._futures and self._futures[0].done():
-            out.extend(self._futures.pop(0).result())
+        while self._done:
+            done = self._done.popleft()
+            self._pending -= 1
+            if isinstance(done, BaseException):
+                raise done
+            out.extend(done)
         return out
 
     def close(self) -> list[Settled]:
@@ -85,9 +103,27 @@ class Writer:
         still refuses here means the dispatcher is leaving abnormally: it is given up, its
         job left in ``running/`` unlocked, for the next dispatcher to conclude from its
         exit status."""
+        self.flush()
         self._closing.set()
-        self._pool.shutdown(wait=True)
+        self._inbox.put(None)
+        self._thread.join()
         return self.collect()
+
+    def _work(self) -> None:
+        while (batch := self._inbox.get()) is not None:
+            settled = False
+            for task, args, settles in batch:
+                try:
+                    result = task(*args)
+                except BaseException as exc:  # noqa: BLE001 - raised by collect(), or
+                    result = exc  # dropped, as an unread future's would be (a prepared log)
+                if settles:
+                    self._done.append(result)
+                    settled = True
+            if settled:
+                # The loop is woken once the results are there: woken earlier, it would
+                # find them missing and sleep on.
+                self._on_done()
 
     def _settle(self, settlements: list[Settlement]) -> list[Settled]:
         done = []

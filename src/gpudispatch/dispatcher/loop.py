@@ -528,6 +528,7 @@ class Dispatcher:
         ending, self._ending = self._ending, []
         if ending:
             self.writer.settle(ending)
+        self.writer.flush()  # with what the other steps asked of it
 
     def _plan_handovers(self, now: float) -> None:
         if self.disk.trouble:
