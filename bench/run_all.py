@@ -263,25 +263,40 @@ def wait_count(ino: Inotify, folders: list[Path], n: int, timeout: float) -> int
         return time.perf_counter_ns()
 
 
-def folder_drain(peer, n: int) -> tuple[float, float]:
-    """s from the first rename into queue/ to the n-th script in completed/ (peer idle)."""
+def busy_cpu() -> float:
+    """CPU seconds the whole machine has spent so far, all CPUs (``/proc/stat``: user,
+    nice, system, irq, softirq; not idle, iowait or steal). Over a drain it is what every
+    process of the peer cost (task-spooler's jobs are reaped by no one we could ask),
+    the bench's own loop and whatever else ran: a measure of work, where the wall time
+    also counts the waits (and, on a shared machine, the CPU other guests took)."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()[1:8]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields)
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def folder_drain(peer, n: int) -> tuple[float, float, float]:
+    """s from the first rename into queue/ to the n-th script in completed/ (peer idle),
+    s the renames took, and the machine's CPU seconds meanwhile (:func:`busy_cpu`)."""
     peer.start()
     try:
         staged = stage_jobs(peer.run_dir / "staging", n)
         os.sync()
         time.sleep(0.2)
         with Inotify(peer.done_dirs) as ino:
+            cpu0 = busy_cpu()
             t0 = time.perf_counter_ns()
             for path in staged:
                 os.rename(path, peer.queue_dir / path.name)
             t_dropped = time.perf_counter_ns()
             t_end = wait_count(ino, peer.done_dirs, n, timeout=max(120, n * 0.05))
+            cpu = busy_cpu() - cpu0
     finally:
         peer.stop()
     failed = count_files(peer.done_dirs[1])
     if failed:
         raise RuntimeError(f"{peer.name}: {failed} of {n} trivial jobs failed")
-    return (t_end - t0) / NS, (t_dropped - t0) / NS
+    return (t_end - t0) / NS, (t_dropped - t0) / NS, cpu
 
 
 def gpudispatch_drain_flag(run: Path, n: int) -> float:
@@ -302,13 +317,16 @@ def gpudispatch_drain_flag(run: Path, n: int) -> float:
     return (t_end - t0) / NS
 
 
-def tsp_drain(run: Path, n: int, list_reps: int) -> tuple[float, float, list[float]]:
-    """s from the first of n sequential ``tsp sh -c true`` to ``tsp -w LAST`` returning."""
+def tsp_drain(run: Path, n: int, list_reps: int
+              ) -> tuple[float, float, list[float], float]:
+    """s from the first of n sequential ``tsp sh -c true`` to ``tsp -w LAST`` returning;
+    s the submitting took, ``tsp -l`` times, the machine's CPU s (:func:`busy_cpu`)."""
     tsp = TaskSpooler(run)
     tsp.start()
     try:
         os.sync()
         time.sleep(0.2)
+        cpu0 = busy_cpu()
         t0 = time.perf_counter_ns()
         for _ in range(n - 1):
             tsp.submit("sh", "-c", "true")
@@ -316,6 +334,7 @@ def tsp_drain(run: Path, n: int, list_reps: int) -> tuple[float, float, list[flo
         t_submitted = time.perf_counter_ns()
         tsp.tsp("-w", last)
         t_end = time.perf_counter_ns()
+        cpu = busy_cpu() - cpu0
         listings = []
         for _ in range(list_reps):
             t = time.perf_counter_ns()
@@ -326,7 +345,7 @@ def tsp_drain(run: Path, n: int, list_reps: int) -> tuple[float, float, list[flo
             raise RuntimeError(f"tsp lists {finished} of {n} jobs finished")
     finally:
         tsp.stop()
-    return (t_end - t0) / NS, (t_submitted - t0) / NS, listings
+    return (t_end - t0) / NS, (t_submitted - t0) / NS, listings, cpu
 
 
 def bench_drain(cfg: Config, dirs: RunDirs) -> tuple[list[Row], list[float]]:
@@ -334,6 +353,7 @@ def bench_drain(cfg: Config, dirs: RunDirs) -> tuple[list[Row], list[float]]:
     say(f"\n== 2. drain {n} trivial jobs ({cfg.drain_reps} reps; --drain variant "
         f"{cfg.variant_reps}) ==")
     res: dict[str, list[float]] = {"gpudispatch": [], "tsp": [], "seed": [], "flag": []}
+    cpu: dict[str, list[float]] = {"gpudispatch": [], "tsp": []}  # ms a job, whole machine
     tsp_list: list[float] = []
     for rep in range(max(cfg.drain_reps, cfg.variant_reps)):
         peers = ["gpudispatch", "tsp", "seed", "flag"]
@@ -344,21 +364,24 @@ def bench_drain(cfg: Config, dirs: RunDirs) -> tuple[list[Row], list[float]]:
         for peer in rotated(peers, rep):
             run = dirs.fresh(f"drain-{peer}")
             if peer == "tsp":
-                total, submit, listing = tsp_drain(run, n, cfg.status_reps)
+                total, submit, listing, used = tsp_drain(run, n, cfg.status_reps)
                 tsp_list.extend(listing)
                 res["tsp"].append(total)
+                cpu["tsp"].append(used / n * 1e3)
                 say(f"  rep {rep + 1} task-spooler        {total:6.2f} s  "
-                    f"(submitting took {submit:.2f} s; tsp -l {med(listing) * 1e3:.0f} ms)")
+                    f"(submitting took {submit:.2f} s; tsp -l {med(listing) * 1e3:.0f} ms; "
+                    f"CPU {used / n * 1e3:.2f} ms a job)")
             elif peer == "flag":
                 total = gpudispatch_drain_flag(run, n)
                 res["flag"].append(total)
                 say(f"  rep {rep + 1} gpudispatch --drain {total:6.2f} s  (process start to exit)")
             else:
                 node = GpuDispatch(run) if peer == "gpudispatch" else SeedLoop(run)
-                total, dropped = folder_drain(node, n)
+                total, dropped, used = folder_drain(node, n)
                 res[peer].append(total)
+                cpu.get(peer, []).append(used / n * 1e3)
                 say(f"  rep {rep + 1} {node.name:19s} {total:6.2f} s  "
-                    f"(renames took {dropped * 1e3:.0f} ms)")
+                    f"(renames took {dropped * 1e3:.0f} ms; CPU {used / n * 1e3:.2f} ms a job)")
     dirs.cleanup()
     rows = [
         Row(f"drain {n}, dispatcher running", "s", res["gpudispatch"], "task-spooler",
@@ -366,6 +389,8 @@ def bench_drain(cfg: Config, dirs: RunDirs) -> tuple[list[Row], list[float]]:
         Row(f"drain {n}, dispatcher running", "s", res["gpudispatch"], "seed loop", res["seed"]),
         Row(f"drain {n}, run --drain (variant)", "s", res["flag"], "task-spooler", res["tsp"],
             max_ratio=1.0),
+        Row("  CPU a job, whole machine, dispatcher running", "ms", cpu["gpudispatch"],
+            "task-spooler", cpu["tsp"]),
     ]
     return rows, tsp_list
 
