@@ -147,6 +147,25 @@ def test_logs_prints_a_log_inside_root(queue) -> None:
     assert result.stdout == "hello from the job\n"
 
 
+@pytest.mark.parametrize("before", ["submitted", "ran once"])
+def test_logs_of_a_run_whose_record_is_not_written_yet(queue, before: str) -> None:
+    """A run's record is written 50 ms after its start: until then the record on disk
+    tells the run before (or the submission), and ``logs`` reads this run's log, the
+    next one, not "no output yet"."""
+    finished(queue, "a.sh", "running")
+    record = {"name": "a.sh", "submitted_at": "2024-01-01T09:00:00+00:00", "attempts": 0}
+    if before == "ran once":
+        record = {**GOOD, "log": queue.layout.job_log("a.sh", 1)}
+        with open(queue.layout.job_log("a.sh", 1), "w") as fh:
+            fh.write("the run before\n")
+    write_record(queue, "a.sh", record)
+    with open(queue.layout.job_log("a.sh", record["attempts"] + 1), "w") as fh:
+        fh.write("this run\n")
+    result = run_cli(queue, "logs", "a.sh")
+    assert_clean(result)
+    assert result.stdout == "this run\n"
+
+
 @pytest.mark.parametrize("how", ["outside", "relative", "symlink-out", "symlink-in",
                                  "fifo", "dev-zero", "directory", "logs-dir-link"])
 def test_logs_refuses_what_is_not_a_log_in_root(queue, tmp_path, how: str) -> None:
