@@ -39,20 +39,23 @@ def now_iso() -> str:
     ``datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")`` gives,
     made with :mod:`time` so that ``submit`` need not import :mod:`datetime`. The text of
     each second is made once (a drain stamps two a job)."""
+    global _second_text
     seconds, ns = divmod(time.time_ns(), 1_000_000_000)
-    if (seconds, time.tzname) != _second[0]:
+    made = _second_text  # one read: another thread may make the next second's meanwhile
+    if made[0] != (seconds, time.tzname):
         local = time.localtime(seconds)
         offset = local.tm_gmtoff or 0
         hours, rest = divmod(abs(offset), 3600)
         minutes, secs = divmod(rest, 60)
         zone = f"{'-' if offset < 0 else '+'}{hours:02d}:{minutes:02d}" + (
             f":{secs:02d}" if secs else "")
-        _second[:] = [(seconds, time.tzname), time.strftime("%Y-%m-%dT%H:%M:%S", local), zone]
-    return f"{_second[1]}.{ns // 1_000_000:03d}{_second[2]}"
+        made = _second_text = ((seconds, time.tzname),
+                               time.strftime("%Y-%m-%dT%H:%M:%S", local), zone)
+    return f"{made[1]}.{ns // 1_000_000:03d}{made[2]}"
 
 
 # The second (and time zone: ``time.tzset``) now_iso made text of last, its text, its zone.
-_second: list = [None, "", ""]
+_second_text: tuple = (None, "", "")
 
 
 def _fromisoformat():
