@@ -426,9 +426,18 @@ class Round:
             mons = monitors(self.root, tree)
             for mon in mons:
                 self.killed_monitors[mon.pid] = mon.env.get("GPUDISPATCH_JOB", "?")
+            # A monitor being spawned (the vfork child, before its exec) still shows its
+            # parent's command line: it may be a monitor, and its job begun, by the time
+            # the SIGKILL lands; a run whose $$ it is was interrupted, not run twice.
+            parents = {p.pid: p for p in tree}
+            spawning = [p.pid for p in tree
+                        if p.ppid in parents and p.argv == parents[p.ppid].argv]
+            for pid in spawning:
+                self.killed_monitors[pid] = "(being spawned)"
             kill9([disp.pid, *(p.pid for p in tree)])
             self.event(f"kill tree: {sorted(p.pid for p in tree)} "
-                       f"(monitors of {sorted(self.killed_monitors[m.pid] for m in mons)})")
+                       f"(monitors of {sorted(self.killed_monitors[m.pid] for m in mons)}"
+                       f"{f'; being spawned: {spawning}' if spawning else ''})")
         self.result.kills[kind] += 1
         if kind in ("dispatcher", "dispatcher+keeper", "tree"):
             disp.wait(10)

@@ -379,7 +379,8 @@ def bench_drain(cfg: Config, dirs: RunDirs) -> tuple[list[Row], list[float]]:
                 node = GpuDispatch(run) if peer == "gpudispatch" else SeedLoop(run)
                 total, dropped, used = folder_drain(node, n)
                 res[peer].append(total)
-                cpu.get(peer, []).append(used / n * 1e3)
+                if peer in cpu:
+                    cpu[peer].append(used / n * 1e3)
                 say(f"  rep {rep + 1} {node.name:19s} {total:6.2f} s  "
                     f"(renames took {dropped * 1e3:.0f} ms; CPU {used / n * 1e3:.2f} ms a job)")
     dirs.cleanup()

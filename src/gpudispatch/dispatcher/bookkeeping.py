@@ -115,8 +115,8 @@ class Writer:
             for task, args, settles in batch:
                 try:
                     result = task(*args)
-                except BaseException as exc:  # noqa: BLE001 - raised by collect(), or
-                    result = exc  # dropped, as an unread future's would be (a prepared log)
+                except BaseException as exc:  # raised by collect(); or dropped, as an
+                    result = exc  # unread future's would be (a log prepared ahead)
                 if settles:
                     self._done.append(result)
                     settled = True

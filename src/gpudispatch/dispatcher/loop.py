@@ -979,10 +979,6 @@ class Dispatcher:
     def run(self) -> int:
         """Dispatch until stopped (or drained); the exit status: with ``--drain``, 1 when
         a job failed (as the Slurm backend does), else 0."""
-        # This process's lines name no caller, thread or process: finding the caller
-        # walks the stack for every line (as logging's own docs suggest, for speed).
-        logging._srcfile = None  # type: ignore[attr-defined]
-        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         self.log.info("------------ Job Dispatcher Started ------------")
         if self.layout.writable_by_others():
             if self.options.allow_other_users:
