@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    gate_wait,
     job_text,
     logfile_text,
     names_in,
@@ -193,3 +194,31 @@ def test_restart_after_kill9_with_queue_left_finishes_everything_once(tmp_path, 
     assert sorted(read_lines(runs)) == ["a.sh", "b.sh", "c.sh", "d.sh"]
     second.signal(signal.SIGTERM)
     assert second.wait() == 0
+
+
+def test_monitor_and_dispatcher_killed_before_the_start_record_waits_for_the_job(
+        tmp_path, root, launch):
+    """Its first moments: the start record (with the monitor's pid) is written 50 ms after
+    the start, so a dispatcher and monitor killed sooner leave nothing naming the job's
+    processes. The next dispatcher finds them by their environment and waits for them
+    before it runs the job again (never two runs of one job at once)."""
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    # In a plain /bin/sh job, $$ is its monitor and $PPID the dispatcher that spawned it.
+    write_script(root / "queue" / "early.sh", job_text(
+        f'if [ "$GPUDISPATCH_ATTEMPT" = 1 ]; then kill -9 $PPID $$; {gate_wait(gate)}fi\n'
+        f'echo "end $GPUDISPATCH_ATTEMPT" >> {q(runs)}', runs=runs))
+    first = launch.run(root, "--slots", "1")
+    wait_lines(runs, 1)
+    wait_until(lambda: not pid_alive(first.pid))
+    assert where(root, "early.sh") == "running"
+    second = launch.run(root, "--slots", "1", "--drain")
+    wait_until(lambda: "early.sh is still running" in logfile_text(root),
+               message=lambda: f"{logfile_text(root)}\n{read_lines(runs)}")
+    assert read_lines(runs) == ["early.sh"]  # not run again meanwhile
+    open_gate(gate)
+    assert second.wait() == 0, f"{snapshot(root)}\n{logfile_text(root)}"
+    assert read_lines(runs) == ["early.sh", "end 1", "early.sh", "end 2"]
+    done = record(root, "early.sh")
+    assert where(root, "early.sh") == "completed", snapshot(root)
+    assert done["attempts"] == 2 and done["exit_code"] == 0
+    assert done["extra"]["interruptions"] == 1

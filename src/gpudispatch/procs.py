@@ -73,11 +73,24 @@ class FoundMonitor:
     cgroup: str | None = None
 
 
+def _queue_env(pid: int, exit_dir: str) -> dict[bytes, bytes] | None:
+    """The environment of a process started for a job of the queue whose exit journals
+    are in ``exit_dir``; None for any other (or one that is gone, or not ours to read)."""
+    marker = f"{EXIT_FILE_ENV}={exit_dir}/".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            items = fh.read().split(b"\0")
+    except OSError:
+        return None
+    if not any(i.startswith(marker) for i in items):
+        return None
+    return dict(i.split(b"=", 1) for i in items if b"=" in i)
+
+
 def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
     """Live monitors of one queue, by job name: session leaders running the monitor script
     with an exit journal under ``exit_dir``. A daemon the job started has the same environment
     but not the monitor's command line, so it is never taken for the job."""
-    marker = f"{EXIT_FILE_ENV}={exit_dir}/".encode()
     found: dict[str, FoundMonitor] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -87,15 +100,12 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 if MARKER not in fh.read(4096):
                     continue
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                items = fh.read().split(b"\0")
         except OSError:
             continue
+        env = _queue_env(pid, exit_dir)
         fields = stat_fields(pid)
-        exit_item = next((i for i in items if i.startswith(marker)), None)
-        if exit_item is None or fields is None or int(fields[3]) != pid or fields[0] == b"Z":
+        if env is None or fields is None or int(fields[3]) != pid or fields[0] == b"Z":
             continue
-        env = dict(i.split(b"=", 1) for i in items if b"=" in i)
         name = env.get(JOB_ENV.encode(), b"").decode(errors="surrogateescape")
         attempt = env.get(ATTEMPT_ENV.encode(), b"0")
         cuda = env.get(b"CUDA_VISIBLE_DEVICES", b"")
@@ -105,6 +115,31 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
             cgroups.checked(env.get(CGROUP_ENV.encode(), b"").decode(errors="replace")),
         )
     return found
+
+
+def find_run_session(exit_dir: str, name: str, inode: int) -> tuple[int, int] | None:
+    """The session (its monitor's pid) and attempt of a run of the job whose monitor is
+    gone and whose record names no pid: one killed in the job's first moments, before its
+    start record. Its processes carry the run in their environment (script inode and
+    attempt); a daemon the job started carries it too, but is younger than the job's first
+    process, whose session is the one taken."""
+    job, prefix = name.encode(errors="surrogateescape"), f"{inode}.".encode()
+    runs: list[tuple[int, int, int]] = []  # (attempt, -start time, session)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        env = _queue_env(int(entry.name), exit_dir)
+        run = env.get(RUN_ENV.encode(), b"") if env is not None else b""
+        fields = stat_fields(int(entry.name))
+        if (env is None or env.get(JOB_ENV.encode()) != job or not run.startswith(prefix)
+                or not run[len(prefix):].isdigit() or fields is None
+                or fields[0] in (b"Z", b"X")):
+            continue
+        runs.append((int(run[len(prefix):]), -int(fields[19]), int(fields[3])))
+    if not runs:
+        return None
+    attempt, _, session = max(runs)
+    return session, attempt
 
 
 def _members(session: int) -> list[int]:

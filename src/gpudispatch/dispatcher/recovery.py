@@ -7,7 +7,8 @@ The rules, from the folder protocol and the job lock (``store.lock_job``):
   (never re-run). On another host it is left alone, however stale that host's heartbeat.
 - A job whose lock can be taken has no owner left: its exit status, if its monitor wrote
   one for this attempt, concludes it; otherwise it was interrupted (its processes are
-  waited for first if some still run).
+  waited for first if some still run: found by the pid in its record or, when its monitor
+  died before that was written, by the run in their environment).
 - A job whose lock is held but whose owner cannot be told (no monitor in ``/proc``, no live
   dispatcher named in its record) is *unsure*: a peer on this host is starting or
   concluding it, or its monitor is exiting (it has left ``/proc``'s command lines but not
@@ -89,10 +90,23 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
         status = queue.exit_status(name, journal)
         if status is not None and status.attempt < record.attempts:
             status = None  # an earlier run's
+        if status is None and local and not record.pid:
+            run = _run_without_record(queue, name)
+            if run is not None:  # (the run it is counts as an attempt, as a recorded one)
+                record.pid, record.attempts = run[0], max(record.attempts, run[1])
         alive = status is None and local and bool(record.pid) and procs.job_alive(
             record.pid, cgroups.checked(record.extra.get("cgroup")))
         found.append(Orphan(name, record, directives, fd, None, status, alive))
     return Found(found, unsure)
+
+
+def _run_without_record(queue: FolderQueue, name: str) -> tuple[int, int] | None:
+    """A job's session and attempt, when its monitor died before its start record."""
+    try:
+        inode = os.lstat(queue.layout.script(JobState.RUNNING, name)).st_ino
+    except OSError:
+        return None
+    return procs.find_run_session(str(queue.layout.exits), name, inode)
 
 
 def _directives(queue: FolderQueue, name: str, record: JobRecord) -> Directives:
