@@ -222,3 +222,30 @@ def test_monitor_and_dispatcher_killed_before_the_start_record_waits_for_the_job
     assert where(root, "early.sh") == "completed", snapshot(root)
     assert done["attempts"] == 2 and done["exit_code"] == 0
     assert done["extra"]["interruptions"] == 1
+
+
+def test_a_retry_killed_before_its_start_record_is_not_taken_for_the_run_before(
+        tmp_path, root, launch):
+    """Until a retry's start record is written, the record on disk is the failed run's
+    (attempt 1, its exit code 3 in the journal): that code is not this run's end, and
+    this run's processes are waited for before it runs again."""
+    runs, gate, killed = tmp_path / "runs.txt", tmp_path / "gate", tmp_path / "killed"
+    write_script(root / "queue" / "again.sh", job_text(
+        f'[ "$GPUDISPATCH_ATTEMPT" = 1 ] && exit 3\n'
+        f'if [ ! -e {q(killed)} ]; then : > {q(killed)}; kill -9 $PPID $$; {gate_wait(gate)}fi\n'
+        f'echo "end $GPUDISPATCH_ATTEMPT" >> {q(runs)}', runs=runs,
+        header="#GPUDISPATCH --retries 1\n"))
+    first = launch.run(root, "--slots", "1")
+    wait_lines(runs, 2)
+    wait_until(lambda: not pid_alive(first.pid))
+    second = launch.run(root, "--slots", "1", "--drain")
+    wait_until(lambda: "again.sh is still running" in logfile_text(root),
+               message=lambda: f"{logfile_text(root)}\n{read_lines(runs)}")
+    assert read_lines(runs) == ["again.sh", "again.sh"]  # not run again meanwhile
+    open_gate(gate)
+    assert second.wait() == 0, f"{snapshot(root)}\n{logfile_text(root)}"
+    assert read_lines(runs) == ["again.sh", "again.sh", "end 2", "again.sh", "end 3"]
+    done = record(root, "again.sh")
+    assert where(root, "again.sh") == "completed", snapshot(root)
+    assert done["attempts"] == 3 and done["exit_code"] == 0, done
+    assert done["extra"]["interruptions"] == 1

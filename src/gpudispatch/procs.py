@@ -117,14 +117,20 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
     return found
 
 
-def find_run_session(exit_dir: str, name: str, inode: int) -> tuple[int, int] | None:
-    """The session (its monitor's pid) and attempt of a run of the job whose monitor is
-    gone and whose record names no pid: one killed in the job's first moments, before its
-    start record. Its processes carry the run in their environment (script inode and
-    attempt); a daemon the job started carries it too, but is younger than the job's first
-    process, whose session is the one taken."""
+@dataclass(frozen=True)
+class FoundRun:
+    session: int  # its monitor's pid, the job's process group and session
+    attempt: int
+    cgroup: str | None  # made for it, if its dispatcher made one
+
+
+def find_run_session(exit_dir: str, name: str, inode: int) -> FoundRun | None:
+    """A run of the job whose monitor is gone and whose record names no pid: one killed
+    in the job's first moments, before its start record. Its processes carry the run in
+    their environment (script inode and attempt); a daemon the job started carries it
+    too, but is younger than the job's first process, whose session is the one taken."""
     job, prefix = name.encode(errors="surrogateescape"), f"{inode}.".encode()
-    runs: list[tuple[int, int, int]] = []  # (attempt, -start time, session)
+    runs: list[tuple[int, int, int, bytes]] = []  # attempt, -start time, session, cgroup
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -135,11 +141,12 @@ def find_run_session(exit_dir: str, name: str, inode: int) -> tuple[int, int] | 
                 or not run[len(prefix):].isdigit() or fields is None
                 or fields[0] in (b"Z", b"X")):
             continue
-        runs.append((int(run[len(prefix):]), -int(fields[19]), int(fields[3])))
+        runs.append((int(run[len(prefix):]), -int(fields[19]), int(fields[3]),
+                     env.get(CGROUP_ENV.encode(), b"")))
     if not runs:
         return None
-    attempt, _, session = max(runs)
-    return session, attempt
+    attempt, _, session, cgroup = max(runs)
+    return FoundRun(session, attempt, cgroups.checked(cgroup.decode(errors="replace")))
 
 
 def _members(session: int) -> list[int]:

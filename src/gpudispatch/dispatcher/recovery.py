@@ -87,21 +87,33 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             continue
         if journal is None:
             journal = read_exit_journals(str(layout.exits))
+        on_record = _started_on_record(record)
         status = queue.exit_status(name, journal)
-        if status is not None and status.attempt < record.attempts:
-            status = None  # an earlier run's
-        if status is None and local and not record.pid:
-            run = _run_without_record(queue, name)
+        if status is not None and status.attempt < record.attempts + (0 if on_record else 1):
+            status = None  # an earlier run's (a retry's record is the failed run's at first)
+        if not on_record:  # its pid and cgroup are the run before's, if any
+            run = _run_without_record(queue, name) if status is None and local else None
+            record.pid = run.session if run is not None else None
+            record.extra.pop("cgroup", None)
             if run is not None:  # (the run it is counts as an attempt, as a recorded one)
-                record.pid, record.attempts = run[0], max(record.attempts, run[1])
+                record.attempts = max(record.attempts, run.attempt)
+                if run.cgroup:
+                    record.extra["cgroup"] = run.cgroup
         alive = status is None and local and bool(record.pid) and procs.job_alive(
             record.pid, cgroups.checked(record.extra.get("cgroup")))
         found.append(Orphan(name, record, directives, fd, None, status, alive))
     return Found(found, unsure)
 
 
-def _run_without_record(queue: FolderQueue, name: str) -> tuple[int, int] | None:
-    """A job's session and attempt, when its monitor died before its start record."""
+def _started_on_record(record: JobRecord) -> bool:
+    """Whether the record is this run's start record (written 50 ms after the start),
+    not the run before's: a retry's or a name dropped again keeps the last run's record
+    (its pid, attempt and end) until then, a new job has none."""
+    return bool(record.pid) and record.ended_at is None and not record.extra.get("requeued")
+
+
+def _run_without_record(queue: FolderQueue, name: str) -> procs.FoundRun | None:
+    """A job's run, when its monitor died before its start record."""
     try:
         inode = os.lstat(queue.layout.script(JobState.RUNNING, name)).st_ino
     except OSError:
