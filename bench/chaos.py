@@ -17,7 +17,9 @@ job sees its slot in ``CUDA_VISIBLE_DEVICES``; no GPU is needed). A loop driven 
   ``gpudispatch-monitor``; skipped where there are none);
 - ``dispatcher+keeper``: both at once (stopped first, so neither sees the other die);
 - ``tree``: every gpudispatch process of ROOT (dispatcher, keepers, monitors), never a
-  job's own processes.
+  job's own processes;
+- ``early``: the dispatcher and the monitor of the next run to begin, within a few ms of
+  its start (before its start record names its pid; skipped if none begins in a second).
 
 Killing stops when every job has ended or after ``--chaos-seconds``; the last dispatcher
 then drains the queue. Each job appends ``START`` / ``END`` lines (slot, pids, attempt,
@@ -60,7 +62,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("dispatcher", "keeper", "monitor", "dispatcher+keeper", "tree")
+KINDS = ("dispatcher", "keeper", "monitor", "dispatcher+keeper", "tree", "early")
 STATES = ("queue", "running", "completed", "failed")
 MONITOR_MARK = b"gpudispatch-monitor"
 SLOTS = ("0", "1", "2")
@@ -421,6 +423,17 @@ class Round:
             keepers = keepers_of(disp.pid)
             kill9([disp.pid, *keepers])
             self.event(f"kill dispatcher {disp.pid} and keeper {keepers}")
+        elif kind == "early":
+            begun = self._next_start()
+            if begun is None:
+                self.result.kills["skipped"] += 1
+                self.event("kill early: no run began within a second, skipped")
+                return False
+            name, monitor = begun
+            self.killed_monitors[monitor] = name
+            kill9([disp.pid, monitor])
+            self.event(f"kill dispatcher {disp.pid} and monitor {monitor} of {name}, "
+                       "just begun")
         else:  # tree
             tree = gpudispatch_tree(self.root)
             mons = monitors(self.root, tree)
@@ -439,10 +452,29 @@ class Round:
                        f"(monitors of {sorted(self.killed_monitors[m.pid] for m in mons)}"
                        f"{f'; being spawned: {spawning}' if spawning else ''})")
         self.result.kills[kind] += 1
-        if kind in ("dispatcher", "dispatcher+keeper", "tree"):
+        if kind in ("dispatcher", "dispatcher+keeper", "tree", "early"):
             disp.wait(10)
             return True
         return False
+
+    def _next_start(self, within: float = 1.0) -> tuple[str, int] | None:
+        """The job and monitor of the next run to begin (its START line), seen within a
+        few ms of its start: long before its start record (50 ms in) names its pid."""
+        runs = self.side / "runs"
+        sizes = {e.name: e.stat().st_size for e in os.scandir(runs)}
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for entry in os.scandir(runs):
+                size = entry.stat().st_size
+                if size > sizes.get(entry.name, 0):
+                    with open(entry.path, "rb") as fh:
+                        fh.seek(sizes.get(entry.name, 0))
+                        new = fh.read().decode(errors="replace").split()
+                    sizes[entry.name] = size
+                    if new[:1] == ["START"] and len(new) >= 4 and new[3].isdigit():
+                        return entry.name, int(new[3])
+            time.sleep(0.001)
+        return None
 
     def chaos(self) -> None:
         deadline = time.monotonic() + self.chaos_seconds

@@ -29,6 +29,7 @@ from conftest import (
     write_script,
 )
 
+from gpudispatch.job import now_iso
 from gpudispatch.store import FolderQueue
 
 pytestmark = pytest.mark.slow
@@ -249,3 +250,49 @@ def test_a_retry_killed_before_its_start_record_is_not_taken_for_the_run_before(
     assert where(root, "again.sh") == "completed", snapshot(root)
     assert done["attempts"] == 3 and done["exit_code"] == 0, done
     assert done["extra"]["interruptions"] == 1
+
+
+def test_a_job_whose_final_record_was_written_but_not_moved_is_not_run_again(
+        tmp_path, root, launch):
+    """Its dispatcher died between writing the end record and moving the script: the
+    record and the journal tell the end; the next dispatcher only moves it."""
+    runs = tmp_path / "runs.txt"
+    write_script(root / "queue" / "done.sh", job_text(runs=runs))
+    assert launch.run(root, "--slots", "1", "--drain").wait() == 0
+    os.rename(root / "completed" / "done.sh", root / "running" / "done.sh")
+    assert launch.run(root, "--slots", "1", "--drain").wait() == 0
+    assert where(root, "done.sh") == "completed", snapshot(root)
+    assert read_lines(runs) == ["done.sh"]
+    rec = record(root, "done.sh")
+    assert rec["attempts"] == 1 and rec["exit_code"] == 0, rec
+    assert "done.sh ended while no dispatcher was running" in logfile_text(root)
+
+
+def test_a_retry_whose_requeue_was_cut_short_goes_back_unchanged(tmp_path, root, launch):
+    """Its dispatcher died between writing the requeued record and moving the script
+    back to the queue: it goes back as the record says, its failure still counted (not
+    an interruption: that would give it a retry more), and runs its retry once."""
+    runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    write_script(root / "queue" / "retry.sh", job_text(
+        '[ "$GPUDISPATCH_ATTEMPT" = 1 ] && exit 3', runs=runs, gate=gate,
+        header="#GPUDISPATCH --retries 1\n"))
+    first = launch.run(root, "--slots", "1")
+    wait_record(root, "retry.sh", lambda r: r.get("pid"))  # its start record
+    os.kill(first.pid, signal.SIGSTOP)  # it ends while its dispatcher cannot move it
+    open_gate(gate)
+    queue = FolderQueue(root)
+    wait_until(lambda: queue.exit_status("retry.sh"), message=lambda: snapshot(root))
+    first.kill9()
+    # What the writer's requeue writes before its move (store.FolderQueue.requeue):
+    rec = queue.read_record("retry.sh")
+    rec.ended_at, rec.exit_code, rec.reason = now_iso(), 3, "exit code 3; retrying"
+    rec.extra["requeued"] = True
+    queue.write_record(rec)
+    second = launch.run(root, "--slots", "1", "--drain")
+    assert second.wait() == 0, f"{snapshot(root)}\n{logfile_text(root)}"
+    assert "retry.sh goes back to the queue, as its record says" in logfile_text(root)
+    assert where(root, "retry.sh") == "completed", snapshot(root)
+    assert read_lines(runs) == ["retry.sh", "retry.sh"]
+    done = record(root, "retry.sh")
+    assert done["attempts"] == 2 and done["exit_code"] == 0, done
+    assert done["extra"].get("interruptions", 0) == 0, done

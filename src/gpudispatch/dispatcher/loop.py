@@ -937,6 +937,11 @@ class Dispatcher:
         for orphan in found.orphans:
             if orphan.monitor is not None or orphan.group_alive:
                 self._adopt(orphan, now)
+            elif orphan.requeue:
+                self.log.info("%s goes back to the queue, as its record says", orphan.name)
+                self._ending.append(Settlement(orphan.name, None, JobState.QUEUED,
+                                               orphan.lock_fd))
+                self._settling.add(orphan.name)
             else:
                 job = RunningJob(orphan.name, [], orphan.record, orphan.directives,
                                  Phase.RUNNING, lock_fd=orphan.lock_fd, pid=orphan.record.pid,

@@ -37,6 +37,7 @@ class Orphan:
     monitor: procs.FoundMonitor | None  # alive: watch it
     exit: ExitStatus | None  # this attempt's status, when its monitor wrote one
     group_alive: bool = False  # no monitor, but processes of the job still run
+    requeue: bool = False  # to move back to the queue as it is (nothing of a new run left)
 
     @property
     def cgroup(self) -> str | None:
@@ -87,28 +88,34 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             continue
         if journal is None:
             journal = read_exit_journals(str(layout.exits))
-        on_record = _started_on_record(record)
+        requeued = bool(record.extra.get("requeued"))  # the failed run's, until the start
         status = queue.exit_status(name, journal)
-        if status is not None and status.attempt < record.attempts + (0 if on_record else 1):
-            status = None  # an earlier run's (a retry's record is the failed run's at first)
-        if not on_record:  # its pid and cgroup are the run before's, if any
-            run = _run_without_record(queue, name) if status is None and local else None
+        if status is not None and status.attempt < record.attempts + requeued:
+            # An earlier run's; or this retry's requeue was cut short (the run before's
+            # status, on record): nothing left of a run after it, it goes back unchanged.
+            requeue = requeued and status.attempt == record.attempts
+            status = None
+        else:
+            requeue = False
+        if status is None and local and not _started_on_record(record):
+            # Its pid and cgroup on record, if any, are the run before's.
+            run = _run_without_record(queue, name)
             record.pid = run.session if run is not None else None
             record.extra.pop("cgroup", None)
             if run is not None:  # (the run it is counts as an attempt, as a recorded one)
-                record.attempts = max(record.attempts, run.attempt)
+                record.attempts, requeue = max(record.attempts, run.attempt), False
                 if run.cgroup:
                     record.extra["cgroup"] = run.cgroup
         alive = status is None and local and bool(record.pid) and procs.job_alive(
             record.pid, cgroups.checked(record.extra.get("cgroup")))
-        found.append(Orphan(name, record, directives, fd, None, status, alive))
+        found.append(Orphan(name, record, directives, fd, None, status, alive, requeue))
     return Found(found, unsure)
 
 
 def _started_on_record(record: JobRecord) -> bool:
-    """Whether the record is this run's start record (written 50 ms after the start),
-    not the run before's: a retry's or a name dropped again keeps the last run's record
-    (its pid, attempt and end) until then, a new job has none."""
+    """Whether the record names this run's processes: its start record (written 50 ms
+    after the start). Until then a retry's is the failed run's, a name dropped again
+    has its last run's, and a new job has none."""
     return bool(record.pid) and record.ended_at is None and not record.extra.get("requeued")
 
 
