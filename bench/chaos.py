@@ -35,9 +35,10 @@ gpudispatch's word:
   on one slot at once (**doubled**).
 
 A job whose monitor was killed may be interrupted and run again (not a failure): runs
-whose monitor (their ``$$`` or ``$PPID``) was killed are left out of the counts and
-overlap checks, except that such a run, if it reached ``END`` with the settling code,
-may be the one that settled the job (its monitor may have died just after writing).
+whose monitor (their ``$$`` or ``$PPID``) was killed are left out of the counts, except
+that such a run, if it reached ``END`` with the settling code, may be the one that
+settled the job (its monitor may have died just after writing). They are not left out
+of the overlap checks: the job's processes outlive its monitor, and are waited for.
 
 ``--rounds R`` runs R rounds with seeds ``SEED, SEED+1, ...``, prints the lost / doubled /
 wrong totals and exits 1 if any is not zero. The seed and a per-job diagnostic are
@@ -491,8 +492,10 @@ class Round:
                 break
             if not self.kinds:
                 continue
-            if self.kill(self.rng.choice(self.kinds)):
-                time.sleep(self.rng.uniform(0.0, 0.4))
+            kind = self.rng.choice(self.kinds)
+            if self.kill(kind):
+                # (after an early kill at once: the next dispatcher finds the run still going)
+                time.sleep(self.rng.uniform(0.0, 0.4) if kind != "early" else 0.0)
                 self.start_dispatcher()
             self.reap()
 
@@ -626,13 +629,16 @@ def check(root: Path, side: Path, result: RoundResult, killed_monitors: set[int]
                                         f"with exit {code}"))
         if spec.kind != "retry" and len(done) > len(final):
             problems.append(("wrong", f"a run ended with a code other than {code}"))
-        for i, a in enumerate(done):
-            for b in done[i + 1:]:
+        # Every run that reached END, its monitor killed or not: a run whose monitor was
+        # killed went on, and is waited for before its job runs again or its slot is used.
+        ended = [r for r in runs if r.end is not None]
+        for i, a in enumerate(ended):
+            for b in ended[i + 1:]:
                 if a.overlaps(b):
                     problems.append(("doubled", f"runs n={a.n} and n={b.n} at once"))
         if any(r.slot == "-" for r in clean):
             problems.append(("wrong", "a run saw no CUDA_VISIBLE_DEVICES"))
-        all_runs += [(spec.name, r) for r in done]
+        all_runs += [(spec.name, r) for r in ended]
         result.problems[spec.name] = problems
         result.details[spec.name] = _describe(root, spec, runs, rec, t0)
     by_slot: dict[str, list[tuple[str, Run]]] = {}

@@ -108,19 +108,27 @@ def find_monitors(exit_dir: str) -> dict[str, FoundMonitor]:
             continue
         name = env.get(JOB_ENV.encode(), b"").decode(errors="surrogateescape")
         attempt = env.get(ATTEMPT_ENV.encode(), b"0")
-        cuda = env.get(b"CUDA_VISIBLE_DEVICES", b"")
-        found[name] = FoundMonitor(
-            pid, int(fields[19]), int(attempt) if attempt.isdigit() else 0,
-            [int(g) for g in cuda.split(b",") if g.strip().isdigit()],
-            cgroups.checked(env.get(CGROUP_ENV.encode(), b"").decode(errors="replace")),
-        )
+        found[name] = FoundMonitor(pid, int(fields[19]),
+                                   int(attempt) if attempt.isdigit() else 0,
+                                   _gpus(env), _cgroup(env))
     return found
+
+
+def _gpus(env: dict[bytes, bytes]) -> list[int]:
+    """The GPUs a job's process was given."""
+    return [int(g) for g in env.get(b"CUDA_VISIBLE_DEVICES", b"").split(b",")
+            if g.strip().isdigit()]
+
+
+def _cgroup(env: dict[bytes, bytes]) -> str | None:
+    return cgroups.checked(env.get(CGROUP_ENV.encode(), b"").decode(errors="replace"))
 
 
 @dataclass(frozen=True)
 class FoundRun:
     session: int  # its monitor's pid, the job's process group and session
     attempt: int
+    gpus: list[int]
     cgroup: str | None  # made for it, if its dispatcher made one
 
 
@@ -130,7 +138,7 @@ def find_run_session(exit_dir: str, name: str, inode: int) -> FoundRun | None:
     their environment (script inode and attempt); a daemon the job started carries it
     too, but is younger than the job's first process, whose session is the one taken."""
     job, prefix = name.encode(errors="surrogateescape"), f"{inode}.".encode()
-    runs: list[tuple[int, int, int, bytes]] = []  # attempt, -start time, session, cgroup
+    runs: list[tuple[int, int, int, dict[bytes, bytes]]] = []  # attempt, -start, session, env
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -141,12 +149,11 @@ def find_run_session(exit_dir: str, name: str, inode: int) -> FoundRun | None:
                 or not run[len(prefix):].isdigit() or fields is None
                 or fields[0] in (b"Z", b"X")):
             continue
-        runs.append((int(run[len(prefix):]), -int(fields[19]), int(fields[3]),
-                     env.get(CGROUP_ENV.encode(), b"")))
+        runs.append((int(run[len(prefix):]), -int(fields[19]), int(fields[3]), env))
     if not runs:
         return None
-    attempt, _, session, cgroup = max(runs)
-    return FoundRun(session, attempt, cgroups.checked(cgroup.decode(errors="replace")))
+    attempt, _, session, env = max(runs, key=lambda r: r[:3])
+    return FoundRun(session, attempt, _gpus(env), _cgroup(env))
 
 
 def _members(session: int) -> list[int]:

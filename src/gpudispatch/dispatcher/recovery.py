@@ -104,6 +104,7 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             record.extra.pop("cgroup", None)
             if run is not None:  # (the run it is counts as an attempt, as a recorded one)
                 record.attempts, requeue = max(record.attempts, run.attempt), False
+                record.gpus = run.gpus  # (held until it ends)
                 if run.cgroup:
                     record.extra["cgroup"] = run.cgroup
         alive = status is None and local and bool(record.pid) and procs.job_alive(
