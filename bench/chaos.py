@@ -150,8 +150,13 @@ def monitors(root: Path, procs: Sequence[Proc] | None = None) -> list[Proc]:
 
 
 def keepers_of(dispatcher_pid: int) -> list[int]:
-    """The dispatcher's keeper(s): its child Python processes."""
-    return [p.pid for p in all_procs() if p.ppid == dispatcher_pid and p.is_python]
+    """The dispatcher's keeper(s): its child Python processes, but a monitor it is
+    spawning (before its exec the child still shows the dispatcher's command line; a kill
+    a moment later may find it a monitor, its job begun)."""
+    procs = list(all_procs())
+    own = next((p.argv for p in procs if p.pid == dispatcher_pid), None)
+    return [p.pid for p in procs
+            if p.ppid == dispatcher_pid and p.is_python and p.argv != own]
 
 
 def gpudispatch_tree(root: Path) -> list[Proc]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 
 import pytest
 from conftest import (
@@ -26,6 +27,7 @@ from conftest import (
 )
 
 from gpudispatch.cgroups import detect
+from gpudispatch.procs import monitor_inline
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +240,94 @@ def test_containment_cgroup_is_refused_where_none_can_be_made(root):
         assert result.returncode != 0
         assert "--containment cgroup:" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------- inline monitors
+# A plain /bin/sh job that cannot take the shell from its monitor is sourced by the monitor
+# itself (``monitor.INLINE_MONITOR_SCRIPT``): in a cgroup the monitor is moved in with it,
+# so that what it starts later is born inside; a SIGKILL spares it, to write the end.
+def _inline_child(pid_file) -> str:
+    """Inline-safe (no exec, trap, function...): a background child writes its pid."""
+    tmp = q(f"{pid_file}.tmp")
+    return (f"sh -c 'echo $$ > {tmp} && mv {tmp} {q(pid_file)}; sleep 300' &\n"
+            f"while [ ! -s {q(pid_file)} ]; do sleep 0.01; done\n")
+
+
+def _cgroup_procs(cgroup: str) -> list[int]:
+    try:
+        with open(f"{cgroup}/cgroup.procs") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_inline_jobs_later_children_are_contained_and_end_with_it(
+        tmp_path, root, launch, mode):
+    pid_file, moved, gate = tmp_path / "child.pid", tmp_path / "moved", tmp_path / "gate"
+    write_script(root / "queue" / "a.sh", job_text(
+        gate_wait(moved) + _inline_child(pid_file) + gate_wait(gate)))
+    proc = launch.run(root, "--slots", "1", "--containment", mode)
+    rec = wait_record(root, "a.sh", lambda r: r.get("pid"))
+    assert monitor_inline(rec["pid"])
+    if mode == "cgroup":
+        cgroup = wait_record(root, "a.sh", lambda r: "cgroup" in r["extra"])["extra"]["cgroup"]
+        wait_until(lambda: rec["pid"] in _cgroup_procs(cgroup), timeout=10,
+                   message="the monitor, the job's shell, to be moved into its cgroup")
+    open_gate(moved)
+    wait_until(pid_file.exists, timeout=10, message="the child to start")
+    child = int(pid_file.read_text())
+    if mode == "cgroup":
+        assert child in _cgroup_procs(cgroup)  # born inside, not moved later
+    open_gate(gate)
+    wait_state(root, "a.sh", "completed")
+    assert record(root, "a.sh")["exit_code"] == 0
+    wait_until(lambda: not pid_alive(child), timeout=5, message="the child to end")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_inline_job_whose_command_ignores_sigterm_is_killed_after_the_grace(
+        tmp_path, root, launch, mode):
+    """Its shell waits for the command, as a shell does; the SIGKILL after the grace ends
+    the command, and the monitor, spared and told, writes the end: 143 for the SIGTERM it
+    had waiting (as a subshell would have ended at it), or 137."""
+    pid_file = tmp_path / "cmd.pid"
+    ignore = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)")
+    write_script(root / "queue" / "slow.sh", job_text(
+        f'{q(sys.executable)} -c "{ignore}"\necho not reached',
+        header="#GPUDISPATCH --timeout 1\n"))
+    proc = launch.run(root, "--slots", "1", "--drain", "--kill-grace", "1",
+                      "--containment", mode)
+    assert proc.wait(timeout=30) == 1
+    rec = record(root, "slow.sh")
+    assert rec["reason"].startswith("timeout"), rec
+    assert rec["exit_code"] in (128 + signal.SIGTERM, 128 + signal.SIGKILL), rec
+    assert "not reached" not in (root / "logs" / "slow.sh.log").read_text()
+    wait_until(lambda: not pid_alive(int(pid_file.read_text())), timeout=5,
+               message="the command to end")
+
+
+@pytest.mark.skipif(not CAN_MAKE_CGROUPS, reason="no cgroup can be made here (not root?)")
+def test_with_no_dispatcher_alive_an_inline_monitor_ends_the_daemons(tmp_path, root, launch):
+    """In its cgroup with its job, it writes the end, then kills the cgroup, itself too."""
+    pid_file, gate = tmp_path / "daemon.pid", tmp_path / "gate"
+    tmp = q(f"{pid_file}.tmp")
+    write_script(root / "queue" / "a.sh", job_text(
+        f"setsid sh -c 'echo $$ > {tmp} && mv {tmp} {q(pid_file)}; sleep 300' &\n"
+        f"while [ ! -s {q(pid_file)} ]; do sleep 0.01; done\n" + gate_wait(gate)))
+    proc = launch.run(root, "--slots", "1", "--containment", "cgroup")
+    wait_until(pid_file.exists, timeout=10, message="the daemon to start")
+    daemon = int(pid_file.read_text())
+    rec = wait_record(root, "a.sh", lambda r: "cgroup" in r["extra"])
+    cgroup = rec["extra"]["cgroup"]
+    wait_until(lambda: {daemon, rec["pid"]} <= set(_cgroup_procs(cgroup)), timeout=10,
+               message="the daemon and the monitor to be moved into the cgroup")
+    proc.kill9()
+    open_gate(gate)
+    wait_until(lambda: not pid_alive(daemon), timeout=10, message="the daemon to end")
+    assert launch.run(root, "--slots", "1", "--drain").wait(timeout=30) == 0
+    assert where(root, "a.sh") == "completed"
+    assert record(root, "a.sh")["exit_code"] == 0

@@ -197,17 +197,31 @@ def test_restart_after_kill9_with_queue_left_finishes_everything_once(tmp_path, 
     assert second.wait() == 0
 
 
+# A ``trap`` keeps a script from being run inline (by its monitor itself): it then runs in
+# a subshell of its monitor, the job's own process, which outlives the monitor.
+SUBSHELL = "trap '' USR1\n"
+
+
+@pytest.mark.parametrize("mode", ["subshell", "inline"])
 def test_monitor_and_dispatcher_killed_before_the_start_record_waits_for_the_job(
-        tmp_path, root, launch):
+        tmp_path, root, launch, mode):
     """Its first moments: the start record (with the monitor's pid) is written 50 ms after
     the start, so a dispatcher and monitor killed sooner leave nothing naming the job's
     processes. The next dispatcher finds them by their environment and waits for them
-    before it runs the job again (never two runs of one job at once)."""
+    before it runs the job again (never two runs of one job at once). In a subshell the
+    job's shell goes on; inline (the monitor is the job's shell) a child of it does."""
     runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
+    end = f'echo "end $GPUDISPATCH_ATTEMPT" >> {q(runs)}'
     # In a plain /bin/sh job, $$ is its monitor and $PPID the dispatcher that spawned it.
+    kill = "kill -9 $PPID $$"
+    first_run = (f"{gate_wait(gate)}" if mode == "subshell" else
+                 f'sh -c "{gate_wait(gate).strip()}; {end.replace(chr(34), chr(92) + chr(34))}" &\n'
+                 f"{kill}\n")
+    if mode == "subshell":
+        first_run = f"{kill}; {first_run}"
     write_script(root / "queue" / "early.sh", job_text(
-        f'if [ "$GPUDISPATCH_ATTEMPT" = 1 ]; then kill -9 $PPID $$; {gate_wait(gate)}fi\n'
-        f'echo "end $GPUDISPATCH_ATTEMPT" >> {q(runs)}', runs=runs))
+        (SUBSHELL if mode == "subshell" else "")
+        + f'if [ "$GPUDISPATCH_ATTEMPT" = 1 ]; then {first_run}fi\n{end}', runs=runs))
     first = launch.run(root, "--slots", "1")
     wait_lines(runs, 1)
     wait_until(lambda: not pid_alive(first.pid))
@@ -235,7 +249,7 @@ def test_a_retry_killed_before_its_start_record_is_not_taken_for_the_run_before(
         f'[ "$GPUDISPATCH_ATTEMPT" = 1 ] && exit 3\n'
         f'if [ ! -e {q(killed)} ]; then : > {q(killed)}; kill -9 $PPID $$; {gate_wait(gate)}fi\n'
         f'echo "end $GPUDISPATCH_ATTEMPT" >> {q(runs)}', runs=runs,
-        header="#GPUDISPATCH --retries 1\n"))
+        header="#GPUDISPATCH --retries 1\n" + SUBSHELL))
     first = launch.run(root, "--slots", "1")
     wait_lines(runs, 2)
     wait_until(lambda: not pid_alive(first.pid))

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import pid_alive, wait_until
+from conftest import gate_wait, pid_alive, wait_until
 
 from gpudispatch import procs
 from gpudispatch.job import JobState
@@ -41,11 +41,12 @@ def write(queue: FolderQueue, state: JobState, name: str, body: str) -> str:
     return queue.layout.script(JobState.RUNNING, name)
 
 
-def request(queue: FolderQueue, name: str, attempt: int = 1) -> SpawnRequest:
+def request(queue: FolderQueue, name: str, attempt: int = 1,
+            inline: bool = False) -> SpawnRequest:
     path = queue.layout.script(JobState.RUNNING, name)
     log = queue.layout.job_log(name, attempt)
     inode = os.lstat(queue.layout.script(queue.locate(name), name)).st_ino
-    return SpawnRequest(name, monitor_argv(["/bin/sh", path], True),
+    return SpawnRequest(name, monitor_argv(["/bin/sh", path], True, inline=inline),
                         {**queue.layout.job_env(name, attempt, [], log, inode), "X": "1"}, log)
 
 
@@ -283,3 +284,76 @@ def test_a_child_start_time_without_proc_is_the_one_proc_gives() -> None:
         finally:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+
+
+# ---------------------------------------------------------------- the inline monitor
+def exited(keeper: Keeper) -> Exited:
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    return next(m for m in seen if isinstance(m, Exited))
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ('echo "out $X $0 $$"; exit 3', 3),  # exit ends the script, and is recorded
+    ("false", 1),  # the last command's status
+    ("set -e\nfalse\necho no", 1),
+    ("if then", 2),  # a syntax error
+    ("GPUDISPATCH_RUN=9.9 GPUDISPATCH_JOB=b.sh GPUDISPATCH_EXIT_FILE=/tmp/x; exit 5", 5),
+    ("set -x\necho traced\nexit 4", 4),  # its trace stops where the monitor's work begins
+])
+def test_an_inline_monitor_runs_the_script_itself_and_writes_its_status(setup, body, code):
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", body)
+    pid = keeper.spawn(request(queue, "a.sh", inline=True), None).pid
+    assert exited(keeper).code == code
+    written = status(queue, "a.sh")
+    assert (written.attempt, written.code) == (1, code)  # (its own values, not the script's)
+    assert "__gpudispatch" not in Path(queue.layout.job_log("a.sh", 1)).read_text()
+    if code == 3:  # no process of its own: $$ is the monitor, as in a subshell
+        log = Path(queue.layout.job_log("a.sh", 1)).read_text()
+        assert log == f"out 1 {queue.layout.script(JobState.RUNNING, 'a.sh')} {pid}\n"
+
+
+def test_an_inline_job_signalled_ends_as_a_shell_would_and_its_status_is_written(setup):
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", "sleep 30\necho not reached")
+    pid = keeper.spawn(request(queue, "a.sh", inline=True), None).pid
+    wait_until(lambda: monitor_ready(pid) and len(procs._members(pid)) >= 2)  # sleep too
+    assert procs.monitor_inline(pid)
+    assert len(procs._members(pid)) == 2  # no subshell: the monitor and sleep
+    procs.signal_job(pid, signal.SIGTERM)
+    assert exited(keeper).code == 128 + signal.SIGTERM
+    assert status(queue, "a.sh").code == 128 + signal.SIGTERM
+    assert "not reached" not in Path(queue.layout.job_log("a.sh", 1)).read_text()
+
+
+def test_sigkill_ends_an_inline_job_and_its_monitor_writes_137(setup):
+    """It goes to every process of the job but the monitor, which is the job's shell:
+    told by SIGUSR2 (while the group is stopped), it runs no further command."""
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", "sleep 30\necho not reached\nsleep 30")
+    pid = keeper.spawn(request(queue, "a.sh", inline=True), None).pid
+    wait_until(lambda: monitor_ready(pid) and len(procs._members(pid)) >= 2)
+    procs.signal_job(pid, signal.SIGKILL)
+    assert exited(keeper).code == 128 + signal.SIGKILL
+    assert status(queue, "a.sh").code == 128 + signal.SIGKILL
+    assert "not reached" not in Path(queue.layout.job_log("a.sh", 1)).read_text()
+
+
+def test_an_inline_monitor_keeps_the_lock_from_its_children(setup, tmp_path):
+    queue, keeper = setup
+    gate = tmp_path / "gate"
+    write(queue, JobState.QUEUED, "a.sh", "sleep 30 &\n" + gate_wait(gate))
+    lock = queue.lock_job("a.sh", JobState.QUEUED)
+    assert lock is not None and queue.claim("a.sh")
+    pid = keeper.spawn(request(queue, "a.sh", inline=True), lock).pid
+    os.close(lock)
+    wait_until(lambda: len(procs._members(pid)) >= 2)
+    assert queue.lock_job("a.sh", JobState.RUNNING) is None  # the monitor holds it
+    gate.touch()
+    assert exited(keeper).code == 0
+    # Its background child lives on (until the dispatcher ends what is left): it does not
+    # hold the lock.
+    assert any(procs.pid_alive(p) for p in procs._members(pid))
+    fd = wait_until(lambda: queue.lock_job("a.sh", JobState.RUNNING))
+    os.close(fd)
+    procs.end_leftovers(pid)

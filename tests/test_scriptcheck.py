@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from gpudispatch.job import HEADER_MAX_BYTES
 from gpudispatch.scriptcheck import ScriptRejected, check_script, shebang_argv
 
 
@@ -51,3 +52,42 @@ def test_rejected_scripts_say_why(tmp_path, make, fragment):
     make(path)
     with pytest.raises(ScriptRejected, match=fragment):
         _check(path)
+
+
+@pytest.mark.parametrize(("body", "inline"), [
+    ("true", True),
+    ("set -e\npython train.py --lr 0.1 --out run.1 2>&1 | tee x.txt", True),
+    ("set -eu  # strict\nx=$(ls)\necho ./a.sh", True),
+    ("exec python train.py", False),  # would replace the monitor
+    ("trap 'rm -f x' EXIT\nwork", False),  # would replace its EXIT trap
+    ("cleanup() { rm x; }\ncleanup", False),  # a function may shadow what the trap runs
+    ("alias printf=echo", False),
+    ('eval "$CMD"', False),
+    (". ./env.sh\nwork", False),
+    ("source env.sh", False),
+    ("set -euo pipefail", False),  # set but -e, -u, -x: could stop the trap running
+    ("set -- a b", False),
+    ("ulimit -f 0", False),  # could keep it from appending its status
+    ("echo $__gpudispatch_run", False),  # the values it keeps
+])
+def test_a_plain_sh_script_is_run_inline_only_when_it_cannot_take_the_monitors_shell(
+        tmp_path, body, inline):
+    script = tmp_path / "a.sh"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    assert _check(script).plain_sh
+    assert _check(script).inline is inline
+
+
+def test_inline_needs_all_of_the_script_read_and_plain_sh(tmp_path):
+    long = tmp_path / "long.sh"
+    long.write_text("#!/bin/sh\n" + "true\n" * (HEADER_MAX_BYTES // 5))
+    long.chmod(0o755)
+    assert _check(long).plain_sh and not _check(long).inline  # its end was not read
+    bash = tmp_path / "bash.sh"
+    bash.write_text("#!/bin/bash\ntrue\n")
+    bash.chmod(0o755)
+    assert not _check(bash).inline
+    plain = tmp_path / "plain.sh"  # not executable: run with /bin/sh, inline too
+    plain.write_text("#!/bin/sh\ntrue\n")
+    assert _check(plain).inline

@@ -32,6 +32,7 @@ PREFIX = "gpudispatch-"
 # never pays it, and one of minutes pays it once, off its start. Until then (and always,
 # without a cgroup) its process group and the dispatcher as subreaper hold it.
 ENCLOSE_AFTER_SECONDS = 0.5
+FREEZE_WAIT_SECONDS = 1.0
 STALE_AFTER_SECONDS = 5.0  # an empty cgroup of a dead dispatcher, not one being joined
 _NAME = re.compile(rf"{PREFIX}(\d+)-")
 _JOB_NAME = re.compile(rf"{PREFIX}\d+-\d+\.\d+")
@@ -194,6 +195,33 @@ def signal_all(path: str, sig: int) -> bool:
         except (ProcessLookupError, PermissionError):
             pass
     return found
+
+
+def kill_all_but(path: str, monitor: int, tell: Callable[[], None]) -> None:
+    """SIGKILL every process of the cgroup but an inline monitor in it (it must live to
+    write the end); ``tell`` lets it know, while all is frozen (``cgroup.freeze``, so
+    nothing forks past us). A cgroup that will not freeze within a second (a process
+    stuck in the kernel) is killed as it is."""
+    freeze = _write(f"{path}/cgroup.freeze", "1")
+    deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+    while freeze and not _frozen(path) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    tell()
+    for pid in members(path):
+        if pid != monitor:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    _write(f"{path}/cgroup.freeze", "0")
+
+
+def _frozen(path: str) -> bool:
+    try:
+        with open(f"{path}/cgroup.events") as fh:
+            return "frozen 1" in fh.read()
+    except OSError:
+        return True  # gone: nothing to wait for
 
 
 def remove(path: str) -> bool:

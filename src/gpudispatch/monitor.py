@@ -13,6 +13,14 @@ ROOT. The dispatcher and its keeper may die at any moment; the status survives t
   ``running/`` still has an owner.
 - A plain ``/bin/sh`` script is sourced in a subshell, one ``exec`` shorter; ``$0`` is the
   script's path in both ways.
+- A plain ``/bin/sh`` script that cannot take the shell from its monitor (no ``exec``,
+  ``trap``, ``eval``, ``.``, function or alias: see ``scriptcheck.INLINE_UNSAFE``) is
+  sourced by the monitor itself, *inline*: one fork shorter (a third of a trivial job's
+  cost). The monitor then writes the status from its ``EXIT`` trap, with the values it
+  copied before the script ran; a signal ends the script as it would a shell running it
+  (``TERM`` 143, ``INT`` 130, ``HUP`` 129) and is recorded; ``USR2`` is how a SIGKILL of
+  the job reaches it (``procs.signal_job`` kills the rest): 137. In a cgroup it is moved
+  in with its job, and kills the cgroup once it has written the status.
 - One journal per host, appended with ``O_APPEND`` (a short line is one atomic write),
   rather than a file per job: creating a file costs more than a trivial job on the disks
   this runs on. ``RUN`` is the script's inode and the attempt, so a line is never taken
@@ -50,14 +58,34 @@ CGROUP_MONITOR_SCRIPT = (
     f'read -r _ p 2>/dev/null <"${CGROUP_ENV}/cgroup.events"'
     ' && [ "$p" = 1 ]; do n=$((n+1)); [ $n -lt 200 ] || sleep 0.01; done; exit $c'
 )
+# Inline: values copied before the script runs (it may change its environment); names a
+# script may not use (``scriptcheck``). ``$?`` is read first in the trap: the status.
+_INLINE_COPY = (f'__gpudispatch_run="${RUN_ENV}" __gpudispatch_job="${JOB_ENV}" '
+                f'__gpudispatch_exits="${EXIT_FILE_ENV}" __gpudispatch_cg="${CGROUP_ENV}"; ')
+# (In a group with no stderr: what a script's ``set -x`` would trace into its log.)
+_INLINE_RECORD = ('{ __gpudispatch_code=$?; set +eux; printf "%s %s %s\\n" '
+                  '"$__gpudispatch_run" "$__gpudispatch_code" "$__gpudispatch_job" '
+                  '>>"$__gpudispatch_exits"')
+_INLINE_KILL_CGROUP = ('; [ -n "$__gpudispatch_cg" ] && [ -d "$__gpudispatch_cg" ] && '
+                       'echo 1 >"$__gpudispatch_cg/cgroup.kill"; } 2>/dev/null')
+INLINE_MARK = ": inline;"
+INLINE_MONITOR_SCRIPT = (
+    f": gpudispatch-monitor; {INLINE_MARK} {_INLINE_COPY}"
+    "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP; trap 'exit 137' USR2; "
+    f"trap '{_INLINE_RECORD}{_INLINE_KILL_CGROUP}' EXIT; "
+    '. "$0" 9<&-'
+)
 JOURNAL_ROTATE_BYTES = 4 << 20
 JOURNAL_READ_LIMIT = 64 << 20  # rotated at start only: a long-lived one may grow past 4 MB
 MARKER = b": gpudispatch-monitor;"
 
 
-def monitor_argv(argv: list[str], plain_sh: bool, cgroup: bool = False) -> list[str]:
+def monitor_argv(argv: list[str], plain_sh: bool, cgroup: bool = False,
+                 inline: bool = False) -> list[str]:
     """The monitor's argv for a job run as ``argv`` (its ``$0`` is the script)."""
     script = argv[-1]
+    if inline and plain_sh:
+        return ["/bin/sh", "-c", INLINE_MONITOR_SCRIPT, script, "."]
     rest = ["."] if plain_sh else argv
     return ["/bin/sh", "-c", CGROUP_MONITOR_SCRIPT if cgroup else MONITOR_SCRIPT, script,
             *rest]

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from gpudispatch import cgroups
 from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, RUN_ENV
-from gpudispatch.monitor import MARKER
+from gpudispatch.monitor import INLINE_MONITOR_SCRIPT, MARKER
+
+INLINE_HEAD = b"/bin/sh\0-c\0" + INLINE_MONITOR_SCRIPT.encode()
 
 
 def stat_fields(pid: int) -> list[bytes] | None:
@@ -168,14 +170,16 @@ def _members(session: int) -> list[int]:
     return out
 
 
-def job_processes(monitor: int, name: str, run: str, since: int | None = None) -> list[int]:
-    """Every live process of a job but its monitor: those of its group or session, and
-    those that left them but carry its run in their environment (``setsid`` daemons).
-    ``since``: the monitor's start time; what started before is not the job's (and its
-    environment is not read: on a large machine that is most of ``/proc``)."""
+def job_processes(monitor: int, name: str, run: str, since: int | None = None,
+                  with_monitor: bool = False) -> list[int]:
+    """Every live process of a job but its monitor (first, with ``with_monitor``: an
+    inline one is the job's shell): those of its group or session, and those that left
+    them but carry its run in their environment (``setsid`` daemons). ``since``: the
+    monitor's start time; what started before is not the job's (and its environment is
+    not read: on a large machine that is most of ``/proc``)."""
     marks = (f"{RUN_ENV}={run}".encode(), f"{JOB_ENV}={name}".encode())
     me = os.getpid()
-    out = []
+    out = [monitor] if with_monitor and pid_alive(monitor) else []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in (monitor, me):
             continue
@@ -206,8 +210,15 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
     SIGTERM goes to the group (the monitor traps it and goes on to record the end);
     SIGKILL freezes the group first (SIGSTOP: nothing forks meanwhile), kills each member
     but the monitor, and lets the monitor go on, as Slurm's proctrack does without a cgroup.
+    An inline monitor (the job's shell too) is told with SIGUSR2, and ends with 137; in a
+    cgroup it is in, the cgroup is frozen instead and the rest killed one by one.
     """
-    in_cgroup = cgroups.signal_all(cgroup, sig) if cgroup else False
+    inline = sig == signal.SIGKILL and monitor_inline(monitor)
+    if inline and cgroup and monitor in cgroups.members(cgroup):
+        cgroups.kill_all_but(cgroup, monitor, lambda: _tell_killed(monitor))
+        in_cgroup = True
+    else:
+        in_cgroup = cgroups.signal_all(cgroup, sig) if cgroup else False
     try:
         if sig != signal.SIGKILL:
             if not in_cgroup:
@@ -216,6 +227,8 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
         os.killpg(monitor, signal.SIGSTOP)
     except (ProcessLookupError, PermissionError):
         return in_cgroup
+    if inline:
+        _tell_killed(monitor)  # (pending until SIGCONT, when its job is gone)
     for pid in _members(monitor):
         if pid != monitor:
             try:
@@ -227,6 +240,23 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
     except (ProcessLookupError, PermissionError):
         pass
     return True
+
+
+def _tell_killed(monitor: int) -> None:
+    try:
+        os.kill(monitor, signal.SIGUSR2)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def monitor_inline(pid: int) -> bool:
+    """Whether the monitor runs its job's script itself (``monitor.INLINE_MONITOR_SCRIPT``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(INLINE_HEAD)
 
 
 def end_leftovers(monitor: int, cgroup: str | None = None) -> None:

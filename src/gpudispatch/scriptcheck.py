@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from gpudispatch.job import HEADER_MAX_BYTES
@@ -17,26 +18,48 @@ class Launch:
     A plain class, not a dataclass: ``status`` imports this module (for :func:`read_head`)
     and must not pay for ``dataclasses``."""
 
-    __slots__ = ("argv", "note")
+    __slots__ = ("argv", "note", "inline")
 
-    def __init__(self, argv: list[str], note: str | None = None) -> None:
+    def __init__(self, argv: list[str], note: str | None = None, inline: bool = False) -> None:
         self.argv = argv
         self.note = note
+        self.inline = inline  # plain /bin/sh that its monitor may source itself
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not Launch:
             return NotImplemented
-        return (self.argv, self.note) == (other.argv, other.note)  # type: ignore[attr-defined]
+        return ((self.argv, self.note, self.inline)
+                == (other.argv, other.note, other.inline))  # type: ignore[attr-defined]
 
     __hash__ = None  # type: ignore[assignment]  # argv is a list
 
     def __repr__(self) -> str:
-        return f"Launch(argv={self.argv!r}, note={self.note!r})"
+        return f"Launch(argv={self.argv!r}, note={self.note!r}, inline={self.inline!r})"
 
     @property
     def plain_sh(self) -> bool:
         """Run by ``/bin/sh`` with no options: the monitor may source it in a subshell."""
         return len(self.argv) == 2 and self.argv[0] == "/bin/sh"
+
+
+# What could take the shell from its monitor, were the script sourced by the monitor
+# itself (``monitor.INLINE_MONITOR_SCRIPT``): replace it (``exec``), change its traps, run
+# code it cannot see (``eval``, ``.``, ``source``), redefine the commands its EXIT trap
+# runs (functions, aliases), stop it from running them (``set`` but -e, -u, -x), limit
+# the file it appends to (``ulimit``), or touch the values it kept. Matched on the text,
+# comments and strings too: a false match only costs the fork that inline saves.
+INLINE_UNSAFE = re.compile(
+    rb"\b(?:exec|trap|eval|source|alias|ulimit|function)\b"
+    rb"|__gpudispatch"
+    rb"|\(\s*\)"  # a function definition: name ()
+    rb"|(?:^|[;&|(\s])\.\s"  # . FILE
+    rb"|\bset\b(?!\s+-[eux]+(?:[ \t]*(?:$|[;&|#\n])))",
+    re.MULTILINE)
+
+
+def inline_safe(text: bytes) -> bool:
+    """Whether a plain ``/bin/sh`` script may be sourced by its monitor (see above)."""
+    return INLINE_UNSAFE.search(text) is None
 
 
 def shebang_argv(head: bytes) -> list[str] | None:
@@ -127,13 +150,16 @@ def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> La
         raise ScriptRejected(
             f"names {interp[0]} in its #! line, which is not an executable file here"
         )
+    inline = st.st_size <= len(head) and inline_safe(head)  # (all of it was read)
     if st.st_mode & stat.S_IXUSR:
         if interp is None:  # exec() would refuse it; a shell runs it with /bin/sh
-            return Launch(
-                ["/bin/sh", path], note="executable without a #! line; running it with /bin/sh"
-            )
+            return Launch(["/bin/sh", path],
+                          note="executable without a #! line; running it with /bin/sh",
+                          inline=inline)
         if interp == ["/bin/sh"]:
-            return Launch(["/bin/sh", path])  # what exec() would do, one exec shorter
+            # what exec() would do, one exec shorter
+            return Launch(["/bin/sh", path], inline=inline)
         return Launch([path])
     argv = interp or ["/bin/sh"]
-    return Launch([*argv, path], note=f"not executable; running it with {' '.join(argv)}")
+    return Launch([*argv, path], note=f"not executable; running it with {' '.join(argv)}",
+                  inline=inline and argv == ["/bin/sh"])

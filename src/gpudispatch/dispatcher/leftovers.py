@@ -95,7 +95,7 @@ class Leftovers:
                 assert job.cgroup is not None and job.pid is not None
                 cgroups.enclose(job.cgroup, functools.partial(
                     procs.job_processes, job.pid, job.name, cgroups.run_of(job.cgroup),
-                    job.started))
+                    job.started, procs.monitor_inline(job.pid)))
         if self._cgroups and now >= self._next_cgroup_try:
             self._cgroups = [c for c in self._cgroups if not cgroups.remove(c)]
             self._next_cgroup_try = now + CGROUP_RETRY_SECONDS

@@ -79,6 +79,7 @@ from gpudispatch.watch import FolderWatcher, close_fds, drain_pipe
 # one record write instead of two. A crash in between loses nothing (see recovery).
 RECORD_DELAY_SECONDS = 0.05
 CANCEL_CHECK_SECONDS = 0.5  # cancel requests from other hosts, when no file event says so
+CGROUP_EMPTY_WAIT_SECONDS = 60.0
 WATCH_POLL_SECONDS = 0.2  # watched jobs without a pidfd, or waiting for their lock
 UNSURE_RECHECK_SECONDS = 0.05  # an exiting monitor lets go of its lock within moments
 UNSURE_WAIT_SECONDS = 5.0  # then the heartbeat's settling looks at them, as at any orphan
@@ -377,12 +378,25 @@ class Dispatcher:
                 continue
             status = self.queue.exit_status(job.name)
             if status is not None and status.attempt >= job.record.attempts:
+                if self._cgroup_emptying(job, now):
+                    continue
                 job.record.attempts = status.attempt
                 self._ended(job, status.code)
             elif job.pid and procs.job_alive(job.pid, job.cgroup):
                 job.started = None  # its monitor is gone; wait for the rest of the job
             else:
                 self._ended(job, None, "its monitor ended without an exit status")
+
+    def _cgroup_emptying(self, job: RunningJob, now: float) -> bool:
+        """Whether to wait for the last processes of its cgroup, killed as its monitor
+        ended (an inline one is in it, and kills it with itself once it wrote the end):
+        its slot is free once they are gone, as a monitor outside waits (a minute at most:
+        one stuck in the kernel is left to the cgroup's removal)."""
+        cgroup = job.cgroup_in_use
+        if cgroup is None or not cgroups.populated(cgroup):
+            return False
+        job.ended_at = job.ended_at if job.ended_at is not None else now
+        return now - job.ended_at < CGROUP_EMPTY_WAIT_SECONDS
 
     def _contain(self, now: float) -> None:
         self.leftovers.tick(now, self.running.values())

@@ -51,6 +51,7 @@ class RunningJob:
     record_due: float | None = None  # when its start record is written, if still running
     watched: bool = False  # its end is seen by polling its processes, not told by a keeper
     pidfd: int | None = None  # for watched jobs: readable when the monitor exits
+    ended_at: float | None = None  # its end written, its cgroup's last processes dying
     variants: dict[int, list[int]] | None = None  # HANDED_OVER: followed pid -> slots
     withdrawing: bool = False  # a HANDED_OVER job we asked back
 

@@ -55,5 +55,5 @@ def spawn_request(layout: Layout, record: JobRecord, launch: Launch, gpus: list[
     env["CUDA_DEVICE_ORDER"] = device_order
     if cgroup:
         env[CGROUP_ENV] = cgroup  # made when the monitor starts; the job's shell joins it
-    return SpawnRequest(record.name, monitor_argv(launch.argv, launch.plain_sh, bool(cgroup)),
-                        env, log)
+    return SpawnRequest(record.name, monitor_argv(launch.argv, launch.plain_sh, bool(cgroup),
+                                                  launch.inline), env, log)
