@@ -211,17 +211,14 @@ def test_monitor_and_dispatcher_killed_before_the_start_record_waits_for_the_job
     before it runs the job again (never two runs of one job at once). In a subshell the
     job's shell goes on; inline (the monitor is the job's shell) a child of it does."""
     runs, gate = tmp_path / "runs.txt", tmp_path / "gate"
-    end = f'echo "end $GPUDISPATCH_ATTEMPT" >> {q(runs)}'
+    end = f"echo end $GPUDISPATCH_ATTEMPT >> {q(runs)}"
     # In a plain /bin/sh job, $$ is its monitor and $PPID the dispatcher that spawned it.
-    kill = "kill -9 $PPID $$"
-    first_run = (f"{gate_wait(gate)}" if mode == "subshell" else
-                 f'sh -c "{gate_wait(gate).strip()}; {end.replace(chr(34), chr(92) + chr(34))}" &\n'
-                 f"{kill}\n")
     if mode == "subshell":
-        first_run = f"{kill}; {first_run}"
+        first_run = SUBSHELL + f"kill -9 $PPID $$\n{gate_wait(gate)}"
+    else:  # the kill ends the script: a child of it goes on
+        first_run = f'sh -c "{gate_wait(gate).strip()}; {end}" &\nkill -9 $PPID $$\n'
     write_script(root / "queue" / "early.sh", job_text(
-        (SUBSHELL if mode == "subshell" else "")
-        + f'if [ "$GPUDISPATCH_ATTEMPT" = 1 ]; then {first_run}fi\n{end}', runs=runs))
+        f'if [ "$GPUDISPATCH_ATTEMPT" = 1 ]; then\n{first_run}fi\n{end}', runs=runs))
     first = launch.run(root, "--slots", "1")
     wait_lines(runs, 1)
     wait_until(lambda: not pid_alive(first.pid))
