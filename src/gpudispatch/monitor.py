@@ -20,7 +20,7 @@ ROOT. The dispatcher and its keeper may die at any moment; the status survives t
   copied before the script ran; a signal ends the script as it would a shell running it
   (``TERM`` 143, ``INT`` 130, ``HUP`` 129) and is recorded; ``USR2`` is how a SIGKILL of
   the job reaches it (``procs.signal_job`` kills the rest): 137. In a cgroup it is moved
-  in with its job, and kills the cgroup once it has written the status.
+  in with its job, and once it has written the status it kills the rest of the cgroup.
 - One journal per host, appended with ``O_APPEND`` (a short line is one atomic write),
   rather than a file per job: creating a file costs more than a trivial job on the disks
   this runs on. ``RUN`` is the script's inode and the attempt, so a line is never taken
@@ -66,8 +66,17 @@ _INLINE_COPY = (f'__gpudispatch_run="${RUN_ENV}" __gpudispatch_job="${JOB_ENV}" 
 _INLINE_RECORD = ('{ __gpudispatch_code=$?; set +eux; printf "%s %s %s\\n" '
                   '"$__gpudispatch_run" "$__gpudispatch_code" "$__gpudispatch_job" '
                   '>>"$__gpudispatch_exits"')
-_INLINE_KILL_CGROUP = ('; [ -n "$__gpudispatch_cg" ] && [ -d "$__gpudispatch_cg" ] && '
-                       'echo 1 >"$__gpudispatch_cg/cgroup.kill"; } 2>/dev/null')
+# In its cgroup with its job (moved in with it), it kills every other process there, in
+# rounds (one may fork meanwhile), until none is listed or for about a second (builtins
+# only: a ``sleep`` would be born in the cgroup too), then exits: the keeper starts the
+# next job in its slot only then, as for a monitor outside that waits for ``populated 0``.
+_INLINE_KILL_CGROUP = (
+    '; [ -n "$__gpudispatch_cg" ] && [ -d "$__gpudispatch_cg" ] && '
+    '__gpudispatch_n=0 && while [ $__gpudispatch_n -lt 20000 ]; do __gpudispatch_o=0; '
+    'while read -r __gpudispatch_p; do [ "$__gpudispatch_p" = $$ ] || '
+    '{ kill -9 "$__gpudispatch_p"; __gpudispatch_o=1; }; done <"$__gpudispatch_cg/cgroup.procs"; '
+    '[ $__gpudispatch_o = 0 ] && break; __gpudispatch_n=$((__gpudispatch_n+1)); done; '
+    '} 2>/dev/null')
 INLINE_MARK = ": inline;"
 INLINE_MONITOR_SCRIPT = (
     f": gpudispatch-monitor; {INLINE_MARK} {_INLINE_COPY}"

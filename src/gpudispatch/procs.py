@@ -14,6 +14,7 @@ from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, 
 from gpudispatch.monitor import INLINE_MONITOR_SCRIPT, MARKER
 
 INLINE_HEAD = b"/bin/sh\0-c\0" + INLINE_MONITOR_SCRIPT.encode()
+LATE_SIGNAL_SECONDS = 0.05
 
 
 def stat_fields(pid: int) -> list[bytes] | None:
@@ -211,10 +212,12 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
     SIGKILL freezes the group first (SIGSTOP: nothing forks meanwhile), kills each member
     but the monitor, and lets the monitor go on, as Slurm's proctrack does without a cgroup.
     An inline monitor (the job's shell too) is told with SIGUSR2, and ends with 137; in a
-    cgroup it is in, the cgroup is frozen instead and the rest killed one by one.
+    cgroup it is in, the cgroup is frozen instead and the rest killed one by one. A
+    SIGTERM it traps goes again to the commands that may have lost it (for 50 ms).
     """
-    inline = sig == signal.SIGKILL and monitor_inline(monitor)
-    if inline and cgroup and monitor in cgroups.members(cgroup):
+    inline = sig in (signal.SIGKILL, signal.SIGTERM) and monitor_inline(monitor)
+    before = _commands(monitor) if inline and sig == signal.SIGTERM else {}
+    if inline and sig == signal.SIGKILL and cgroup and monitor in cgroups.members(cgroup):
         cgroups.kill_all_but(cgroup, monitor, lambda: _tell_killed(monitor))
         in_cgroup = True
     else:
@@ -223,6 +226,8 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
         if sig != signal.SIGKILL:
             if not in_cgroup:
                 os.killpg(monitor, sig)
+            if inline and sig == signal.SIGTERM:
+                _signal_late_comers(monitor, before, sig)
             return True
         os.killpg(monitor, signal.SIGSTOP)
     except (ProcessLookupError, PermissionError):
@@ -242,6 +247,45 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
     return True
 
 
+def _commands(monitor: int) -> dict[int, bytes]:
+    """The command line of each process of the job."""
+    return {pid: _cmdline(pid) for pid in _members(monitor)}
+
+
+def _signal_late_comers(monitor: int, before: dict[int, bytes], sig: int) -> None:
+    """After a signal an inline monitor traps: send it again, for a moment, to those of
+    its job that may have lost it. The monitor (the job's shell) runs its trap only once
+    its current command ends, so that command must get it: one forked as the signal came
+    (or while it was pending in the monitor) was a copy of the monitor, with its handler
+    and not its trap, and loses it with its ``exec``. Each is signalled once it has
+    exec'd; what had exec'd before the first signal got it; a subshell that never execs
+    keeps it (its own commands get theirs)."""
+    mine = before.get(monitor, b"")
+    done = {pid for pid, command in before.items() if command != mine}
+    deadline = time.monotonic() + LATE_SIGNAL_SECONDS
+    while pid_alive(monitor) and time.monotonic() < deadline:
+        for pid in _members(monitor):
+            if pid in done or pid == monitor:
+                continue
+            command = _cmdline(pid)
+            if command == mine or not command:
+                continue  # not exec'd yet (or in its exec: no command line meanwhile)
+            done.add(pid)
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.001)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read(4096)
+    except OSError:
+        return b""
+
+
 def _tell_killed(monitor: int) -> None:
     try:
         os.kill(monitor, signal.SIGUSR2)
@@ -251,12 +295,7 @@ def _tell_killed(monitor: int) -> None:
 
 def monitor_inline(pid: int) -> bool:
     """Whether the monitor runs its job's script itself (``monitor.INLINE_MONITOR_SCRIPT``)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
-    return head.startswith(INLINE_HEAD)
+    return _cmdline(pid).startswith(INLINE_HEAD)
 
 
 def end_leftovers(monitor: int, cgroup: str | None = None) -> None:
