@@ -71,10 +71,8 @@ def _children(me: int, ours: Collection[int]) -> Iterable[tuple[int, bytes]]:
 def _run_of(pid: int) -> tuple[str, int] | str | None:
     """The job and attempt a process inherited; :data:`HOOK` for a hook's; None when
     its environment names neither (cleared, or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            items = fh.read().split(b"\0")
-    except OSError:
+    items = procs.environ_items(pid)
+    if items is None:
         return None
     if not any(i.startswith(_MARK) for i in items):
         return HOOK if any(i.startswith(_HOOK_MARK) for i in items) else None

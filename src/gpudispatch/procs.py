@@ -76,16 +76,22 @@ class FoundMonitor:
     cgroup: str | None = None
 
 
+def environ_items(pid: int) -> list[bytes] | None:
+    """A process's environment as ``NAME=value`` items; None when it is gone or not
+    ours to read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return fh.read().split(b"\0")
+    except OSError:
+        return None
+
+
 def _queue_env(pid: int, exit_dir: str) -> dict[bytes, bytes] | None:
     """The environment of a process started for a job of the queue whose exit journals
     are in ``exit_dir``; None for any other (or one that is gone, or not ours to read)."""
     marker = f"{EXIT_FILE_ENV}={exit_dir}/".encode()
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            items = fh.read().split(b"\0")
-    except OSError:
-        return None
-    if not any(i.startswith(marker) for i in items):
+    items = environ_items(pid)
+    if items is None or not any(i.startswith(marker) for i in items):
         return None
     return dict(i.split(b"=", 1) for i in items if b"=" in i)
 
@@ -193,12 +199,8 @@ def job_processes(monitor: int, name: str, run: str, since: int | None = None,
         if monitor in (int(fields[2]), int(fields[3])):
             out.append(pid)
             continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                items = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if all(mark in items for mark in marks):
+        items = environ_items(pid)
+        if items is not None and all(mark in items for mark in marks):
             out.append(pid)
     return out
 
