@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from gpudispatch.control import env_text, line_script
 from gpudispatch.job import HEADER_MAX_BYTES
 from gpudispatch.scriptcheck import ScriptRejected, check_script, shebang_argv
 
@@ -91,3 +92,25 @@ def test_inline_needs_all_of_the_script_read_and_plain_sh(tmp_path):
     plain = tmp_path / "plain.sh"  # not executable: run with /bin/sh, inline too
     plain.write_text("#!/bin/sh\ntrue\n")
     assert _check(plain).inline
+
+
+def test_a_submitted_commands_kept_environment_may_be_sourced_inline(tmp_path):
+    """``submit`` loads the submitting shell's environment with ``. FILE``: inline when
+    that file holds exports alone, as ``control.env_text`` writes them."""
+    env_dir = tmp_path / ".gpudispatch" / "env"
+    env_dir.mkdir(parents=True)
+    env_file = env_dir / "0123abcd.env"
+    env_file.write_text(env_text({"PATH": "/usr/bin", "X": "it's\nmulti-line", "E": ""}))
+    script = tmp_path / "a.sh"
+    script.write_text(line_script("true", str(tmp_path), str(env_file)))
+    script.chmod(0o755)
+    assert _check(script).inline
+    with open(env_file, "a") as fh:  # anything else in it: run in a subshell
+        fh.write("trap '' EXIT\n")
+    assert not _check(script).inline
+    env_file.write_text(env_text({"__gpudispatch_run": "1"}))
+    assert not _check(script).inline
+    elsewhere = tmp_path / "x.env"
+    elsewhere.write_text(env_text({"X": "1"}))
+    script.write_text(line_script("true", None, str(elsewhere)))
+    assert not _check(script).inline  # not a kept environment's path

@@ -57,9 +57,44 @@ INLINE_UNSAFE = re.compile(
     re.MULTILINE)
 
 
+# The line ``submit`` writes to load the submitting shell's environment (``control``), and
+# what that file may hold to be sourced inline: ``export NAME='value'`` lines, as
+# ``control.env_text`` writes them (values quoted by ``shlex.quote``), and comments.
+_ENV_LINE = re.compile(
+    rb"^\. '?(/[^'\n]*/\.gpudispatch/env/[0-9a-f]+\.env)'? \|\| exit 1$", re.MULTILINE)
+_EXPORTS_ONLY = re.compile(
+    rb"(?:#[^\n]*\n|export (?!__gpudispatch)[A-Za-z_]\w*="
+    rb"""(?:'[^']*'|"'"|[\w@%+=:,./-])*\n)*""")
+_ENV_FILE_MAX_BYTES = 1 << 20
+_exports_only: dict[tuple[str, int, int, int], bool] = {}  # (path, inode, size, mtime)
+
+
 def inline_safe(text: bytes) -> bool:
     """Whether a plain ``/bin/sh`` script may be sourced by its monitor (see above)."""
-    return INLINE_UNSAFE.search(text) is None
+    for env_file in _ENV_LINE.findall(text):
+        if not _env_file_safe(env_file.decode(errors="surrogateescape")):
+            return False
+    return INLINE_UNSAFE.search(_ENV_LINE.sub(b"", text)) is None
+
+
+def _env_file_safe(path: str) -> bool:
+    """Whether a kept environment holds exports alone (read once per version of it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _exports_only:
+        if len(_exports_only) > 64:
+            _exports_only.clear()
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(_ENV_FILE_MAX_BYTES + 1)
+        except OSError:
+            return False
+        _exports_only[key] = (len(data) <= _ENV_FILE_MAX_BYTES
+                              and _EXPORTS_ONLY.fullmatch(data) is not None)
+    return _exports_only[key]
 
 
 def shebang_argv(head: bytes) -> list[str] | None:
