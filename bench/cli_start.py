@@ -162,13 +162,13 @@ BULK = {
 }
 
 
-def bench_bulk(n: int, reps: int, work: Path) -> dict[str, list[float]]:
+def bench_bulk(n: int, reps: int, work: Path, keep: bool = True) -> dict[str, list[float]]:
     """Seconds for each way of queueing and draining n trivial commands, every way once
     a repetition, in an order that rotates (they share the machine's noise)."""
     cli = gpudispatch_command()
     lines = work / "commands.txt"
     lines.write_text("true\n" * n)
-    dirs = RunDirs(work / "bulk")
+    dirs = RunDirs(work / "bulk", keep=keep)
     times: dict[str, list[float]] = {k: [] for k in BULK}
     keys = list(BULK)
     for rep in range(reps):
@@ -177,7 +177,7 @@ def bench_bulk(n: int, reps: int, work: Path) -> dict[str, list[float]]:
             times[key].append(measure(cli, dirs.fresh(key), lines, n))
             print(f"  rep {rep + 1} {label.format(n=n):45s} {times[key][-1]:6.2f} s",
                   flush=True)
-    dirs.cleanup()
+    dirs.cleanup(final=True)
     return times
 
 
@@ -187,6 +187,9 @@ def main() -> int:
     ap.add_argument("--bulk", type=int, default=2000, metavar="N")
     ap.add_argument("--bulk-reps", type=int, default=3, metavar="N")
     ap.add_argument("--no-bulk", action="store_true")
+    ap.add_argument("--delete-between", action="store_true",
+                    help="delete each run's folder before the next (default: at the end; "
+                    "see peers.RunDirs)")
     args = ap.parse_args()
     failed = False
     with tempfile.TemporaryDirectory(prefix="cli-start-") as tmp:
@@ -205,7 +208,7 @@ def main() -> int:
         if not args.no_bulk:
             print(f"{args.bulk} trivial commands (true), queued and drained (one slot), "
                   f"{args.bulk_reps} repetitions:", flush=True)
-            times = bench_bulk(args.bulk, args.bulk_reps, work)
+            times = bench_bulk(args.bulk, args.bulk_reps, work, keep=not args.delete_between)
             theirs = statistics.median(times["tsp"])
             print(f"  {BULK['tsp'][0].format(n=args.bulk):52s} {theirs:6.2f} s (median)")
             for key in ("running", "drain", "files"):

@@ -521,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where run folders go (default: the system temp dir)")
     parser.add_argument("--seed", type=int, default=1, help="random seed for the gaps")
+    parser.add_argument("--delete-between", action="store_true",
+                        help="delete each run's folder before the next (default: at the "
+                        "end; see peers.RunDirs)")
     args = parser.parse_args(argv)
     cfg = Config(drain_jobs=args.jobs, big_jobs=args.big_jobs)
     if args.quick:
@@ -529,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.lat_reps, cfg.lat_samples, cfg.seed_lat_samples = 3, 6, 4
     sections = set(args.only.split(",")) | ({"big"} if args.big else set())
     base = Path(tempfile.mkdtemp(prefix="gpudispatch-bench-", dir=args.workdir))
-    dirs = RunDirs(base)
+    dirs = RunDirs(base, keep=not args.delete_between)
     rng = random.Random(args.seed)
     say(f"gpudispatch bench: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
         f"runs under {base}")
@@ -547,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         if "status" in sections:
             rows += bench_status(cfg, dirs, tsp_list)
     finally:
-        dirs.cleanup()
+        dirs.cleanup(final=True)
         try:
             base.rmdir()
         except OSError:
