@@ -312,12 +312,14 @@ def test_an_inline_job_whose_command_ignores_sigterm_is_killed_after_the_grace(
 
 @pytest.mark.skipif(not CAN_MAKE_CGROUPS, reason="no cgroup can be made here (not root?)")
 def test_with_no_dispatcher_alive_an_inline_monitor_ends_the_daemons(tmp_path, root, launch):
-    """In its cgroup with its job, it writes the end, then kills the cgroup, itself too."""
+    """In its cgroup with its job, it writes the end, then kills the rest of the cgroup
+    (with the shell's own settings: the script's IFS would split the pids it reads)."""
     pid_file, gate = tmp_path / "daemon.pid", tmp_path / "gate"
     tmp = q(f"{pid_file}.tmp")
     write_script(root / "queue" / "a.sh", job_text(
         f"setsid sh -c 'echo $$ > {tmp} && mv {tmp} {q(pid_file)}; sleep 300' &\n"
-        f"while [ ! -s {q(pid_file)} ]; do sleep 0.01; done\n" + gate_wait(gate)))
+        f"while [ ! -s {q(pid_file)} ]; do sleep 0.01; done\n" + gate_wait(gate)
+        + "IFS=0123456789\n"))
     proc = launch.run(root, "--slots", "1", "--containment", "cgroup")
     wait_until(pid_file.exists, timeout=10, message="the daemon to start")
     daemon = int(pid_file.read_text())

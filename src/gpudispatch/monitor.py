@@ -62,8 +62,9 @@ CGROUP_MONITOR_SCRIPT = (
 # script may not use (``scriptcheck``). ``$?`` is read first in the trap: the status.
 _INLINE_COPY = (f'__gpudispatch_run="${RUN_ENV}" __gpudispatch_job="${JOB_ENV}" '
                 f'__gpudispatch_exits="${EXIT_FILE_ENV}" __gpudispatch_cg="${CGROUP_ENV}"; ')
-# (In a group with no stderr: what a script's ``set -x`` would trace into its log.)
-_INLINE_RECORD = ('{ __gpudispatch_code=$?; set +eux; printf "%s %s %s\\n" '
+# (In a group with no stderr: what a script's ``set -x`` would trace into its log. Its
+# options and ``IFS`` are reset: they would change how the trap's lines run.)
+_INLINE_RECORD = ('{ __gpudispatch_code=$?; set +eux; unset IFS; printf "%s %s %s\\n" '
                   '"$__gpudispatch_run" "$__gpudispatch_code" "$__gpudispatch_job" '
                   '>>"$__gpudispatch_exits"')
 # In its cgroup with its job (moved in with it), it kills every other process there, in
