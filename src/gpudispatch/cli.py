@@ -597,9 +597,9 @@ def _open_log(queue: FolderQueue, name: str, state: JobState) -> int:
     record = queue.read_record(name)
     log = record.log
     shown = printable(name)
-    if state is JobState.RUNNING and (record.started_at is None or record.ended_at):
+    if state is JobState.RUNNING and not record.tells_current_run:
         # Its record still tells the run before (a run's is written 50 ms after its
-        # start): this run's log is the next one.
+        # start), or its end: this run's log is the next one, if there is one.
         current = queue.layout.job_log(name, record.attempts + 1)
         log = current if os.path.lexists(current) else log
     if not log or not os.path.lexists(log):

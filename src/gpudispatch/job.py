@@ -158,6 +158,13 @@ class JobRecord:
         return json.dumps(vars(self), default=str)
 
     @property
+    def tells_current_run(self) -> bool:
+        """Whether this is the record of the run now going (its start record, written
+        50 ms after the start, and kept until its end): until then a retry's is the failed
+        run's (``requeued``), a name dropped again has its last run's, a new job none."""
+        return bool(self.pid) and self.ended_at is None and not self.extra.get("requeued")
+
+    @property
     def own_attempts(self) -> int:
         """Attempts since its script was dropped in: what ``--retries`` counts. A name
         dropped again after it ended keeps numbering its runs (``attempts``) but counts

@@ -78,9 +78,8 @@ _INLINE_KILL_CGROUP = (
     '{ kill -9 "$__gpudispatch_p"; __gpudispatch_o=1; }; done <"$__gpudispatch_cg/cgroup.procs"; '
     '[ $__gpudispatch_o = 0 ] && break; __gpudispatch_n=$((__gpudispatch_n+1)); done; '
     '} 2>/dev/null')
-INLINE_MARK = ": inline;"
 INLINE_MONITOR_SCRIPT = (
-    f": gpudispatch-monitor; {INLINE_MARK} {_INLINE_COPY}"
+    f": gpudispatch-monitor; : inline; {_INLINE_COPY}"
     "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP; trap 'exit 137' USR2; "
     f"trap '{_INLINE_RECORD}{_INLINE_KILL_CGROUP}' EXIT; "
     '. "$0" 9<&-'

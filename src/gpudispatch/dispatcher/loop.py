@@ -388,10 +388,10 @@ class Dispatcher:
                 self._ended(job, None, "its monitor ended without an exit status")
 
     def _cgroup_emptying(self, job: RunningJob, now: float) -> bool:
-        """Whether to wait for the last processes of its cgroup, killed as its monitor
-        ended (an inline one is in it, and kills it with itself once it wrote the end):
-        its slot is free once they are gone, as a monitor outside waits (a minute at most:
-        one stuck in the kernel is left to the cgroup's removal)."""
+        """Whether to wait for the last processes of its cgroup, its monitor gone with its
+        end written (killed, or an inline one, in the cgroup, that exited before they
+        did): its slot is free once they are gone, as a monitor outside waits (a minute at
+        most: one stuck in the kernel is left to the cgroup's removal)."""
         cgroup = job.cgroup_in_use
         if cgroup is None or not cgroups.populated(cgroup):
             return False

@@ -97,7 +97,7 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             status = None
         else:
             requeue = False
-        if status is None and local and not _started_on_record(record):
+        if status is None and local and not record.tells_current_run:
             # Its pid and cgroup on record, if any, are the run before's.
             run = _run_without_record(queue, name)
             record.pid = run.session if run is not None else None
@@ -111,13 +111,6 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             record.pid, cgroups.checked(record.extra.get("cgroup")))
         found.append(Orphan(name, record, directives, fd, None, status, alive, requeue))
     return Found(found, unsure)
-
-
-def _started_on_record(record: JobRecord) -> bool:
-    """Whether the record names this run's processes: its start record (written 50 ms
-    after the start). Until then a retry's is the failed run's, a name dropped again
-    has its last run's, and a new job has none."""
-    return bool(record.pid) and record.ended_at is None and not record.extra.get("requeued")
 
 
 def _run_without_record(queue: FolderQueue, name: str) -> procs.FoundRun | None:
