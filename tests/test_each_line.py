@@ -3,6 +3,7 @@ each line a command as ``sh -c LINE`` takes it; bad input is one clear line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -163,3 +164,45 @@ def test_a_failure_midway_names_what_was_queued(tmp_path, monkeypatch, capsys) -
     assert out.split() == names_in(root, "queue") and len(out.split()) == 2
     assert err.strip() == ("gpudispatch submit: command 3 of 4 not queued: No space left "
                            "on device; the 2 before it were")
+
+
+def test_each_line_writes_one_file_a_job_and_its_record_comes_from_the_header(
+        root, launch, tmp_path) -> None:
+    """No record file a job at submission (a file created costs more than a trivial job
+    here): the submission (time, parameters, capsule) is a header line, which ``show``
+    reads while the job waits and which becomes its record when it runs."""
+    result = submit_lines(root, "echo one --lr 0.1\necho two --lr 0.2\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert sorted(os.listdir(root / "logs")) == []  # no record (nor anything) per job
+    shown = cli("show", "--dir", str(root), names[0], check=True).stdout
+    assert "submitted at" in shown and "capsule" in shown and "/capsules/" in shown
+    listed = json.loads(cli("status", "--dir", str(root), "--json", check=True).stdout)
+    queued = {job["name"]: job for job in listed}
+    assert queued[names[1]]["params"] == {"lr": 0.2}
+    drain(launch, root)
+    for name, lr in zip(names, (0.1, 0.2), strict=True):
+        record = json.loads((root / "logs" / f"{name}.json").read_text())
+        assert record["params"] == {"lr": lr} and record["exit_code"] == 0
+        assert record["submitted_at"] and record["submitted_at"] < record["started_at"]
+        assert record["extra"]["capsule"]["file"].startswith(str(root / "capsules"))
+
+
+def test_a_submission_line_that_is_no_record_leaves_a_fresh_record(root, launch) -> None:
+    """The header line is the script owner's to write, as a record file is: one that is
+    not a record is ignored, and the job runs with a fresh record."""
+    queue = root / "queue"
+    lines = {"bad-json.sh": "# gpudispatch-submission: {not json",
+             "bad-type.sh": '# gpudispatch-submission: {"params": [1, 2]}',
+             "not-object.sh": "# gpudispatch-submission: [1]",
+             "after-code.sh": 'true\n# gpudispatch-submission: {"params": {"x": 1}}',
+             "good.sh": '# gpudispatch-submission: {"params": {"x": 1}}'}
+    for name, line in lines.items():
+        (queue / name).write_text(f"#!/bin/sh\n{line}\n")
+        (queue / name).chmod(0o755)
+    drain(launch, root)
+    assert names_in(root, "completed") == sorted(lines)
+    for name in lines:
+        record = json.loads((root / "logs" / f"{name}.json").read_text())
+        assert record["params"] == ({"x": 1} if name == "good.sh" else {})
+        assert record["submitted_at"] is None and record["exit_code"] == 0

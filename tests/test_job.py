@@ -9,6 +9,8 @@ from gpudispatch.job import (
     parse_directives,
     parse_duration,
     parse_size,
+    submission_in,
+    with_submission,
 )
 
 
@@ -140,3 +142,30 @@ def test_each_line_names_sort_in_line_order():
     assert names[0] == "20260101-000000.000001-01-python.sh"
     assert names[-3:] == ["20260101-000000.000001-12-line.sh",
                           "20260101-000000.000001-13-ä.sh", "20260101-000000.000001-14-q.sh"]
+
+
+@pytest.mark.parametrize("script", [b"#!/bin/sh\ntrue\n", b"#!/bin/sh", b"true\n"])
+def test_a_submission_line_round_trips_through_the_header(script):
+    record = JobRecord(name="a.sh", submitted_at="2026-11-29T12:00:00.000+00:00",
+                       params={"lr": 0.1, "tag": "a\nb"}, extra={"capsule": {"file": "/c"}})
+    text = with_submission(script, record)
+    lines = text.split(b"\n")
+    at = 1 if script.startswith(b"#!") else 0  # after the #! line, or first
+    assert lines[at].startswith(b"# gpudispatch-submission: {")
+    assert b"\n".join(lines[:at] + lines[at + 1:]) == (
+        script + b"\n" if script == b"#!/bin/sh" else script)  # the rest unchanged
+    found = submission_in("b.sh", text)
+    assert found is not None and found.name == "b.sh"  # the file's name decides
+    assert (found.submitted_at, found.params, found.extra) == \
+        (record.submitted_at, record.params, record.extra)
+
+
+@pytest.mark.parametrize("head", [
+    b"#!/bin/sh\ntrue\n# gpudispatch-submission: {}\n",  # after the first command
+    b"#!/bin/sh\n# gpudispatch-submission: {\"params\": 1}\n",  # a field of the wrong type
+    b"#!/bin/sh\n# gpudispatch-submission: {\"submitted_at\": \"noon\"}\n",
+    b"#!/bin/sh\n# gpudispatch-submission: [[[\n",
+    b"#!/bin/sh\n# gpudispatch-submission: {\"params\": {}",  # cut by the header's limit
+])
+def test_a_submission_line_that_is_no_record_is_none(head):
+    assert submission_in("a.sh", head) is None

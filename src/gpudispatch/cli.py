@@ -508,7 +508,8 @@ def _submit_each_line(args, options: list[str]) -> int:
             text = control.with_directives(control.line_script(line, cwd, env_file),
                                            options)
             queued.append(queue.enqueue_text(_check_name(name), text, rename=True,
-                                             params=line_params(line), extra=extra))
+                                             params=line_params(line), extra=extra,
+                                             record_in_header=True))
     except (QueueError, OSError) as exc:
         if queued:
             print("\n".join(printable(name) for name in queued), flush=True)

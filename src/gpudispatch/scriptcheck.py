@@ -69,12 +69,17 @@ _ENV_FILE_MAX_BYTES = 1 << 20
 _exports_only: dict[tuple[str, int, int, int], bool] = {}  # (path, inode, size, mtime)
 
 
+# The line bulk submission writes in a header (``job.SUBMISSION_PREFIX``): a comment, with
+# JSON in it (a path there may hold ``source``), and nothing a shell could expand.
+_SUBMISSION_LINE = re.compile(rb"^# gpudispatch-submission: [^\n$`]*$", re.MULTILINE)
+
+
 def inline_safe(text: bytes) -> bool:
     """Whether a plain ``/bin/sh`` script may be sourced by its monitor (see above)."""
     for env_file in _ENV_LINE.findall(text):
         if not _env_file_safe(env_file.decode(errors="surrogateescape")):
             return False
-    return INLINE_UNSAFE.search(_ENV_LINE.sub(b"", text)) is None
+    return INLINE_UNSAFE.search(_SUBMISSION_LINE.sub(b"", _ENV_LINE.sub(b"", text))) is None
 
 
 def _env_file_safe(path: str) -> bool:

@@ -13,7 +13,15 @@ import stat
 from collections.abc import Iterator
 
 from gpudispatch import safeio
-from gpudispatch.job import JobRecord, JobState, RecordError, now_iso
+from gpudispatch.job import (
+    HEADER_MAX_BYTES,
+    JobRecord,
+    JobState,
+    RecordError,
+    now_iso,
+    submission_in,
+    with_submission,
+)
 from gpudispatch.layout import STATE_DIRS, Layout, is_job_name, job_names, printable
 from gpudispatch.safeio import write_atomic  # re-exported: writers import it from here
 
@@ -85,13 +93,16 @@ class FolderQueue:
     def read_record(self, name: str) -> JobRecord:
         return self.read_record_bytes(name)[0]
 
-    def read_record_bytes(self, name: str) -> tuple[JobRecord, bytes | None]:
+    def read_record_bytes(self, name: str,
+                          head: bytes | None = None) -> tuple[JobRecord, bytes | None]:
         """The record of ``name`` (:meth:`read_record`), and the file's bytes when the
         record is exactly what they say, for callers that pass records on as JSON without
         encoding them again (None: no file, one set aside, one naming another job).
 
-        The record is a fresh one when there is none, it cannot be read, or it is not a
-        record. Never raises for what is in the file.
+        A job queued in bulk has no record file until it runs: its record is then the
+        one its script's header holds (``job.submission_in``; ``head``, when the caller
+        has read the header). The record is a fresh one when there is none, it cannot be
+        read, or it is not a record. Never raises for what is in the file.
 
         ``logs/`` is writable by people and their scripts: the record is opened without
         following a symlink or blocking on a FIFO, must be a regular file of at most
@@ -104,7 +115,9 @@ class FolderQueue:
         try:
             fd, st = safeio.open_regular_stat(path)
         except FileNotFoundError:
-            return JobRecord(name=name), None
+            if head is None:
+                head = self._script_head(name)
+            return submission_in(name, head) or JobRecord(name=name), None
         except safeio.FileRefused as exc:
             problem = safeio.refusal(exc)
         except (OSError, ValueError) as exc:  # EACCES, ENAMETOOLONG, a NUL: leave it be
@@ -136,6 +149,24 @@ class FolderQueue:
         where = f"set aside as {os.path.basename(aside)}" if aside else "left in place"
         _warn("record of %s %s; %s, using a fresh one", printable(name), problem, where)
         return JobRecord(name=name), None
+
+    def _script_head(self, name: str) -> bytes:
+        """The header of a job's script while it waits or runs (nothing when it is
+        neither, or is not a regular file)."""
+        for state in (JobState.QUEUED, JobState.RUNNING):
+            try:
+                fd = safeio.open_regular(self.layout.script(state, name))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                return b""
+            try:
+                return os.read(fd, HEADER_MAX_BYTES)
+            except OSError:
+                return b""
+            finally:
+                os.close(fd)
+        return b""
 
     def write_record(self, record: JobRecord) -> None:
         write_atomic(self.layout.record(record.name), record.to_json().encode(),
@@ -226,12 +257,15 @@ class FolderQueue:
         params: dict | None = None,
         rename: bool = False,
         extra: dict | None = None,
+        record_in_header: bool = False,
     ) -> str:
         """Put a new script in the queue atomically and return the name it got.
 
         A name already queued, running or done is refused unless ``rename`` picks a free
         one (``name-2.sh``, ``name-3.sh``...). The record (with ``params``) is written
-        before the script appears, so a dispatcher never sees a job without it.
+        before the script appears, so a dispatcher never sees a job without it; with
+        ``record_in_header`` (bulk submission) it is a line of the script's header instead
+        (``job.with_submission``): one file created per job, not two.
         """
         if not is_job_name(name) or "/" in name:
             raise QueueError(f"{name!r} is not a job name (a visible file name ending in .sh)")
@@ -239,7 +273,10 @@ class FolderQueue:
         name = self._free_name(name, rename)
         record = JobRecord(name=name, submitted_at=now_iso(), params=dict(params or {}),
                            extra=dict(extra or {}))
-        self.write_record(record)
+        if record_in_header:
+            data = with_submission(data, record)
+        else:
+            self.write_record(record)
         tmp = safeio.write_temp(self.layout.where("tmp"), data, 0o755, ".sh")
         # link() fails if the name was taken meanwhile, where rename() would overwrite.
         try:
@@ -304,11 +341,11 @@ class FolderQueue:
         except OSError:
             return False
 
-    def fresh_record(self, name: str) -> JobRecord:
+    def fresh_record(self, name: str, head: bytes | None = None) -> JobRecord:
         """The record a new run continues: a requeued job keeps its attempts; a name
         dropped again after it ended continues too, as its next run (history is never
         overwritten: its log is ``NAME.N.log``), with the earlier outcome kept."""
-        record = self.read_record(name)
+        record = self.read_record_bytes(name, head)[0]
         if record.ended_at and not record.extra.get("requeued"):
             record = record.dropped_again()
         record.extra.pop("requeued", None)

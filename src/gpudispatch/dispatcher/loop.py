@@ -612,7 +612,7 @@ class Dispatcher:
             return  # another dispatcher took it, or the user removed it
         self._plain_only.discard(name)
         try:
-            st, launch = check_claimed(self.layout, name,
+            st, launch, head = check_claimed(self.layout, name,
                                        JobState.QUEUED if follow else JobState.RUNNING,
                                        self.intake.head(name))
             problem = owner_problem(st, self.options.allow_other_users)  # replaced since?
@@ -631,7 +631,7 @@ class Dispatcher:
                     self._drop_prepared_log(name)
             self._wake_loop()
             return
-        record = new_run_record(self.queue, name, job.directives, self.owner)
+        record = new_run_record(self.queue, name, job.directives, self.owner, head)
         if launch.note:
             self.log.info("%s is %s", name, launch.note)
         device_order = self._base_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")

@@ -20,22 +20,24 @@ def gpus_of(slots: Sequence[int | None], slot_ids: Sequence[int]) -> list[int]:
 
 
 def check_claimed(layout: Layout, name: str, state: JobState,
-                  seen: tuple[int, int, bytes]) -> tuple[os.stat_result, Launch]:
-    """Its ``lstat`` and how to run it from ``running/``; raises ``OSError`` (gone) or
-    ``ScriptRejected``. ``seen``: size, mtime and header read at discovery (reused
-    when the file has not changed since)."""
+                  seen: tuple[int, int, bytes]) -> tuple[os.stat_result, Launch, bytes]:
+    """Its ``lstat``, how to run it from ``running/``, and its header; raises ``OSError``
+    (gone) or ``ScriptRejected``. ``seen``: size, mtime and header read at discovery
+    (reused when the file has not changed since)."""
     path = layout.script(state, name)
     st = os.lstat(path)
     size, mtime, head = seen
     if (st.st_size, st.st_mtime_ns) != (size, mtime):
         head = read_head(path, st)
-    return st, check_script(layout.script(JobState.RUNNING, name), st, head)
+    return st, check_script(layout.script(JobState.RUNNING, name), st, head), head
 
 
 def new_run_record(queue: FolderQueue, name: str, directives: Directives,
-                   owner: str) -> JobRecord:
-    """The record of the run about to start: one attempt more, this host and dispatcher."""
-    record = queue.fresh_record(name)
+                   owner: str, head: bytes | None = None) -> JobRecord:
+    """The record of the run about to start: one attempt more, this host and dispatcher
+    (``head``: its script's header, which holds its submission when it was queued in
+    bulk)."""
+    record = queue.fresh_record(name, head)
     record.attempts += 1
     record.host, record.dispatcher = HOST, owner
     record.ended_at, record.exit_code, record.reason = None, None, None
