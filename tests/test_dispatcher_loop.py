@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 from conftest import wait_until
@@ -15,6 +16,7 @@ from conftest import wait_until
 from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
 from gpudispatch.job import JobState
 from gpudispatch.keeper import (
+    CHAINED,
     Exited,
     Handover,
     HandoverReturned,
@@ -58,6 +60,8 @@ class FakeLauncher:
         for handover in list(self.handovers):
             if handover.name == name:
                 self.handovers.remove(handover)
+                self.handovers = [h.succeeding(handover) if h.after_job == name else h
+                                  for h in self.handovers]
                 self._out.append(HandoverReturned(name, "withdrawn"))
 
     def signal(self, monitor_pid: int, sig: int) -> None:
@@ -75,6 +79,8 @@ class FakeLauncher:
             self.spawned.append(follower.variants[pid])
             self.pids[follower.name] = new = next(self._pid)
             self._out.append(Started(follower.name, new, 1, after=pid))
+            self.handovers = [replace(h, after_job=None, variants={new: h.variants[CHAINED]})
+                              if h.after_job == follower.name else h for h in self.handovers]
 
     def owns(self, pid: int) -> bool:
         return False  # as the keeper process: its jobs are watched if it dies
@@ -233,6 +239,59 @@ def test_handover_follows_the_running_job_and_keeps_run_order(world):
     assert [h.name for h in fake.handovers] == ["d.sh"]  # next in order, handed over now
 
 
+def test_a_chain_keeps_a_slot_of_short_jobs_in_the_keepers_hands(world):
+    """Behind the hand-over that follows a running job, more are chained (CHAIN_LENGTH
+    in all), each to follow the one before: the keeper starts them one after another
+    while the dispatcher is busy, and the chain grows again at its next tick."""
+    queue, fake, make = world
+    names = [f"{n}.sh" for n in "abcdefg"]
+    for name in names:
+        drop(queue, name)
+    d = make()
+    d.tick(1.0)
+    d.tick(1.1)
+    assert [r.name for r in fake.spawned] == ["a.sh"]
+    assert [(h.name, h.after_job) for h in fake.handovers] == [
+        ("b.sh", None), ("c.sh", "b.sh"), ("d.sh", "c.sh")]
+    assert set(fake.handovers[0].variants) == {fake.pids["a.sh"]}
+    assert [queue.locate(n) for n in names[1:]] == [JobState.QUEUED] * 6  # none claimed
+    fake.exit(queue, "a.sh", 0)  # b starts; c now follows b's process
+    fake.exit(queue, "b.sh", 0)  # c starts, with no tick in between
+    settle(d, 1.2)
+    assert [r.name for r in fake.spawned] == ["a.sh", "b.sh", "c.sh"]
+    assert [queue.locate(n) for n in names[:3]] == [JobState.COMPLETED] * 2 + [
+        JobState.RUNNING]
+    assert d.running["c.sh"].slot_ids == [0]
+    assert [(h.name, h.after_job) for h in fake.handovers] == [
+        ("d.sh", None), ("e.sh", "d.sh"), ("f.sh", "e.sh")]
+    assert set(fake.handovers[0].variants) == {fake.pids["c.sh"]}
+
+
+def test_a_chained_job_follows_what_a_returned_one_followed(world):
+    """b.sh, handed over after a.sh, is taken by another dispatcher: c.sh, chained to
+    it, now follows a.sh, and takes a.sh's slot when the keeper starts it there."""
+    queue, fake, make = world
+    for name in ("a.sh", "b.sh", "c.sh"):
+        drop(queue, name)
+    d = make()
+    d.tick(1.0)
+    d.tick(1.1)
+    pa = fake.pids["a.sh"]
+    assert [(h.name, h.after_job) for h in fake.handovers] == [("b.sh", None),
+                                                                ("c.sh", "b.sh")]
+    fake.handovers.clear()  # in the keeper's hands: it answers below
+    assert queue.claim("b.sh")
+    fake._out += [Exited("a.sh", pa, 0), HandoverReturned("b.sh", "taken")]
+    d.tick(1.2)
+    follower = d.running["c.sh"]
+    assert (follower.variants, follower.after_job) == ({pa: [0]}, None)
+    assert follower.slot_ids == [0]  # held: the keeper may be starting it there now
+    assert queue.claim("c.sh")
+    fake._out.append(Started("c.sh", 3000, 1, after=pa))
+    d.tick(1.3)
+    assert d.running["c.sh"].slot_ids == [0] and d.running["c.sh"].pid == 3000
+
+
 def test_a_handover_that_follows_two_jobs_that_both_ended_holds_both_slots(world):
     """a and b end before the keeper's word comes (it started c after b): until it does,
     neither slot is free; then c is on b's slot and a's is free (found by chaos: c was
@@ -270,9 +329,10 @@ def test_a_new_earlier_job_takes_back_a_handover(world):
     assert [h.name for h in fake.handovers] == ["c.sh"]
     drop(queue, "a.sh", "#GPUDISPATCH --priority 5\n")
     d.intake.events.add("a.sh")
-    d.tick(1.2)  # withdrawn; a.sh is handed over instead
+    d.tick(1.2)  # withdrawn; a.sh is handed over instead, and c.sh chained after it
     d.tick(1.3)
-    assert [h.name for h in fake.handovers] == ["a.sh"]
+    assert [(h.name, h.after_job) for h in fake.handovers] == [("a.sh", None),
+                                                                ("c.sh", "a.sh")]
     fake.exit(queue, "b.sh", 0)
     d.tick(1.4)
     assert [r.name for r in fake.spawned] == ["b.sh", "a.sh"]

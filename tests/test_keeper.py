@@ -13,6 +13,7 @@ from conftest import gate_wait, pid_alive, wait_until
 from gpudispatch import procs
 from gpudispatch.job import JobState
 from gpudispatch.keeper import (
+    CHAINED,
     Exited,
     Handover,
     HandoverReturned,
@@ -219,6 +220,81 @@ def test_a_job_that_may_follow_either_of_two_starts_after_the_first_to_end(setup
     assert started(seen, "c.sh").after == pids["a"]
     assert queue.locate("d.sh") is JobState.QUEUED
     gates["b"].touch()
+
+
+def identity(queue: FolderQueue, name: str) -> tuple[int, int, int]:
+    st = os.lstat(queue.layout.script(JobState.QUEUED, name))
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def chain(queue: FolderQueue, keeper: Keeper, first: int, names: list[str]) -> None:
+    """Hand ``names`` over: the first after the process ``first``, each next after it."""
+    keeper.hand_over(Handover(names[0], {first: request(queue, names[0])},
+                              identity(queue, names[0])))
+    for ahead, name in zip(names, names[1:], strict=False):
+        keeper.hand_over(Handover(name, {CHAINED: request(queue, name)},
+                                  identity(queue, name), after_job=ahead))
+
+
+def test_a_chain_of_handovers_runs_one_after_another_in_the_slot(setup, tmp_path):
+    """The keeper starts each job of a chain when the one before it ends, with no word
+    from the dispatcher in between; each start says which process it followed."""
+    queue, keeper = setup
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    first = keeper.spawn(request(queue, "a.sh"), None).pid
+    for n in ("b", "c", "d"):
+        write(queue, JobState.QUEUED, f"{n}.sh", f"echo {n} >> {runs}")
+    chain(queue, keeper, first, ["b.sh", "c.sh", "d.sh"])
+    assert [queue.locate(n) for n in ("b.sh", "c.sh", "d.sh")] == [JobState.QUEUED] * 3
+    gate.touch()
+    seen = messages_until(keeper, lambda m: sum(isinstance(x, Exited) for x in m) == 4)
+    starts = [m for m in seen if isinstance(m, Started)]
+    for m in starts:
+        os.close(m.lock_fd)
+    assert [m.name for m in starts] == ["b.sh", "c.sh", "d.sh"]
+    assert [m.after for m in starts] == [first, starts[0].pid, starts[1].pid]
+    assert runs.read_text().split() == ["b", "c", "d"]  # one after another, in order
+
+
+@pytest.mark.parametrize("how", ["taken", "withdrawn"])
+def test_a_chained_job_takes_the_place_of_one_that_will_not_start(setup, tmp_path, how):
+    """b.sh, handed over after a.sh, is taken by someone else (or withdrawn) before a.sh
+    ends: c.sh, chained to it, follows a.sh instead, in the same slot."""
+    queue, keeper = setup
+    gate = tmp_path / "gate"
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    first = keeper.spawn(request(queue, "a.sh"), None).pid
+    for n in ("b", "c"):
+        write(queue, JobState.QUEUED, f"{n}.sh", "true")
+    chain(queue, keeper, first, ["b.sh", "c.sh"])
+    if how == "taken":
+        assert queue.claim("b.sh")  # another dispatcher's
+    else:
+        keeper.withdraw("b.sh")
+        assert messages_until(keeper, bool) == [HandoverReturned("b.sh", "withdrawn")]
+    gate.touch()
+    seen = messages_until(keeper, lambda m: any(isinstance(x, Started) for x in m))
+    if how == "taken":
+        assert HandoverReturned("b.sh", "taken") in seen
+        assert seen.index(HandoverReturned("b.sh", "taken")) < seen.index(
+            started(seen, "c.sh"))  # in that order: the dispatcher moves the slot on
+    follow = started(seen, "c.sh")
+    os.close(follow.lock_fd)
+    assert follow.after == first
+
+
+def test_a_job_chained_to_one_that_ended_already_is_returned(setup):
+    """Whether the slot is free by then is the dispatcher's to say."""
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", "true")
+    keeper.spawn(request(queue, "a.sh"), None)
+    messages_until(keeper, lambda m: any(isinstance(x, Exited) for x in m))
+    write(queue, JobState.QUEUED, "c.sh", "true")
+    keeper.hand_over(Handover("c.sh", {CHAINED: request(queue, "c.sh")},
+                              identity(queue, "c.sh"), after_job="b.sh"))
+    assert messages_until(keeper, bool) == [HandoverReturned("c.sh", "withdrawn")]
+    assert queue.locate("c.sh") is JobState.QUEUED
 
 
 def test_handover_of_a_job_taken_meanwhile_is_returned(setup):

@@ -72,6 +72,21 @@ class Handover:
     # Monitors the dispatcher started itself: their pidfds come with the message, in this
     # order (the keeper cannot wait for another's child, and a pid alone may be reused).
     pidfd_pids: tuple[int, ...] = ()
+    # A chain: follow the hand-over of this name, in its slots (``variants`` has one
+    # request, under CHAINED), once it starts. A slot then never waits for the dispatcher
+    # between short jobs; should that one not start, this one may take its place.
+    after_job: str | None = None
+
+    def succeeding(self, ahead: Handover) -> Handover:
+        """This chained hand-over, following what ``ahead`` (the one it followed, which
+        will not start now) followed."""
+        request = self.variants[CHAINED]
+        if ahead.after_job is not None:
+            return replace(self, after_job=ahead.after_job)
+        return replace(self, after_job=None, variants={pid: request for pid in ahead.variants})
+
+
+CHAINED = 0  # the key of a chained hand-over's one request (no process has pid 0)
 
 
 @dataclass(frozen=True)
@@ -195,7 +210,23 @@ class _KeeperState:
         return Started(request.name, pid, started, after,
                        lock_fd if after is not None else None)
 
-    def hand_over(self, handover: Handover, after: int):
+    def hand_over(self, handover: Handover, after: int) -> list:
+        """Start a handed-over job in the slots of ``after`` (ended); should it not start,
+        the one chained to it takes its place, and so on. The reports, in order."""
+        reports = []
+        while True:
+            report = self._hand_over_one(handover, after)
+            reports.append(report)
+            if isinstance(report, Started):
+                self.chain_to(handover.name, report.pid)
+                return reports
+            successor = self.successor(handover)
+            if successor is None:
+                return reports
+            handover = replace(successor, after_job=None,
+                               variants={after: successor.variants[CHAINED]})
+
+    def _hand_over_one(self, handover: Handover, after: int):
         """Lock, claim and start a handed-over job (the lock goes to the dispatcher with
         the start; until this moment, other dispatchers could take the job)."""
         if self.queue.is_paused():
@@ -232,13 +263,62 @@ class _KeeperState:
                 os.close(old)
             self.pidfds[pid] = fd
             self.selector.register(fd, selectors.EVENT_READ, "pidfd")
+        if handover.after_job is not None:
+            self.follow_chained(handover)
+            return
         ended = next((pid for pid in handover.variants
                       if pid not in self.children and pid not in self.pidfds), None)
         if ended is None:
             self.handovers.append(handover)
         else:
-            self.send_started(self.hand_over(handover, ended))
+            self.send_all(self.hand_over(handover, ended))
             self.forget_pidfds()
+
+    def follow_chained(self, handover: Handover) -> None:
+        """Chain a hand-over to the one it names, waiting here or started by now; when
+        that one is neither (it ended, or did not start), it goes back: whether its slots
+        are free is the dispatcher's to say."""
+        ahead = handover.after_job
+        if any(h.name == ahead for h in self.handovers):
+            self.handovers.append(handover)
+            return
+        pid = next((p for p, name in self.children.items() if name == ahead), None)
+        if pid is None:
+            self.send(HandoverReturned(handover.name, "withdrawn"))
+            return
+        self.handovers.append(replace(handover, after_job=None,
+                                      variants={pid: handover.variants[CHAINED]}))
+
+    def chain_to(self, name: str, pid: int) -> None:
+        """``name`` started as ``pid``: the hand-over chained to it follows that process."""
+        for i, h in enumerate(self.handovers):
+            if h.after_job == name:
+                self.handovers[i] = replace(h, after_job=None,
+                                            variants={pid: h.variants[CHAINED]})
+
+    def successor(self, ahead: Handover) -> Handover | None:
+        """Take out the hand-over chained to ``ahead``, if any."""
+        for i, h in enumerate(self.handovers):
+            if h.after_job == ahead.name:
+                del self.handovers[i]
+                return h
+        return None
+
+    def withdraw(self, name: str) -> None:
+        """Give back a waiting hand-over; one chained to it follows what it followed."""
+        for i, handover in enumerate(self.handovers):
+            if handover.name == name:
+                del self.handovers[i]
+                for j, h in enumerate(self.handovers):
+                    if h.after_job == name:
+                        self.handovers[j] = h.succeeding(handover)
+                self.send(HandoverReturned(name, "withdrawn"))
+                self.forget_pidfds()
+                return
+
+    def send_all(self, reports: list) -> None:
+        for report in reports:
+            self.send_started(report)
 
     def check_followed(self) -> None:
         """Refill the slots of the followed monitors that ended (one job each: the others
@@ -252,7 +332,7 @@ class _KeeperState:
             os.close(fd)
             follow = self.follower(pid)
             if follow is not None:
-                self.send_started(self.hand_over(follow, pid))
+                self.send_all(self.hand_over(follow, pid))
         self.forget_pidfds()
 
     def follower(self, pid: int) -> Handover | None:
@@ -316,12 +396,7 @@ def _serve(state: _KeeperState) -> bool:
         elif isinstance(message, Handover):
             state.follow(message, fds)
         elif isinstance(message, Withdraw):
-            for i, handover in enumerate(state.handovers):
-                if handover.name == message.name:
-                    del state.handovers[i]
-                    state.send(HandoverReturned(message.name, "withdrawn"))
-                    state.forget_pidfds()
-                    break
+            state.withdraw(message.name)
 
 
 def _reap(state: _KeeperState) -> None:
@@ -336,10 +411,9 @@ def _reap(state: _KeeperState) -> None:
         if name is None:
             continue
         follow = state.follower(pid)
-        started = state.hand_over(follow, pid) if follow else None  # refill the slot first
+        reports = state.hand_over(follow, pid) if follow else []  # refill the slot first
         state.send(Exited(name, pid, os.waitstatus_to_exitcode(status)))
-        if started is not None:
-            state.send_started(started)
+        state.send_all(reports)
         state.forget_pidfds()
 
 

@@ -1,9 +1,12 @@
-"""The writer thread: records and moves of ended jobs, off the next job's path.
+"""The writer: records and moves of ended jobs, in order, on the loop or in a thread.
 
-Creating a file costs 0.1 to 1 ms on the disks this runs on, more than a trivial job;
-done on the loop, it would hold back the next start. The thread takes plain data (a
-:class:`Settlement` it then owns), calls the store, and returns what happened; it never
-touches the dispatcher's state. One thread keeps the moves in order.
+They are written on the loop, at the end of its tick, while that is quick: the next
+starts of a busy slot are in the keeper's hands by then (hand-overs), and a thread
+beside the loop would cost both of them the GIL at each system call (a dozen hand-offs
+a job). When a write is slow (creating a file costs 0.1 to 1 ms on the disks this runs
+on, more on a network one) or the disk refuses it, the writes go to a thread for a
+while, off the loop. The thread takes plain data (a :class:`Settlement` it then owns),
+calls the store, and returns what happened; it never touches the dispatcher's state.
 
 On a full or read-only disk an outcome is never dropped: its write is tried again each
 second until the disk takes it (the disk watch holds new starts meanwhile), and the job
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,10 @@ from gpudispatch.layout import printable
 from gpudispatch.store import FolderQueue
 
 T = TypeVar("T")
+# Writes on the loop that take longer than this each (a slow or network disk), or one
+# the disk refused: the thread has them for THREAD_SECONDS.
+SLOW_WRITE_SECONDS = 0.005
+THREAD_SECONDS = 10.0
 
 
 @dataclass
@@ -49,10 +57,10 @@ class Settled:
 
 
 class Writer:
-    """One thread, fed once a tick: what a tick asks of it (log files to prepare, ended
-    jobs to settle) goes as one batch at its end (:meth:`flush`), so the thread is woken
-    once, not once a request (each wake costs both threads the GIL, a thread pool's
-    futures more: tens of microseconds a job)."""
+    """Fed once a tick: what a tick asks (log files to prepare, ended jobs to settle) is
+    one batch at its end (:meth:`flush`), written there or, when the thread has it, with
+    one wake of the thread, not one a request (each wake costs both threads the GIL, a
+    thread pool's futures more: tens of microseconds a job)."""
 
     def __init__(self, queue: FolderQueue, on_done: Callable[[], None], disk: DiskWatch,
                  log: logging.Logger) -> None:
@@ -65,6 +73,9 @@ class Writer:
         self._inbox: SimpleQueue[list | None] = SimpleQueue()
         self._done: deque[list[Settled] | BaseException] = deque()
         self._pending = 0  # settlements sent and not collected (the loop's count alone)
+        self._sent = 0  # batches put in the thread's inbox (counted by the loop alone)
+        self._finished = 0  # ...and done (counted by the thread alone)
+        self._thread_until = 0.0  # until when batches go to the thread (monotonic)
         self._thread = threading.Thread(target=self._work, name="gpudispatch-writer",
                                         daemon=True)
         self._thread.start()
@@ -81,11 +92,51 @@ class Writer:
         self._batch.append((task, args, False))
 
     def flush(self) -> None:
-        """Hand this tick's requests to the thread, in order."""
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._pending += sum(settles for _t, _a, settles in batch)
-            self._inbox.put(batch)
+        """Write this tick's requests, in order: here, unless the thread has some still
+        or the last ones were slow; the rest (all, or those from a refused write on) in
+        the thread, which retries."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self._pending += sum(settles for _t, _a, settles in batch)
+        if self._sent == self._finished and time.monotonic() >= self._thread_until:
+            batch = self._write_here(batch)
+            if not batch:
+                return
+        self._sent += 1
+        self._inbox.put(batch)
+
+    def _write_here(self, batch: list) -> list:
+        """Do what ``batch`` asks on this thread; what is left for the thread (from a
+        write the disk refused on)."""
+        began = time.monotonic()
+        for at, (task, args, settles) in enumerate(batch):
+            if task == self._settle:
+                (settlements,) = args
+                settled = []
+                try:
+                    for s in settlements:
+                        settled.append(self._settle_one(s, self._once))
+                except _Refused:
+                    self._thread_until = time.monotonic() + THREAD_SECONDS
+                    self._done.append(settled)
+                    self._pending += 1  # (the rest is one more to collect)
+                    rest = settlements[len(settled):]
+                    return [(task, (rest,), settles), *batch[at + 1:]]
+                except OSError as exc:  # as the thread would: collect() raises it
+                    settled = exc
+            else:
+                try:
+                    settled = task(*args)
+                except BaseException as exc:  # as the thread does
+                    settled = exc
+            if settles:
+                self._done.append(settled)
+        writes = sum(len(args[0]) if task == self._settle else 1 for task, args, _ in batch)
+        if time.monotonic() - began > SLOW_WRITE_SECONDS * writes:
+            self._thread_until = time.monotonic() + THREAD_SECONDS
+        self._on_done()  # collected at the next tick
+        return []
 
     def collect(self) -> list[Settled]:
         """What finished writes settled; a write that failed raises here (OSError)."""
@@ -120,31 +171,52 @@ class Writer:
                 if settles:
                     self._done.append(result)
                     settled = True
+            self._finished += 1
             if settled:
                 # The loop is woken once the results are there: woken earlier, it would
                 # find them missing and sleep on.
                 self._on_done()
 
     def _settle(self, settlements: list[Settlement]) -> list[Settled]:
-        done = []
-        for s in settlements:
-            try:
-                state = self._until_written(_write_outcome, self._queue, s)
-                moved = state is not None
-                if s.record is not None:  # a record was written: there is room again
-                    self._disk.clear()
-                if moved:
-                    self._until_written(self._queue.drop_cancel_request, s.name)
-            except _GaveUp:
-                self._log.warning("%s: its outcome was not written (the disk still refuses "
-                                  "writes); the next dispatcher records it from its exit "
-                                  "status", printable(s.name))
-                state, moved = None, False
-            finally:
-                if s.lock_fd is not None:
-                    os.close(s.lock_fd)
-            done.append(Settled(s.name, s.record, state or s.state, moved))
-        return done
+        return [self._settle_one(s, self._until_written) for s in settlements]
+
+    def _settle_one(self, s: Settlement, write: Callable) -> Settled:
+        """Write one outcome with ``write`` (which tries again, or raises) and let go of
+        its lock; kept when the write is left to the thread (``_Refused``)."""
+        try:
+            state = write(_write_outcome, self._queue, s)
+            moved = state is not None
+            if s.record is not None:  # a record was written: there is room again
+                self._disk.clear()
+            if moved:
+                write(self._queue.drop_cancel_request, s.name)
+        except _Refused:
+            raise
+        except _GaveUp:
+            self._log.warning("%s: its outcome was not written (the disk still refuses "
+                              "writes); the next dispatcher records it from its exit "
+                              "status", printable(s.name))
+            state, moved = None, False
+        except BaseException:
+            self._let_go(s)
+            raise
+        self._let_go(s)
+        return Settled(s.name, s.record, state or s.state, moved)
+
+    @staticmethod
+    def _let_go(s: Settlement) -> None:
+        if s.lock_fd is not None:
+            os.close(s.lock_fd)
+            s.lock_fd = None
+
+    def _once(self, write: Callable[..., T], *args) -> T:
+        """``write(*args)`` once, on the loop; the disk refusing it raises ``_Refused``."""
+        try:
+            return write(*args)
+        except OSError as exc:
+            if self._disk.note(exc):
+                raise _Refused from exc
+            raise
 
     def _until_written(self, write: Callable[..., T], *args) -> T:
         """``write(*args)``, tried again each RETRY_SECONDS while the disk refuses it
@@ -163,6 +235,10 @@ class Writer:
 
 class _GaveUp(Exception):
     """The dispatcher is closing while the disk still refuses a write."""
+
+
+class _Refused(Exception):
+    """A write on the loop the disk refused: it, and what follows, go to the thread."""
 
 
 def _write_outcome(queue: FolderQueue, s: Settlement) -> JobState | None:

@@ -51,6 +51,7 @@ from gpudispatch.gpus import DEFAULT_BUSY_THRESHOLD, GpuProbe, GpuProbeError
 from gpudispatch.gpuview import GpuView
 from gpudispatch.job import Directives, JobRecord, JobState, now_iso, parse_iso
 from gpudispatch.keeper import (
+    CHAINED,
     Exited,
     Handover,
     HandoverReturned,
@@ -83,6 +84,13 @@ CGROUP_EMPTY_WAIT_SECONDS = 60.0
 WATCH_POLL_SECONDS = 0.2  # watched jobs without a pidfd, or waiting for their lock
 UNSURE_RECHECK_SECONDS = 0.05  # an exiting monitor lets go of its lock within moments
 UNSURE_WAIT_SECONDS = 5.0  # then the heartbeat's settling looks at them, as at any orphan
+# Hand-overs queued behind one running job (a chain, in the keeper): enough that a slot of
+# short jobs never waits for this loop to catch up, few enough to withdraw in a moment.
+CHAIN_LENGTH = 3
+# While jobs wait already, a new file cannot start before them: its event wakes the loop
+# at most this often (every tick reads the events anyway), so a bulk submission's
+# thousands of files cost a few ticks, not one each.
+FILES_BATCH_SECONDS = 0.1
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
@@ -245,6 +253,7 @@ class Dispatcher:
         self._idle_logged = False
         self._paused: bool | None = None  # read once a tick (see paused)
         self.watcher: FolderWatcher | None = None
+        self._files_read_at = 0.0  # when the watcher's events were last read
         self.sweeps = SweepDriver(queue, self.log)
         self._steps = [getattr(self, "_" + step) for step in self.STEPS]
 
@@ -557,26 +566,83 @@ class Dispatcher:
         followed = {pid for j in handed.values() for pid in (j.variants or {})}
         candidates = [(j.name, j.slot_ids) for j in self.running.values()
                       if j.phase is Phase.RUNNING and not j.watched and j.pid not in followed]
-        if not candidates:
-            return
-        order = list(self.intake.order())  # with the handed-over jobs in their places
-        for job in handed.values():
-            if job.queued is not None:
-                bisect.insort(order, job.queued, key=_sort_key)
         deps = _DepStates(self.queue)
+        followers = {}
+        if candidates:
+            order = list(self.intake.order())  # with the handed-over jobs in their places
+            for job in handed.values():
+                if job.queued is not None:
+                    bisect.insort(order, job.queued, key=_sort_key)
 
-        def plan_without(name: str):
-            return plan(order, self.slots, self._slot_states(without=name), deps, now,
-                        self.options.reserve_after)
+            def plan_without(name: str):
+                return plan(order, self.slots, self._slot_states(without=name), deps, now,
+                            self.options.reserve_after)
 
-        followers = choose_followers(candidates, plan_without, set(handed) | self._plain_only)
-        for name, variants in followers.items():
-            queued = self.intake.take(name)
-            if queued is not None:
-                self._start(queued, now, follow={self.running[r].pid: ids
-                                                 for r, ids in variants.items()})
-        if followers:
+            followers = choose_followers(candidates, plan_without,
+                                         set(handed) | self._plain_only)
+            for name, variants in followers.items():
+                queued = self.intake.take(name)
+                if queued is not None:
+                    self._start(queued, now, follow={self.running[r].pid: ids
+                                                     for r, ids in variants.items()})
+        chained = self._extend_chains(now, deps)
+        if followers or chained:
             self._prepare_next_logs()
+
+    def _extend_chains(self, now: float, deps: _DepStates) -> bool:
+        """Hand over, behind each hand-over that follows one running job, the job that
+        would start after it in the same slots (``CHAIN_LENGTH`` deep): the keeper then
+        starts one after another while this loop writes what ended. The plan is the one
+        with the running job's slots free and its chain out of the queue; the other
+        hand-overs stay in their places, so no job overtakes one handed over earlier."""
+        added = False
+        for _ in range(CHAIN_LENGTH):
+            handed = [j for j in self.running.values() if j.phase is Phase.HANDED_OVER]
+            ahead = {j.after_job for j in handed}
+            tails = [j for j in handed if j.name not in ahead and not j.withdrawing]
+            picked: set[str] = set()
+            for tail in tails:
+                chain = self._chain_of(tail)
+                if chain is None or len(chain) > CHAIN_LENGTH:
+                    continue
+                head, members = chain[0], {j.name for j in chain[1:]}
+                order = list(self.intake.order())
+                for job in handed:
+                    if job.queued is not None and job.name not in members:
+                        bisect.insort(order, job.queued, key=_sort_key)
+                mine = set(head.slot_ids)
+                result = plan(order, self.slots, self._slot_states(without=head.name), deps,
+                              now, self.options.reserve_after)
+                pick = next((start for start in result.starts if set(start[1]) <= mine),
+                            None)
+                if (pick is None or pick[0] in picked or pick[0] in self._plain_only
+                        or pick[0] in self.running):
+                    continue
+                queued = self.intake.take(pick[0])
+                if queued is not None:
+                    picked.add(pick[0])
+                    self._start(queued, now, follow={CHAINED: pick[1]}, after_job=tail.name)
+            if not picked:
+                break
+            added = True
+        return added
+
+    def _chain_of(self, tail: RunningJob) -> list[RunningJob] | None:
+        """The running job a hand-over's chain follows, then the chain's hand-overs up to
+        ``tail``; None when it follows no single running job that we start jobs after."""
+        chain = [tail]
+        while chain[0].after_job is not None:
+            ahead = self.running.get(chain[0].after_job)
+            if ahead is None or ahead.phase is not Phase.HANDED_OVER:
+                return None
+            chain.insert(0, ahead)
+        variants = chain[0].variants or {}
+        if len(variants) != 1:
+            return None
+        head = self.running.get(self._by_pid.get(next(iter(variants)), ""))
+        if head is None or head.phase is not Phase.RUNNING or head.watched:
+            return None
+        return [head, *chain]
 
     def _note_idle(self, now: float) -> None:
         idle = not self.intake.pending and not self.running and not self.intake.waiting
@@ -592,9 +658,12 @@ class Dispatcher:
         return self.gpus.slot_states(self.slots, self.running.values(), without)
 
     def _start(self, job: QueuedJob, now: float, slot_ids: list[int] | None = None,
-               follow: dict[int, list[int]] | None = None) -> None:
+               follow: dict[int, list[int]] | None = None,
+               after_job: str | None = None) -> None:
         """Lock and claim a job and have the launcher start it; or, with ``follow``, hand
-        it to the launcher to claim and start when one of those monitors ends."""
+        it to the launcher to claim and start when one of those monitors ends (with
+        ``after_job``, when the hand-over of that name ends: ``follow`` is then
+        ``{CHAINED: slots}``)."""
         name = job.name
         # A hand-over is locked and claimed by the keeper when it starts: until then,
         # another dispatcher may take it.
@@ -654,7 +723,7 @@ class Dispatcher:
             running.slot_ids = slot_ids
             record.gpus = gpus_of(self.slots, slot_ids)
         else:
-            running.variants = follow
+            running.variants, running.after_job = follow, after_job
         self._track(running)
         try:
             launcher = self._launcher(now)
@@ -665,7 +734,8 @@ class Dispatcher:
             else:
                 identity = (st.st_ino, st.st_size, st.st_mtime_ns)
                 launcher.hand_over(Handover(name, {pid: request(ids)
-                                                   for pid, ids in follow.items()}, identity))
+                                                   for pid, ids in follow.items()}, identity,
+                                            after_job=after_job))
         except KeeperGone:  # reported by messages(), in order; look at once
             self._wake_loop()
 
@@ -678,11 +748,15 @@ class Dispatcher:
         if job.phase is Phase.HANDED_OVER:
             job.lock_fd = message.lock_fd
             job.slot_ids = (job.variants or {}).get(message.after or -1, [])
-            job.variants = None
+            job.variants = job.after_job = None
             job.record.gpus = gpus_of(self.slots, job.slot_ids)
             job.record.extra["handed_over"] = True  # started by the keeper, no gap (report)
         job.to(Phase.RUNNING)
         job.pid, job.started = message.pid, message.started
+        for follower in self.running.values():  # (as the keeper does)
+            if follower.after_job == job.name:
+                follower.variants = {job.pid: (follower.variants or {})[CHAINED]}
+                follower.after_job = None
         job.record.pid = message.pid
         job.record.extra["monitor_started"] = message.started
         self._by_pid[message.pid] = job.name
@@ -902,6 +976,19 @@ class Dispatcher:
         self.running.pop(job.name, None)
         self._by_pid.pop(job.pid or -1, None)
         job.release()
+        if job.phase is Phase.HANDED_OVER:
+            self._pass_on_chain(job)
+
+    def _pass_on_chain(self, gone: RunningJob) -> None:
+        """A hand-over that will not start: the one chained to it follows what it
+        followed, in the slots it held (the keeper may be starting it there now)."""
+        for follower in self.running.values():
+            if follower.after_job == gone.name:
+                request = (follower.variants or {})[CHAINED]
+                follower.after_job = gone.after_job
+                if gone.after_job is None:
+                    follower.variants = {pid: request for pid in gone.variants or {}}
+                follower.slot_ids = gone.slot_ids
 
     # ------------------------------------------------------------------ launcher
     def _launcher(self, now: float) -> Launcher:
@@ -1015,9 +1102,7 @@ class Dispatcher:
             self.watcher = None
         selector = selectors.DefaultSelector()
         previous = _install_signals(self, self._wake_w)
-        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        if self.watcher is not None:
-            selector.register(self.watcher.fileno(), selectors.EVENT_READ, "files")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")  # (the rest: _wait)
         # Before the first start, not on the writer thread: a first job that fills the disk
         # at once must find the journal's room reserved for its monitor's status line.
         rotate_journal(self.layout.exit_journal())
@@ -1088,22 +1173,28 @@ class Dispatcher:
                                   if j.pidfd is not None}
         if self.launcher is not None:
             wanted[self.launcher.fileno()] = "launcher"
+        if self.watcher is not None:
+            if self.intake.pending and now - self._files_read_at < FILES_BATCH_SECONDS:
+                wake_at.append(self._files_read_at + FILES_BATCH_SECONDS)
+            else:
+                wanted[self.watcher.fileno()] = "files"
         registered = {key.fd: key for key in selector.get_map().values()}
         for fd, kind in wanted.items():
             if fd not in registered:
                 selector.register(fd, selectors.EVENT_READ, kind)
         for fd, key in registered.items():
-            if key.data in ("pidfd", "launcher") and fd not in wanted:
+            if key.data != "wake" and fd not in wanted:
                 selector.unregister(fd)
         timeout = max(0.0, min(wake_at) - now)
         for key, _ in selector.select(timeout):
             if key.data == "wake":
                 drain_pipe(self._wake_r)
-            elif key.data == "files" and self.watcher is not None:
-                names = self.watcher.drain()
-                self.intake.events |= names
-                if names & self.running.keys():
-                    self._next_cancel_check = 0.0  # a cancel request for a running job
+        if self.watcher is not None:  # (unregistered meanwhile, it may hold some)
+            self._files_read_at = time.monotonic()
+            names = self.watcher.drain()
+            self.intake.events |= names
+            if names & self.running.keys():
+                self._next_cancel_check = 0.0  # a cancel request for a running job
 
 
 def _sort_key(job: QueuedJob) -> tuple[int, str]:

@@ -53,6 +53,7 @@ class RunningJob:
     pidfd: int | None = None  # for watched jobs: readable when the monitor exits
     ended_at: float | None = None  # its end written, its cgroup's last processes dying
     variants: dict[int, list[int]] | None = None  # HANDED_OVER: followed pid -> slots
+    after_job: str | None = None  # HANDED_OVER in a chain: the hand-over it follows
     withdrawing: bool = False  # a HANDED_OVER job we asked back
 
     def to(self, phase: Phase) -> None:
