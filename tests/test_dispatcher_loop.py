@@ -14,6 +14,7 @@ import pytest
 from conftest import wait_until
 
 from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
+from gpudispatch.dispatcher.loop import CHAIN_LENGTH
 from gpudispatch.job import JobState
 from gpudispatch.keeper import (
     CHAINED,
@@ -244,27 +245,29 @@ def test_a_chain_keeps_a_slot_of_short_jobs_in_the_keepers_hands(world):
     in all), each to follow the one before: the keeper starts them one after another
     while the dispatcher is busy, and the chain grows again at its next tick."""
     queue, fake, make = world
-    names = [f"{n}.sh" for n in "abcdefg"]
+    names = [f"j{i:02d}.sh" for i in range(CHAIN_LENGTH + 4)]
     for name in names:
         drop(queue, name)
     d = make()
     d.tick(1.0)
     d.tick(1.1)
-    assert [r.name for r in fake.spawned] == ["a.sh"]
-    assert [(h.name, h.after_job) for h in fake.handovers] == [
-        ("b.sh", None), ("c.sh", "b.sh"), ("d.sh", "c.sh")]
-    assert set(fake.handovers[0].variants) == {fake.pids["a.sh"]}
-    assert [queue.locate(n) for n in names[1:]] == [JobState.QUEUED] * 6  # none claimed
-    fake.exit(queue, "a.sh", 0)  # b starts; c now follows b's process
-    fake.exit(queue, "b.sh", 0)  # c starts, with no tick in between
+    assert [r.name for r in fake.spawned] == names[:1]
+    chained = names[1:CHAIN_LENGTH + 1]
+    assert [(h.name, h.after_job) for h in fake.handovers] == list(
+        zip(chained, [None, *chained[:-1]], strict=True))
+    assert set(fake.handovers[0].variants) == {fake.pids[names[0]]}
+    assert all(queue.locate(n) is JobState.QUEUED for n in names[1:])  # none claimed
+    fake.exit(queue, names[0], 0)  # the first hand-over starts; the next follows it now
+    fake.exit(queue, names[1], 0)  # and starts, with no tick in between
     settle(d, 1.2)
-    assert [r.name for r in fake.spawned] == ["a.sh", "b.sh", "c.sh"]
+    assert [r.name for r in fake.spawned] == names[:3]
     assert [queue.locate(n) for n in names[:3]] == [JobState.COMPLETED] * 2 + [
         JobState.RUNNING]
-    assert d.running["c.sh"].slot_ids == [0]
-    assert [(h.name, h.after_job) for h in fake.handovers] == [
-        ("d.sh", None), ("e.sh", "d.sh"), ("f.sh", "e.sh")]
-    assert set(fake.handovers[0].variants) == {fake.pids["c.sh"]}
+    assert d.running[names[2]].slot_ids == [0]
+    chained = names[3:CHAIN_LENGTH + 3]  # grown again, behind the one running now
+    assert [(h.name, h.after_job) for h in fake.handovers] == list(
+        zip(chained, [None, *chained[:-1]], strict=True))
+    assert set(fake.handovers[0].variants) == {fake.pids[names[2]]}
 
 
 def test_a_chained_job_follows_what_a_returned_one_followed(world):

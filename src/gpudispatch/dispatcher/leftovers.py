@@ -68,8 +68,9 @@ class Leftovers:
         return min(due) if due else None
 
     def ended(self, cgroup: str | None, now: float, ran_for: float) -> None:
-        """A job is over (and no longer live): kill what is left of it, now, before its
-        slot takes another job."""
+        """A job is over (and no longer live): kill what is left of it, this tick (its
+        cgroup now; the daemons it left at the ``contain`` step, once for all the jobs
+        that ended in the tick)."""
         # Empty once its monitor killed it and waited; if not (its monitor was killed),
         # kill it now and remove it once the kernel has reaped the last process.
         if cgroup and not cgroups.remove(cgroup):
@@ -78,7 +79,7 @@ class Leftovers:
                 self._next_cgroup_try = now + CGROUP_RETRY_SECONDS
             self._cgroups.append(cgroup)
         if self.sweeping and (self._sweep_any_end or ran_for >= SWEEP_SECONDS):
-            self._sweep(now)
+            self._next_sweep = min(self._next_sweep, now)
 
     def close(self) -> None:
         """At exit: a last sweep (the daemons of jobs still running are spared; once we

@@ -85,8 +85,9 @@ WATCH_POLL_SECONDS = 0.2  # watched jobs without a pidfd, or waiting for their l
 UNSURE_RECHECK_SECONDS = 0.05  # an exiting monitor lets go of its lock within moments
 UNSURE_WAIT_SECONDS = 5.0  # then the heartbeat's settling looks at them, as at any orphan
 # Hand-overs queued behind one running job (a chain, in the keeper): enough that a slot of
-# short jobs never waits for this loop to catch up, few enough to withdraw in a moment.
-CHAIN_LENGTH = 3
+# short jobs never waits for this loop to catch up (with 3, 2-5% of a drain of trivial
+# jobs still started from here), few enough to withdraw in a moment.
+CHAIN_LENGTH = 8
 # While jobs wait already, a new file cannot start before them: its event wakes the loop
 # at most this often (every tick reads the events anyway), so a bulk submission's
 # thousands of files cost a few ticks, not one each.
@@ -606,10 +607,13 @@ class Dispatcher:
                 if chain is None or len(chain) > CHAIN_LENGTH:
                     continue
                 head, members = chain[0], {j.name for j in chain[1:]}
-                order = list(self.intake.order())
-                for job in handed:
-                    if job.queued is not None and job.name not in members:
-                        bisect.insort(order, job.queued, key=_sort_key)
+                others = [j.queued for j in handed
+                          if j.queued is not None and j.name not in members]
+                order = self.intake.order()  # (not copied unless other chains go in it)
+                if others:
+                    order = list(order)
+                    for queued in others:
+                        bisect.insort(order, queued, key=_sort_key)
                 mine = set(head.slot_ids)
                 result = plan(order, self.slots, self._slot_states(without=head.name), deps,
                               now, self.options.reserve_after)
