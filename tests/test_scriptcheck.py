@@ -70,10 +70,10 @@ def test_rejected_scripts_say_why(tmp_path, make, fragment):
     ("set -- a b", False),
     ("ulimit -f 0", False),  # could keep it from appending its status
     ("echo $__gpudispatch_run", False),  # the values it keeps
-    # bulk submission's header line is a comment: a word of a path in it is no command
+    # comment lines are no code: bulk submission's header line, with a path in it
     ('# gpudispatch-submission: {"extra":{"file":"/home/u/source/exec.json"}}\ntrue', True),
-    # ...unless a shell could expand something in it (then it is matched as any text)
-    ('x="\n# gpudispatch-submission: $(eval y)"', False),
+    ("  # trap, eval and exec are words here\ntrue  # and set -o here", False),  # not here
+    ('x="\n# $(exec sleep 1)"', True),  # in a string: runs in a subshell, not the monitor
 ])
 def test_a_plain_sh_script_is_run_inline_only_when_it_cannot_take_the_monitors_shell(
         tmp_path, body, inline):

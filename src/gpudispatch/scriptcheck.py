@@ -46,8 +46,10 @@ class Launch:
 # itself (``monitor.INLINE_MONITOR_SCRIPT``): replace it (``exec``), change its traps, run
 # code it cannot see (``eval``, ``.``, ``source``), redefine the commands its EXIT trap
 # runs (functions, aliases), stop it from running them (``set`` but -e, -u, -x), limit
-# the file it appends to (``ulimit``), or touch the values it kept. Matched on the text,
-# comments and strings too: a false match only costs the fork that inline saves.
+# the file it appends to (``ulimit``), or touch the values it kept. Matched on the text
+# but its comment lines, strings too: a false match only costs the fork that inline
+# saves. (A line that starts with ``#`` is code only inside a string or here-document,
+# where a word runs only in a ``$(...)``: a subshell, which cannot take the monitor's.)
 INLINE_UNSAFE = re.compile(
     rb"\b(?:exec|trap|eval|source|alias|ulimit|function)\b"
     rb"|__gpudispatch"
@@ -69,17 +71,14 @@ _ENV_FILE_MAX_BYTES = 1 << 20
 _exports_only: dict[tuple[str, int, int, int], bool] = {}  # (path, inode, size, mtime)
 
 
-# The line bulk submission writes in a header (``job.SUBMISSION_PREFIX``): a comment, with
-# JSON in it (a path there may hold ``source``), and nothing a shell could expand.
-_SUBMISSION_LINE = re.compile(rb"^# gpudispatch-submission: [^\n$`]*$", re.MULTILINE)
-
-
 def inline_safe(text: bytes) -> bool:
     """Whether a plain ``/bin/sh`` script may be sourced by its monitor (see above)."""
-    for env_file in _ENV_LINE.findall(text):
+    code = b"\n".join(line for line in text.split(b"\n")
+                      if not line.lstrip().startswith(b"#"))
+    for env_file in _ENV_LINE.findall(code):
         if not _env_file_safe(env_file.decode(errors="surrogateescape")):
             return False
-    return INLINE_UNSAFE.search(_SUBMISSION_LINE.sub(b"", _ENV_LINE.sub(b"", text))) is None
+    return INLINE_UNSAFE.search(_ENV_LINE.sub(b"", code)) is None
 
 
 def _env_file_safe(path: str) -> bool:
