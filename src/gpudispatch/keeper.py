@@ -182,20 +182,31 @@ class _KeeperState:
     handovers: list[Handover] = field(default_factory=list)  # in run order
     base_env: dict[str, str] | None = None  # what the monitors inherit
     pidfds: dict[int, int] = field(default_factory=dict)  # followed, not ours: pid -> pidfd
+    outbox: list = field(default_factory=list)  # this round's reports, in order
 
     def send(self, message) -> None:
-        self.sock.send(pickle.dumps(message))
+        """Report to the dispatcher, at the end of this round (:meth:`flush`)."""
+        self.outbox.append(message)
 
-    def send_started(self, message) -> None:
-        """Send a report; a hand-over's start carries the lock the keeper took for it."""
-        fd = getattr(message, "lock_fd", None)
-        if fd is None:
-            self.send(message)
-            return
-        try:
-            socket.send_fds(self.sock, [pickle.dumps(replace(message, lock_fd=None))], [fd])
-        finally:
-            os.close(fd)
+    def flush(self) -> None:
+        """Send the round's reports as one message (one system call and one wake of the
+        dispatcher, not one a report). A hand-over's start carries the lock the keeper
+        took for it: its ``lock_fd`` is then its index among the descriptors sent."""
+        reports, self.outbox = self.outbox, []
+        while reports:
+            batch, fds = [], []
+            while reports and len(fds) < _MAX_FDS:
+                report = reports.pop(0)
+                fd = getattr(report, "lock_fd", None)
+                if fd is not None:
+                    report = replace(report, lock_fd=len(fds))
+                    fds.append(fd)
+                batch.append(report)
+            try:
+                socket.send_fds(self.sock, [pickle.dumps(batch)], fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None):
         try:
@@ -317,8 +328,7 @@ class _KeeperState:
                 return
 
     def send_all(self, reports: list) -> None:
-        for report in reports:
-            self.send_started(report)
+        self.outbox.extend(reports)
 
     def check_followed(self) -> None:
         """Refill the slots of the followed monitors that ended (one job each: the others
@@ -375,6 +385,7 @@ def run_keeper(sock: socket.socket, queue: FolderQueue) -> None:
                     return
             _reap(state)
             state.check_followed()
+            state.flush()
     except OSError:  # the dispatcher is gone (the socket broke)
         return
 
@@ -530,8 +541,9 @@ class Keeper:
                 return out, True
             if not data:
                 return out, True
-            message = pickle.loads(data)
-            out.append(replace(message, lock_fd=fds[0]) if fds else message)
+            for report in pickle.loads(data):  # a round's reports (see _KeeperState.flush)
+                at = getattr(report, "lock_fd", None)
+                out.append(report if at is None else replace(report, lock_fd=fds[at]))
         return out, False
 
     def _reap(self) -> list[Exited]:
