@@ -51,7 +51,8 @@ class Intake:
         self.pending: dict[str, QueuedJob] = {}
         self.run_alone: set[str] = set()  # requeued after running out of GPU memory
         self._order: list[QueuedJob] = []
-        self._dirty = False
+        self._dirty = False  # _order is to be sorted again from pending
+        self._new: list[QueuedJob] = []  # added since (see order())
         self._unready: dict[str, _Unready] = {}
         self._heads: dict[str, tuple[int, int, bytes]] = {}  # name -> size, mtime, head
         self.events: set[str] = set()
@@ -101,8 +102,7 @@ class Intake:
                 rejected.append((name, verdict))
             elif verdict:
                 added.append(name)
-        if added:
-            self._dirty = True
+        self._new.extend(self.pending[name] for name in added)
         return sorted(added), rejected
 
     def _scan(self) -> list[str]:
@@ -204,9 +204,20 @@ class Intake:
         return True
 
     def order(self) -> list[QueuedJob]:
-        """The pending jobs in run order, sorted again only after the set changed."""
+        """The pending jobs in run order, sorted again only after the set changed; jobs
+        added after all the others (a bulk submission's, arriving while the first ones
+        run) are appended, not sorted in again with the rest (once a tick, that was a
+        sort of the whole queue a job)."""
+        if self._new and not self._dirty:
+            new = sorted((j for j in self._new if self.pending.get(j.name) is j),
+                         key=_sort_key)
+            if not new or not self._order or new[0].sort_key > self._order[-1].sort_key:
+                self._order.extend(new)
+            else:
+                self._dirty = True
+        self._new = []
         if self._dirty:
-            self._order = sorted(self.pending.values(), key=lambda j: j.sort_key)
+            self._order = sorted(self.pending.values(), key=_sort_key)
             self._dirty = False
         return self._order
 
@@ -221,8 +232,12 @@ class Intake:
 
     def give_back(self, job: QueuedJob) -> None:
         self.pending[job.name] = job
-        self._dirty = True
+        self._new.append(job)
 
     def head(self, name: str) -> tuple[int, int, bytes]:
         """The size, mtime and header read when it was found (-1s if not kept)."""
         return self._heads.pop(name, (-1, -1, b""))
+
+
+def _sort_key(job: QueuedJob) -> tuple[int, str]:
+    return job.sort_key
