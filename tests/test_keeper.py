@@ -3,8 +3,10 @@ every gpudispatch process, hand-overs in run order, and the job lock."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -295,6 +297,34 @@ def test_a_job_chained_to_one_that_ended_already_is_returned(setup):
                               identity(queue, "c.sh"), after_job="b.sh"))
     assert messages_until(keeper, bool) == [HandoverReturned("c.sh", "withdrawn")]
     assert queue.locate("c.sh") is JobState.QUEUED
+
+
+def test_a_handover_whose_log_the_disk_refuses_stays_queued_untouched(setup, tmp_path):
+    """Its log is created before its claim: with ``logs/`` refusing new files (immutable,
+    refused even to root), the job goes back unclaimed, with the reason for the disk
+    watch, and never sits in ``running/`` for a moment."""
+    queue, keeper = setup
+    gate = tmp_path / "gate"
+    write(queue, JobState.RUNNING, "a.sh", f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    first = keeper.spawn(request(queue, "a.sh"), None).pid
+    write(queue, JobState.QUEUED, "b.sh", "true")
+    logs = queue.layout.job_log("b.sh", 1).rsplit("/", 1)[0]
+    if subprocess.run(["chattr", "+i", logs], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable flag (chattr +i)")
+    try:
+        keeper.hand_over(Handover("b.sh", {first: request(queue, "b.sh")},
+                                  identity(queue, "b.sh")))
+        gate.touch()
+        seen = messages_until(keeper, lambda m: any(isinstance(x, HandoverReturned)
+                                                    for x in m))
+    finally:
+        subprocess.run(["chattr", "-i", logs], check=True)
+    assert HandoverReturned("b.sh", "withdrawn", errno.EPERM) in seen
+    assert not any(isinstance(m, Started) and m.name == "b.sh" for m in seen)
+    assert queue.locate("b.sh") is JobState.QUEUED
+    probe = queue.lock_job("b.sh", JobState.QUEUED)
+    assert probe is not None  # its lock let go
+    os.close(probe)
 
 
 def test_handover_of_a_job_taken_meanwhile_is_returned(setup):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from gpudispatch import procs
 from gpudispatch.job import JobState
 from gpudispatch.monitor import LOCK_FD
+from gpudispatch.safeio import DISK_ERRNOS
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import drain_pipe
 
@@ -121,12 +122,14 @@ class Exited:
 
 @dataclass(frozen=True)
 class HandoverReturned:
-    """A hand-over did not start. ``why``: ``withdrawn`` (asked, or paused), ``taken``
-    (someone else claimed or removed it), ``changed`` (claimed, but the script changed
-    since it was checked: the dispatcher checks and starts it itself)."""
+    """A hand-over did not start. ``why``: ``withdrawn`` (asked, or paused, or its log
+    could not be created: ``errno`` says why), ``taken`` (someone else claimed or removed
+    it), ``changed`` (claimed, but the script changed since it was checked: the dispatcher
+    checks and starts it itself)."""
 
     name: str
     why: str
+    errno: int | None = None  # the disk refused its log (ENOSPC, EROFS...): it waits
 
 
 @dataclass(frozen=True)
@@ -142,17 +145,21 @@ class KeeperGone(Exception):
     """The keeper process ended; the dispatcher watches its jobs' monitors directly."""
 
 
+# Never through a planted symlink; a FIFO there fails instead of blocking us.
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
 def spawn_monitor(request: SpawnRequest, lock_fd: int | None,
-                  base_env: dict[str, str] | None = None) -> tuple[int, int | None]:
-    """Start a job's monitor in a session of its own, its output to the job's log; its
-    pid and start time (its identity).
+                  base_env: dict[str, str] | None = None,
+                  log_fd: int | None = None) -> tuple[int, int | None]:
+    """Start a job's monitor in a session of its own, its output to the job's log (opened
+    here, or ``log_fd``, the caller's); its pid and start time (its identity).
     ``posix_spawn`` (a vfork and an exec, no Python in the child) is safe from a process
     with threads, so the dispatcher calls this itself."""
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        # Never through a planted symlink; a FIFO there fails instead of blocking us.
-        (os.POSIX_SPAWN_OPEN, 1, request.log_path,
-         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644),
+        (os.POSIX_SPAWN_OPEN, 1, request.log_path, LOG_FLAGS | os.O_TRUNC, 0o644)
+        if log_fd is None else (os.POSIX_SPAWN_DUP2, log_fd, 1),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     env = {**(os.environ if base_env is None else base_env), **request.env}
@@ -208,13 +215,16 @@ class _KeeperState:
                 for fd in fds:
                     os.close(fd)
 
-    def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None):
+    def start(self, request: SpawnRequest, lock_fd: int | None, after: int | None = None,
+              log_fd: int | None = None):
         try:
-            pid, started = spawn_monitor(request, lock_fd, self.base_env)
+            pid, started = spawn_monitor(request, lock_fd, self.base_env, log_fd)
         except OSError as exc:  # (a hand-over's lock goes to the dispatcher with this)
             return SpawnFailed(request.name, str(exc), exc.errno,
                                lock_fd if after is not None else None)
         finally:
+            if log_fd is not None:
+                os.close(log_fd)
             if lock_fd is not None and after is None:
                 os.close(lock_fd)  # the monitor and the dispatcher hold it now
         self.children[pid] = request.name
@@ -243,24 +253,40 @@ class _KeeperState:
         if self.queue.is_paused():
             return HandoverReturned(handover.name, "withdrawn")
         lock_fd = self.queue.lock_job(handover.name, JobState.QUEUED)
-        try:
-            claimed = lock_fd is not None and self.queue.claim(handover.name)
-        except OSError:  # the disk refuses the rename (read-only): it stays queued
-            if lock_fd is not None:
-                os.close(lock_fd)
-            return HandoverReturned(handover.name, "withdrawn")
-        if not claimed:
-            if lock_fd is not None:
-                os.close(lock_fd)
+        if lock_fd is None:
             return HandoverReturned(handover.name, "taken")
-        st = os.fstat(lock_fd)
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
-            os.close(lock_fd)  # changed since checked: the dispatcher checks it again
-            return HandoverReturned(handover.name, "changed")
+        request = handover.variants[after]
+        # Its log before its claim: a disk that refuses the file (full, read-only) leaves
+        # the job untouched in the queue. Truncated only once the job is ours.
+        try:
+            log_fd = os.open(request.log_path, LOG_FLAGS | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            os.close(lock_fd)
+            if exc.errno in DISK_ERRNOS:
+                return HandoverReturned(handover.name, "withdrawn", exc.errno)
+            log_fd = None  # (a FIFO or a symlink there: the spawn's own open reports it)
+        try:
+            claimed = self.queue.claim(handover.name)
+        except OSError:  # the disk refuses the rename (read-only): it stays queued
+            claimed = None
+        st = os.fstat(lock_fd) if claimed else None
+        if not claimed or (st.st_ino, st.st_size, st.st_mtime_ns) != handover.identity:
+            os.close(lock_fd)
+            if log_fd is not None:
+                os.close(log_fd)
+            why = ("withdrawn" if claimed is None else "taken" if not claimed
+                   else "changed")  # (changed: the dispatcher checks it again)
+            return HandoverReturned(handover.name, why)
+        if log_fd is not None:
+            try:
+                os.ftruncate(log_fd, 0)
+            except OSError:  # the spawn's own open (it truncates) reports what is wrong
+                os.close(log_fd)
+                log_fd = None
         # What the ended job left in its group goes before the next job takes its slot
         # (the dispatcher does the same when it hears of the end, maybe later than this).
         procs.end_leftovers(after)
-        return self.start(handover.variants[after], lock_fd, after)
+        return self.start(request, lock_fd, after, log_fd)
 
     def follow(self, handover: Handover, fds: list[int]) -> None:
         """Take a hand-over, with the pidfds of the dispatcher's monitors it follows. It

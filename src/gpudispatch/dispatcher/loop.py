@@ -791,6 +791,8 @@ class Dispatcher:
             self.queue.move(job.name, JobState.RUNNING, JobState.QUEUED)
             self.intake.events.add(job.name)
         elif message.why == "withdrawn" and job.queued is not None:
+            if message.errno is not None:  # its log was refused: starts wait for the disk
+                self.disk.note(OSError(message.errno, os.strerror(message.errno)))
             self.intake.give_back(job.queued)
         else:
             self._drop_prepared_log(job.name)
