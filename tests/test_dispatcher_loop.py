@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-from dataclasses import replace
 
 import pytest
 from conftest import wait_until
@@ -17,7 +16,6 @@ from gpudispatch.dispatcher import Dispatcher, DispatcherOptions
 from gpudispatch.dispatcher.loop import CHAIN_LENGTH
 from gpudispatch.job import JobState
 from gpudispatch.keeper import (
-    CHAINED,
     Exited,
     Handover,
     HandoverReturned,
@@ -80,8 +78,8 @@ class FakeLauncher:
             self.spawned.append(follower.variants[pid])
             self.pids[follower.name] = new = next(self._pid)
             self._out.append(Started(follower.name, new, 1, after=pid))
-            self.handovers = [replace(h, after_job=None, variants={new: h.variants[CHAINED]})
-                              if h.after_job == follower.name else h for h in self.handovers]
+            self.handovers = [h.following(new) if h.after_job == follower.name else h
+                              for h in self.handovers]
 
     def owns(self, pid: int) -> bool:
         return False  # as the keeper process: its jobs are watched if it dies

@@ -78,13 +78,17 @@ class Handover:
     # between short jobs; should that one not start, this one may take its place.
     after_job: str | None = None
 
+    def following(self, *pids: int) -> Handover:
+        """This chained hand-over, now following those processes (in its slots)."""
+        return replace(self, after_job=None,
+                       variants={pid: self.variants[CHAINED] for pid in pids})
+
     def succeeding(self, ahead: Handover) -> Handover:
         """This chained hand-over, following what ``ahead`` (the one it followed, which
         will not start now) followed."""
-        request = self.variants[CHAINED]
         if ahead.after_job is not None:
             return replace(self, after_job=ahead.after_job)
-        return replace(self, after_job=None, variants={pid: request for pid in ahead.variants})
+        return self.following(*ahead.variants)
 
 
 CHAINED = 0  # the key of a chained hand-over's one request (no process has pid 0)
@@ -244,8 +248,7 @@ class _KeeperState:
             successor = self.successor(handover)
             if successor is None:
                 return reports
-            handover = replace(successor, after_job=None,
-                               variants={after: successor.variants[CHAINED]})
+            handover = successor.following(after)
 
     def _hand_over_one(self, handover: Handover, after: int):
         """Lock, claim and start a handed-over job (the lock goes to the dispatcher with
@@ -323,15 +326,13 @@ class _KeeperState:
         if pid is None:
             self.send(HandoverReturned(handover.name, "withdrawn"))
             return
-        self.handovers.append(replace(handover, after_job=None,
-                                      variants={pid: handover.variants[CHAINED]}))
+        self.handovers.append(handover.following(pid))
 
     def chain_to(self, name: str, pid: int) -> None:
         """``name`` started as ``pid``: the hand-over chained to it follows that process."""
         for i, h in enumerate(self.handovers):
             if h.after_job == name:
-                self.handovers[i] = replace(h, after_job=None,
-                                            variants={pid: h.variants[CHAINED]})
+                self.handovers[i] = h.following(pid)
 
     def successor(self, ahead: Handover) -> Handover | None:
         """Take out the hand-over chained to ``ahead``, if any."""
