@@ -113,7 +113,9 @@ def test_report_file_in_a_browser(tmp_path, root, launch, browser, artifacts):
         "prep.sh": "#!/bin/sh\necho preparing\nsleep 0.2\n",
         "train-a.sh": "#!/bin/sh\n#GPUDISPATCH --after prep.sh\necho training\nsleep 0.3\n",
         "bad.sh": f'#!/bin/sh\necho loading\n{q(PYTHON)} -c "raise ValueError(\'bogus lr\')"\n',
-        "flaky.sh": "#!/bin/sh\n#GPUDISPATCH --retries 2\necho try\nexit 3\n",
+        # (it runs a moment: a run of a millisecond is a bar a pixel wide, next to the
+        # bar of the job that follows it at once, too thin to aim the pointer at)
+        "flaky.sh": "#!/bin/sh\n#GPUDISPATCH --retries 2\necho try\nsleep 0.3\nexit 3\n",
     }
     for name, text in scripts.items():
         (tmp_path / name).write_text(text)
