@@ -22,7 +22,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 PREFIX = "gpudispatch-"
@@ -207,13 +207,18 @@ def kill_all_but(path: str, monitor: int, tell: Callable[[], None]) -> None:
     while freeze and not _frozen(path) and time.monotonic() < deadline:
         time.sleep(0.001)
     tell()
-    for pid in members(path):
-        if pid != monitor:
+    sigkill_each(members(path), spare=monitor)
+    _write(f"{path}/cgroup.freeze", "0")
+
+
+def sigkill_each(pids: Iterable[int], spare: int) -> None:
+    """SIGKILL each of ``pids`` but ``spare`` (one gone, or not ours, is passed over)."""
+    for pid in pids:
+        if pid != spare:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-    _write(f"{path}/cgroup.freeze", "0")
 
 
 def _frozen(path: str) -> bool:

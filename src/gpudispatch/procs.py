@@ -236,12 +236,7 @@ def signal_job(monitor: int, sig: int, cgroup: str | None = None) -> bool:
         return in_cgroup
     if inline:
         _tell_killed(monitor)  # (pending until SIGCONT, when its job is gone)
-    for pid in _members(monitor):
-        if pid != monitor:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    cgroups.sigkill_each(_members(monitor), spare=monitor)
     try:
         os.killpg(monitor, signal.SIGCONT)
     except (ProcessLookupError, PermissionError):

@@ -189,7 +189,8 @@ def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> La
         raise ScriptRejected(
             f"names {interp[0]} in its #! line, which is not an executable file here"
         )
-    inline = st.st_size <= len(head) and inline_safe(head)  # (all of it was read)
+    by_sh = interp is None or interp == ["/bin/sh"]  # (only such a script runs inline)
+    inline = by_sh and st.st_size <= len(head) and inline_safe(head)  # (all of it read)
     if st.st_mode & stat.S_IXUSR:
         if interp is None:  # exec() would refuse it; a shell runs it with /bin/sh
             return Launch(["/bin/sh", path],
@@ -201,4 +202,4 @@ def check_script(path: str, st: os.stat_result, head: bytes | None = None) -> La
         return Launch([path])
     argv = interp or ["/bin/sh"]
     return Launch([*argv, path], note=f"not executable; running it with {' '.join(argv)}",
-                  inline=inline and argv == ["/bin/sh"])
+                  inline=inline)
