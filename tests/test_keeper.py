@@ -463,3 +463,127 @@ def test_an_inline_monitor_keeps_the_lock_from_its_children(setup, tmp_path):
     fd = wait_until(lambda: queue.lock_job("a.sh", JobState.RUNNING))
     os.close(fd)
     procs.end_leftovers(pid)
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_sourced_script_gets_no_arguments(setup, inline):
+    """As ``sh SCRIPT`` runs it: ``$#`` is 0 (the monitor's own ``.`` is not passed on)."""
+    queue, keeper = setup
+    write(queue, JobState.RUNNING, "a.sh", 'echo "[$#] [$1]"')
+    keeper.spawn(request(queue, "a.sh", inline=inline), None)
+    assert exited(keeper).code == 0
+    assert Path(queue.layout.job_log("a.sh", 1)).read_text() == "[0] []\n"
+
+
+# ---------------------------------------------------------------- primed monitors
+def primed(queue: FolderQueue, name: str) -> procs.FoundMonitor:
+    """The monitor started ahead for ``name``, once there is one."""
+    return wait_until(lambda: procs.find_monitors(str(queue.layout.exits)).get(name),
+                      message=f"a primed monitor for {name}")
+
+
+def slot_with_next(queue: FolderQueue, keeper: Keeper, tmp_path: Path, body: str,
+                   inline: bool = False) -> tuple[int, Path, procs.FoundMonitor]:
+    """a.sh runs until the test creates its gate; b.sh (``body``) is handed over after
+    it. The pid of a.sh's monitor, the gate, and b.sh's primed monitor."""
+    gate = tmp_path / "gate"
+    write(queue, JobState.RUNNING, "a.sh", gate_wait(gate))
+    first = keeper.spawn(request(queue, "a.sh"), None).pid
+    write(queue, JobState.QUEUED, "b.sh", body)
+    keeper.hand_over(Handover("b.sh", {first: request(queue, "b.sh", inline=inline)},
+                              identity(queue, "b.sh")))
+    return first, gate, primed(queue, "b.sh")
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_the_next_job_of_a_slot_is_primed_and_runs_only_once_the_slot_frees(
+        setup, tmp_path, inline):
+    """Its monitor is started while the job before it runs, and waits: the job stays
+    queued, unlocked (a cancel or another dispatcher may still take it), and runs nothing
+    until the slot frees. Then that monitor runs it, with the lock."""
+    queue, keeper = setup
+    runs = tmp_path / "runs"
+    first, gate, ahead = slot_with_next(queue, keeper, tmp_path, f"echo b >> {runs}",
+                                        inline)
+    assert queue.locate("b.sh") is JobState.QUEUED
+    lock = queue.lock_job("b.sh", JobState.QUEUED)
+    assert lock is not None
+    os.close(lock)
+    assert not runs.exists() and status(queue, "b.sh") is None
+    gate.touch()
+    seen = messages_until(keeper, lambda m: sum(isinstance(x, Exited) for x in m) == 2)
+    start = started(seen, "b.sh")
+    assert (start.pid, start.started, start.after) == (ahead.pid, ahead.started, first)
+    assert queue.lock_job("b.sh", JobState.RUNNING) is None  # its lock, passed on to us
+    os.close(start.lock_fd)
+    assert runs.read_text() == "b\n"
+    assert (status(queue, "b.sh").attempt, status(queue, "b.sh").code) == (1, 0)
+
+
+@pytest.mark.parametrize("how", ["withdrawn", "taken", "keeper killed"])
+def test_a_primed_monitor_sent_away_runs_nothing_and_records_nothing(setup, tmp_path, how):
+    queue, keeper = setup
+    runs = tmp_path / "runs"
+    _, gate, ahead = slot_with_next(queue, keeper, tmp_path, f"echo b >> {runs}")
+    if how == "withdrawn":
+        keeper.withdraw("b.sh")
+        assert messages_until(keeper, bool) == [HandoverReturned("b.sh", "withdrawn")]
+    elif how == "taken":
+        assert queue.claim("b.sh")  # another dispatcher's (it locked b.sh meanwhile)
+        gate.touch()
+        assert HandoverReturned("b.sh", "taken") in messages_until(
+            keeper, lambda m: any(isinstance(x, HandoverReturned) for x in m))
+    else:
+        os.kill(keeper.pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(ahead.pid), message="the primed monitor to go")
+    gate.touch()
+    assert not runs.exists() and status(queue, "b.sh") is None
+    assert queue.locate("b.sh") is (JobState.RUNNING if how == "taken" else JobState.QUEUED)
+
+
+def test_a_job_whose_primed_monitor_was_killed_still_starts_once(setup, tmp_path):
+    queue, keeper = setup
+    runs = tmp_path / "runs"
+    first, gate, ahead = slot_with_next(queue, keeper, tmp_path, f"echo b >> {runs}")
+    os.kill(ahead.pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(ahead.pid))
+    gate.touch()
+    seen = messages_until(keeper, lambda m: sum(isinstance(x, Exited) for x in m) == 2)
+    start = started(seen, "b.sh")
+    os.close(start.lock_fd)
+    assert start.pid != ahead.pid and start.after == first
+    assert runs.read_text() == "b\n"
+
+
+def test_a_script_replaced_while_its_monitor_waits_is_not_run_by_it(setup, tmp_path):
+    """The monitor holds the script it was started for; a new one of that name is what
+    the claim moves: it goes back to the dispatcher, to be checked ("changed")."""
+    queue, keeper = setup
+    runs = tmp_path / "runs"
+    _, gate, ahead = slot_with_next(queue, keeper, tmp_path, f"echo old >> {runs}")
+    os.unlink(queue.layout.script(JobState.QUEUED, "b.sh"))
+    write(queue, JobState.QUEUED, "b.sh", f"echo new >> {runs}")
+    gate.touch()
+    assert HandoverReturned("b.sh", "changed") in messages_until(
+        keeper, lambda m: any(isinstance(x, HandoverReturned) for x in m))
+    wait_until(lambda: not pid_alive(ahead.pid))
+    assert not runs.exists() and status(queue, "b.sh") is None
+
+
+def test_a_primed_job_keeps_the_cpus_and_inherits_no_descriptor_but_its_output(
+        setup, tmp_path):
+    """Its monitor was started pinned to the keeper's CPU (see keeper._pin_here), and set
+    back before its gate opened; its gate and script are not the job's."""
+    queue, keeper = setup
+    first, gate, _ = slot_with_next(
+        queue, keeper, tmp_path,
+        "grep Cpus_allowed_list /proc/self/status; ls -l /proc/self/fd", inline=True)
+    gate.touch()
+    seen = messages_until(keeper, lambda m: sum(isinstance(x, Exited) for x in m) == 2)
+    os.close(started(seen, "b.sh").lock_fd)
+    lines = Path(queue.layout.job_log("b.sh", 1)).read_text().splitlines()
+    with open("/proc/self/status") as fh:
+        ours = next(line for line in fh if line.startswith("Cpus_allowed_list"))
+    assert lines[0] == ours.rstrip("\n")
+    fds = {line.split()[-3] for line in lines[2:]}
+    assert fds == {"0", "1", "2", "3"}, lines  # 3: ls's own look at /proc/self/fd

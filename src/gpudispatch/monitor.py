@@ -12,7 +12,7 @@ ROOT. The dispatcher and its keeper may die at any moment; the status survives t
   dispatcher *or* the monitor lives, which is how any other process tells that a job in
   ``running/`` still has an owner.
 - A plain ``/bin/sh`` script is sourced in a subshell, one ``exec`` shorter; ``$0`` is the
-  script's path in both ways.
+  script's path in both ways, and it gets no arguments (``$#`` is 0, as for ``sh SCRIPT``).
 - A plain ``/bin/sh`` script that cannot take the shell from its monitor (no ``exec``,
   ``trap``, ``eval``, ``.``, function or alias: see ``scriptcheck.INLINE_UNSAFE``) is
   sourced by the monitor itself, *inline*: one fork shorter (a third of a trivial job's
@@ -21,6 +21,14 @@ ROOT. The dispatcher and its keeper may die at any moment; the status survives t
   (``TERM`` 143, ``INT`` 130, ``HUP`` 129) and is recorded; ``USR2`` is how a SIGKILL of
   the job reaches it (``procs.signal_job`` kills the rest): 137. In a cgroup it is moved
   in with its job, and once it has written the status it kills the rest of the cgroup.
+- A monitor may be started ahead, *primed*: the keeper starts the next job's monitor of
+  a slot while the job before it runs, and it waits at its gate (a pipe, fd 8) before it
+  does anything. The keeper claims the job when the slot frees and opens the gate with a
+  line; closing the pipe unwritten (a withdrawal, or the keeper's death) sends the monitor
+  away, having run nothing and written nothing. The exec, a third of a trivial job's
+  cost, is then off the path between two jobs. It holds the script open (fd 9) from its
+  start, unlocked: the lock is taken on that open file at the claim, so the monitor holds
+  it from then on, and a job waiting behind a primed monitor can still be cancelled.
 - One journal per host, appended with ``O_APPEND`` (a short line is one atomic write),
   rather than a file per job: creating a file costs more than a trivial job on the disks
   this runs on. ``RUN`` is the script's inode and the attempt, so a line is never taken
@@ -37,11 +45,10 @@ from gpudispatch.safeio import read_regular
 
 LOCK_FD = 9
 _RECORD = f'printf "%s %s %s\\n" "${RUN_ENV}" $c "${JOB_ENV}" >>"${EXIT_FILE_ENV}"; '
-MONITOR_SCRIPT = (
-    ": gpudispatch-monitor; trap : TERM INT HUP; "
-    'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; '
-    f"c=$?; {_RECORD}exit $c"
-)
+_HEAD = ": gpudispatch-monitor; "
+# A script sourced by its monitor gets no arguments: ``shift`` drops the ``.`` that says so.
+_RUN_JOB = 'if [ "$1" = . ]; then (trap - TERM INT HUP; shift; . "$0") 9<&-; else "$@" 9<&-; fi; '
+MONITOR_SCRIPT = f"{_HEAD}trap : TERM INT HUP; {_RUN_JOB}c=$?; {_RECORD}exit $c"
 # With a cgroup (``cgroups``; the dispatcher moves a job into it once it has run a
 # moment): at the end the monitor, outside it, kills it, records the status, and is gone
 # only once everything of the job is: it spins briefly (a SIGKILL is quick), then looks
@@ -49,8 +56,7 @@ MONITOR_SCRIPT = (
 # ended before it was moved has no cgroup (most short ones): a test (a ``stat``, no
 # fork) skips both steps; one removed meanwhile fails at once, quietly.
 CGROUP_MONITOR_SCRIPT = (
-    ": gpudispatch-monitor; trap : TERM INT HUP; "
-    'if [ "$1" = . ]; then (trap - TERM INT HUP; . "$0") 9<&-; else "$@" 9<&-; fi; c=$?; '
+    f"{_HEAD}trap : TERM INT HUP; {_RUN_JOB}c=$?; "
     f'g=0; [ -d "${CGROUP_ENV}" ] && g=1 && '
     f'{{ echo 1 >"${CGROUP_ENV}/cgroup.kill"; }} 2>/dev/null; '
     f"{_RECORD}"
@@ -78,15 +84,19 @@ _INLINE_KILL_CGROUP = (
     '{ kill -9 "$__gpudispatch_p"; __gpudispatch_o=1; }; done <"$__gpudispatch_cg/cgroup.procs"; '
     '[ $__gpudispatch_o = 0 ] && break; __gpudispatch_n=$((__gpudispatch_n+1)); done; '
     '} 2>/dev/null')
+INLINE_HEAD = f"{_HEAD}: inline; "
 INLINE_MONITOR_SCRIPT = (
-    f": gpudispatch-monitor; : inline; {_INLINE_COPY}"
+    f"{INLINE_HEAD}{_INLINE_COPY}"
     "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP; trap 'exit 137' USR2; "
     f"trap '{_INLINE_RECORD}{_INLINE_KILL_CGROUP}' EXIT; "
     '. "$0" 9<&-'
 )
 JOURNAL_ROTATE_BYTES = 4 << 20
 JOURNAL_READ_LIMIT = 64 << 20  # rotated at start only: a long-lived one may grow past 4 MB
-MARKER = b": gpudispatch-monitor;"
+MARKER = _HEAD.rstrip().encode()
+GATE_FD = 8
+# First of all, before any trap: an end at the gate runs nothing and records nothing.
+_GATE = f"read -r _ <&{GATE_FD} || exit 0; exec {GATE_FD}<&-; "
 
 
 def monitor_argv(argv: list[str], plain_sh: bool, cgroup: bool = False,
@@ -94,10 +104,19 @@ def monitor_argv(argv: list[str], plain_sh: bool, cgroup: bool = False,
     """The monitor's argv for a job run as ``argv`` (its ``$0`` is the script)."""
     script = argv[-1]
     if inline and plain_sh:
-        return ["/bin/sh", "-c", INLINE_MONITOR_SCRIPT, script, "."]
+        return ["/bin/sh", "-c", INLINE_MONITOR_SCRIPT, script]
     rest = ["."] if plain_sh else argv
     return ["/bin/sh", "-c", CGROUP_MONITOR_SCRIPT if cgroup else MONITOR_SCRIPT, script,
             *rest]
+
+
+def gated(argv: list[str]) -> list[str]:
+    """The argv of a primed monitor: the same monitor, waiting first for a line on
+    ``GATE_FD``. Its head (the marker, ``: inline;``) stays first: it is how a monitor and
+    its kind are told from ``/proc``."""
+    text = argv[2]
+    head = INLINE_HEAD if text.startswith(INLINE_HEAD) else _HEAD
+    return [*argv[:2], head + _GATE + text[len(head):], *argv[3:]]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from gpudispatch import cgroups
 from gpudispatch.layout import ATTEMPT_ENV, CGROUP_ENV, EXIT_FILE_ENV, JOB_ENV, RUN_ENV
-from gpudispatch.monitor import INLINE_MONITOR_SCRIPT, MARKER
+from gpudispatch.monitor import INLINE_HEAD, MARKER
 
-INLINE_HEAD = b"/bin/sh\0-c\0" + INLINE_MONITOR_SCRIPT.encode()
+_INLINE_CMDLINE = b"/bin/sh\0-c\0" + INLINE_HEAD.encode()  # (primed or not)
 LATE_SIGNAL_SECONDS = 0.05
 
 
@@ -292,7 +292,7 @@ def _tell_killed(monitor: int) -> None:
 
 def monitor_inline(pid: int) -> bool:
     """Whether the monitor runs its job's script itself (``monitor.INLINE_MONITOR_SCRIPT``)."""
-    return _cmdline(pid).startswith(INLINE_HEAD)
+    return _cmdline(pid).startswith(_INLINE_CMDLINE)
 
 
 def end_leftovers(monitor: int, cgroup: str | None = None) -> None:
