@@ -559,8 +559,11 @@ def run_keeper(sock: socket.socket, queue: FolderQueue) -> None:
                     return
             _reap(state)
             state.check_followed()
+            # The next monitor before the reports: the job let through its gate runs on
+            # the other CPU meanwhile, before the reports wake the dispatcher there (they
+            # are not urgent: the slot's next jobs are here already).
+            state.prime()
             state.flush()
-            state.prime()  # (after the reports: the dispatcher reads them meanwhile)
     except OSError:  # the dispatcher is gone (the socket broke)
         return
 
