@@ -3,7 +3,8 @@
 The dispatcher starts one keeper (``python -m gpudispatch.keeper``, exec'd, so it never
 inherits the dispatcher's threads). It spawns each job's monitor in a session of its
 own, reports starts and ends, and holds *hand-overs*: jobs to claim and start the moment
-a running one ends, without a round trip through the dispatcher.
+a running one ends, without a round trip through the dispatcher. The monitor of the next
+job of a slot is started ahead, held at a gate until the claim (*primed*, ``monitor``).
 
 It owns no outcome: each monitor writes its job's exit status under ROOT, so the keeper,
 like the dispatcher, may die at any moment. When the dispatcher goes, the keeper drops
@@ -306,45 +307,24 @@ class _KeeperState:
     def _hand_over_one(self, handover: Handover, after: int):
         """Lock, claim and start a handed-over job (the lock goes to the dispatcher with
         the start; until this moment, other dispatchers could take the job). A primed
-        monitor (:meth:`prime`) is let through its gate; it is locked on the script it
-        holds open, so it holds the lock as a monitor started now would."""
+        monitor (:meth:`prime`) is let through its gate."""
         primed = self.unprime(handover.name, keep=True)
-        if self.queue.is_paused():
-            if primed is not None:
-                primed.close()
-            return HandoverReturned(handover.name, "withdrawn")
         request = handover.variants[after]
-        if primed is not None:
-            lock_fd, log_fd = primed.script_fd, primed.log_fd
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                primed.close()
-                return HandoverReturned(handover.name, "taken")
-        else:
-            lock_fd = self.queue.lock_job(handover.name, JobState.QUEUED)
-            if lock_fd is None:
-                return HandoverReturned(handover.name, "taken")
-            # Its log before its claim: a disk that refuses the file (full, read-only)
-            # leaves the job untouched in the queue. Truncated only once the job is ours.
-            try:
-                log_fd = os.open(request.log_path, LOG_FLAGS | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                os.close(lock_fd)
-                if exc.errno in DISK_ERRNOS:
-                    return HandoverReturned(handover.name, "withdrawn", exc.errno)
-                log_fd = None  # (a FIFO or a symlink there: the spawn's own open reports it)
+        held = self._lock(handover, request, primed)
+        if isinstance(held, HandoverReturned):
+            return held
+        lock_fd, log_fd = held
         try:
             claimed = self.queue.claim(handover.name)
         except OSError:  # the disk refuses the rename (read-only): it stays queued
             claimed = None
         if not claimed or not self._claimed_locked(handover, lock_fd):
             if primed is not None:
-                primed.close()
+                primed.close()  # (its script and log are lock_fd and log_fd)
             else:
-                os.close(lock_fd)
-                if log_fd is not None:
-                    os.close(log_fd)
+                for fd in (lock_fd, log_fd):
+                    if fd is not None:
+                        os.close(fd)
             why = ("withdrawn" if claimed is None else "taken" if not claimed
                    else "changed")  # (changed: the dispatcher checks it again)
             return HandoverReturned(handover.name, why)
@@ -358,17 +338,46 @@ class _KeeperState:
         # What the ended job left in its group goes before the next job takes its slot
         # (the dispatcher does the same when it hears of the end, maybe later than this).
         procs.end_leftovers(after)
-        if primed is not None:
-            os.close(primed.log_fd)
-            try:
-                os.write(primed.gate, b"\n")  # (a pipe's buffer: never waits)
-            except OSError:  # it died at its gate just now: a monitor started the usual way
-                os.close(primed.gate)
-                return self.start(request, lock_fd, after)
+        if primed is None:
+            return self.start(request, lock_fd, after, log_fd)
+        os.close(primed.log_fd)
+        try:
+            os.write(primed.gate, b"\n")  # (a pipe's buffer: never waits)
+        except OSError:  # it died at its gate just now: a monitor started the usual way
+            return self.start(request, lock_fd, after)
+        finally:
             os.close(primed.gate)
-            self.children[primed.pid] = handover.name
-            return Started(handover.name, primed.pid, primed.started, after, lock_fd)
-        return self.start(request, lock_fd, after, log_fd)
+        self.children[primed.pid] = handover.name
+        return Started(handover.name, primed.pid, primed.started, after, lock_fd)
+
+    def _lock(self, handover: Handover, request: SpawnRequest,
+              primed: _Primed | None) -> tuple[int, int | None] | HandoverReturned:
+        """The job's lock and its log, for the claim; or why it does not start. A primed
+        monitor is locked on the script it holds open: it holds the lock from then on, as
+        a monitor started now would."""
+        if self.queue.is_paused():
+            if primed is not None:
+                primed.close()
+            return HandoverReturned(handover.name, "withdrawn")
+        if primed is not None:
+            try:
+                fcntl.flock(primed.script_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                primed.close()
+                return HandoverReturned(handover.name, "taken")
+            return primed.script_fd, primed.log_fd
+        lock_fd = self.queue.lock_job(handover.name, JobState.QUEUED)
+        if lock_fd is None:
+            return HandoverReturned(handover.name, "taken")
+        # Its log before its claim: a disk that refuses the file (full, read-only) leaves
+        # the job untouched in the queue. Truncated only once the job is ours.
+        try:
+            return lock_fd, os.open(request.log_path, LOG_FLAGS | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno in DISK_ERRNOS:
+                os.close(lock_fd)
+                return HandoverReturned(handover.name, "withdrawn", exc.errno)
+            return lock_fd, None  # (a FIFO or a symlink there: the spawn's own open says so)
 
     def _claimed_locked(self, handover: Handover, lock_fd: int) -> bool:
         """Whether the script we locked is the one the dispatcher checked, and the one our
