@@ -307,3 +307,32 @@ def test_a_retry_whose_requeue_was_cut_short_goes_back_unchanged(tmp_path, root,
     done = record(root, "retry.sh")
     assert done["attempts"] == 2 and done["exit_code"] == 0, done
     assert done["extra"].get("interruptions", 0) == 0, done
+
+
+def test_the_run_after_a_requeue_is_concluded_without_the_requeue(tmp_path, root, launch):
+    """The run after a retry's requeue ended while no dispatcher ran, before its start
+    record was written (a hand-over's is written 50 ms in): the record still tells of the
+    requeue, the exit journal of this run. The next dispatcher concludes the job from the
+    journal, and the record it writes no longer tells of the requeue: should it die
+    between that record and the move, the one after it concludes the job again rather
+    than send it back to the queue (it ran a third time: chaos, process groups)."""
+    runs = tmp_path / "runs.txt"
+    write_script(root / "running" / "retry.sh",
+                 job_text(runs=runs, header="#GPUDISPATCH --retries 1\n"))
+    queue = FolderQueue(root)
+    rec = queue.fresh_record("retry.sh")
+    rec.attempts, rec.ended_at, rec.exit_code = 1, now_iso(), 3
+    rec.reason, rec.extra["requeued"] = "exit code 3; retrying", True
+    queue.write_record(rec)  # what the requeue of its first run wrote
+    inode = os.lstat(root / "running" / "retry.sh").st_ino
+    with open(queue.layout.exit_journal(), "a") as fh:
+        fh.write(f"{inode}.2 0 retry.sh\n")  # what the monitor of its second run wrote
+    for _ in range(2):  # the second time as if the first had died before its move
+        assert launch.run(root, "--slots", "1", "--drain").wait() == 0, snapshot(root)
+        assert where(root, "retry.sh") == "completed", snapshot(root)
+        done = record(root, "retry.sh")
+        assert (done["attempts"], done["exit_code"]) == (2, 0), done
+        assert "requeued" not in done["extra"], done
+        os.rename(root / "completed" / "retry.sh", root / "running" / "retry.sh")
+    assert not runs.exists()  # never run again
+    assert "goes back to the queue" not in logfile_text(root)

@@ -83,7 +83,7 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             continue
         directives = _directives(queue, name, record)
         if monitor is not None:
-            record.attempts = max(record.attempts, monitor.attempt)
+            _run_found(record, monitor.attempt)
             found.append(Orphan(name, record, directives, fd, monitor, None))
             continue
         if journal is None:
@@ -97,13 +97,16 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             status = None
         else:
             requeue = False
+            if status is not None:
+                _run_found(record, status.attempt)
         if status is None and local and not record.tells_current_run:
             # Its pid and cgroup on record, if any, are the run before's.
             run = _run_without_record(queue, name)
             record.pid = run.session if run is not None else None
             record.extra.pop("cgroup", None)
             if run is not None:  # (the run it is counts as an attempt, as a recorded one)
-                record.attempts, requeue = max(record.attempts, run.attempt), False
+                _run_found(record, run.attempt)
+                requeue = False
                 record.gpus = run.gpus  # (held until it ends)
                 if run.cgroup:
                     record.extra["cgroup"] = run.cgroup
@@ -111,6 +114,17 @@ def find_orphans(queue: FolderQueue, me: str, heartbeat: float,
             record.pid, cgroups.checked(record.extra.get("cgroup")))
         found.append(Orphan(name, record, directives, fd, None, status, alive, requeue))
     return Found(found, unsure)
+
+
+def _run_found(record: JobRecord, attempt: int) -> None:
+    """A run of this attempt is the job's latest (alive, or its status in the journal),
+    though the record may predate its start (a hand-over's start record is written 50 ms
+    in). A requeue the record tells of was an earlier run's and is done with: left on the
+    record, a crash after the record of this run's end and before its move sent the job
+    back to the queue, and it ran once more (chaos, one round in about 60)."""
+    if attempt > record.attempts:
+        record.extra.pop("requeued", None)
+    record.attempts = max(record.attempts, attempt)
 
 
 def _run_without_record(queue: FolderQueue, name: str) -> procs.FoundRun | None:
