@@ -43,6 +43,11 @@ class QueuedJob:
         return None if self.alone else self.directives.gpu_mem
 
 
+def run_order(job: QueuedJob) -> tuple[int, str]:
+    """The key that sorts queued jobs in run order (for ``sorted`` and ``bisect``)."""
+    return job.sort_key
+
+
 @dataclass(frozen=True)
 class SlotState:
     """What occupies one slot now, and what its GPU can still hold."""

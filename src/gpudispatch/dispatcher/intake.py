@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gpudispatch.job import DirectiveError, Directives, JobState, parse_directives
 from gpudispatch.layout import is_job_name, name_problem, printable
-from gpudispatch.scheduler import QueuedJob
+from gpudispatch.scheduler import QueuedJob, run_order
 from gpudispatch.scriptcheck import owner_problem
 from gpudispatch.store import FolderQueue
 from gpudispatch.watch import open_for_writing, read_if_complete
@@ -210,14 +210,14 @@ class Intake:
         sort of the whole queue a job)."""
         if self._new and not self._dirty:
             new = sorted((j for j in self._new if self.pending.get(j.name) is j),
-                         key=_sort_key)
+                         key=run_order)
             if not new or not self._order or new[0].sort_key > self._order[-1].sort_key:
                 self._order.extend(new)
             else:
                 self._dirty = True
         self._new = []
         if self._dirty:
-            self._order = sorted(self.pending.values(), key=_sort_key)
+            self._order = sorted(self.pending.values(), key=run_order)
             self._dirty = False
         return self._order
 
@@ -237,7 +237,3 @@ class Intake:
     def head(self, name: str) -> tuple[int, int, bytes]:
         """The size, mtime and header read when it was found (-1s if not kept)."""
         return self._heads.pop(name, (-1, -1, b""))
-
-
-def _sort_key(job: QueuedJob) -> tuple[int, str]:
-    return job.sort_key

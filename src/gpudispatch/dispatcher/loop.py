@@ -71,6 +71,7 @@ from gpudispatch.scheduler import (
     SlotState,
     impossible_reason,
     plan,
+    run_order,
 )
 from gpudispatch.scriptcheck import ALLOW_OTHERS_FLAG, ScriptRejected, owner_problem, user_name
 from gpudispatch.store import FolderQueue
@@ -532,7 +533,7 @@ class Dispatcher:
         handed = [j.queued.sort_key for j in self.running.values()
                   if j.phase is Phase.HANDED_OVER and j.queued is not None]
         if handed:  # nothing later than a handed-over job may start before it
-            order = order[:bisect.bisect_left(order, min(handed), key=_sort_key)]
+            order = order[:bisect.bisect_left(order, min(handed), key=run_order)]
             if any(st.free for st in states):
                 self._withdraw_handovers()  # a slot is free: start them here instead
         result = plan(order, self.slots, states, _DepStates(self.queue), now,
@@ -573,7 +574,7 @@ class Dispatcher:
             order = list(self.intake.order())  # with the handed-over jobs in their places
             for job in handed.values():
                 if job.queued is not None:
-                    bisect.insort(order, job.queued, key=_sort_key)
+                    bisect.insort(order, job.queued, key=run_order)
 
             def plan_without(name: str):
                 return plan(order, self.slots, self._slot_states(without=name), deps, now,
@@ -613,7 +614,7 @@ class Dispatcher:
                 if others:
                     order = list(order)
                     for queued in others:
-                        bisect.insort(order, queued, key=_sort_key)
+                        bisect.insort(order, queued, key=run_order)
                 mine = set(head.slot_ids)
                 result = plan(order, self.slots, self._slot_states(without=head.name), deps,
                               now, self.options.reserve_after)
@@ -1201,10 +1202,6 @@ class Dispatcher:
             self.intake.events |= names
             if names & self.running.keys():
                 self._next_cancel_check = 0.0  # a cancel request for a running job
-
-
-def _sort_key(job: QueuedJob) -> tuple[int, str]:
-    return job.sort_key
 
 
 def _parse_time(text: str | None) -> float | None:
